@@ -1,0 +1,561 @@
+"""Turn a `Prompt` into the feature row the router's classifier scores.
+
+A row is a dense block of named signals followed by a block of hashed n-grams::
+
+    [ dense (n_dense_ columns, named below) | hash:0 … hash:N-1 (N = n_hash_features) ]
+
+so a decision can be explained as weight × value per named feature. All features are computed
+from the prompt alone (never from `Record.task` or metadata), deterministically and identically
+in every process.
+
+Versioning
+----------
+`FEATURE_VERSION` names the computation. Any change to a feature's name, the order of columns or
+how any value is computed (patterns, keyword lists, tokenisation, hash function, scaling) must
+bump it: a model trained on one version is only valid on rows of the same version, and the
+artifact manifest records it.
+
+The scan window
+---------------
+Counting signals read at most the first ``max_scan_chars`` characters plus the last 2048
+(joined by a newline); only the length group looks at the whole prompt, through C-speed string
+methods. So the work per prompt is bounded, and a huge prompt has the same non-length features
+as its window.
+
+Length (``len.*``, whole prompt; counts are log1p-scaled)
+    ``len.chars_log``            characters
+    ``len.words_log``            word tokens (see tokenisation); past the window, extrapolated
+                                 from the window's tokens per character
+    ``len.tokens_est_log``       estimated tokens, ceil(chars / 4)
+    ``len.lines_log``            lines (newlines + 1; 0 for an empty prompt)
+    ``len.turns_log``            user turns (`Prompt.turns`)
+    ``len.images_log``           image parts
+    ``len.has_system``           1 if a system or developer message is present
+    ``len.last_user_chars_log``  characters of the last user turn
+    ``len.last_user_share``      last user turn chars / all chars, clipped to [0, 1]
+
+Regex signals (``re.*``, on the window; counts are log1p-scaled)
+    ``re.code_fence``         occurrences of ```
+    ``re.code_keyword``       code constructs: ``def f(``, ``function f(…) {``, ``class X`` then
+                              ``:``/``(``/``{``, a line starting ``import x`` or
+                              ``from x import y``, ``#include <``, ``public static``,
+                              ``SELECT … FROM`` (upper case), ``console.log(``, ``std::``
+    ``re.arithmetic``         an operator ``+ - * / ^ = × ÷`` between digits (``3+4``, ``12 = 5``;
+                              at most one space either side)
+    ``re.latex``              LaTeX commands (``\\frac``, ``\\begin``, ``\\sqrt``, ``\\alpha`` …,
+                              ``\\(``, ``\\[``) plus math ``$`` openers (``$x``, ``$\\``, ``$$``;
+                              not money like ``$5``)
+    ``re.url``                ``://`` and ``www.`` (counted once when both)
+    ``re.json``               JSON-looking objects: ``{ "key":``
+    ``re.numbered_steps``     lines starting ``1.`` / ``2)`` and a space
+    ``re.multiple_choice``    lines starting ``A)``, ``(B)``, ``C.`` (letters A-H, either case)
+    ``re.few_shot_repeats``   repeats of line-start markers ``Q:``, ``A:``, ``Question:``,
+                              ``Answer:``, ``Input:``, ``Output:``, ``Example [n]:``,
+                              ``Solution:``, ``Problem:`` (any case, after optional ``#``/``*``)
+                              — per marker, occurrences − 1, summed
+    ``re.question_marks``     ``?`` and ``？``
+    ``re.digit_ratio``        ASCII digits / characters
+    ``re.upper_ratio``        ASCII upper-case letters / ASCII letters
+    ``re.punct_ratio``        ASCII punctuation / characters
+    ``re.avg_word_len_log``   log1p(mean characters per word token)
+
+Keyword groups (``kw.*``, on the window; log1p of the number of matches)
+    Whole lower-cased word tokens, phrases as consecutive tokens (full lists in
+    `features.signals`):
+
+    ``kw.reasoning``    step by step, explain in detail, prove, analyze, compare, why, derive,
+                        justify, evaluate, pros and cons …
+    ``kw.simple``       what is, who is, when did, name the, define, list, synonym …
+    ``kw.translate``    translate, translation, into english …
+    ``kw.summarize``    summarize, summary, tldr, key points …
+    ``kw.creative``     poem, story, essay, lyrics, haiku, fiction …
+    ``kw.coding``       implement, function, bug, debug, refactor, python, sql, algorithm …
+    ``kw.math``         how many, how much, calculate, compute, total, percent, average …
+    ``kw.equation``     solve, equation, integral, derivative, probability, theorem, matrix …
+    ``kw.constraints``  only, must, exactly, format, without explanation, do not, at most …
+    ``kw.roleplay``     roleplay, pretend, act as, you are, persona, hello, thanks …
+
+Scripts (``script.*``, on the window; share of characters)
+    ``script.latin``           ASCII letters and Latin-1/Extended letters
+    ``script.cjk``             Han, kana, Hangul, CJK punctuation and full-width forms
+    ``script.cyrillic``, ``script.arabic``, ``script.devanagari``
+    ``script.other_nonascii``  any other non-ASCII character (emoji, Greek, Hebrew, Thai …)
+
+Tokenisation
+    The window is lower-cased; ASCII punctuation except ``_`` and common Unicode punctuation
+    become spaces; tokens are the whitespace-separated runs (``"Don't"`` → ``don``, ``t``).
+
+Hashed n-grams (``hash:0`` … ``hash:N-1``)
+    Tokens: word unigrams up to ``word_ngram_max``-grams, and character n-grams of sizes
+    ``char_ngrams`` inside each word padded with one space on each side (scikit-learn's
+    ``char_wb``: a padded word shorter than n counts once, whole). If a ``task_type`` is given,
+    one more token ``__task_type__=<value>`` (value stripped and lower-cased).
+
+    Hash: a token's 32-bit hash ``h`` is CRC-32 (`zlib.crc32`) of its UTF-8 bytes after a
+    namespace prefix: ``w:`` for words and the task type, ``c:`` for character n-grams. A word
+    n-gram's hash is the top 32 bits of ``(a * 0x9E3779B97F4A7C15) XOR (b * 0xC2B2AE3D27D4EB4F)``
+    (mod 2**64), where ``a`` is the hash of its first n-1 words and ``b`` of its last word.
+    Column ``(h mod 2**31) mod N``; sign -1 when ``h >= 2**31``, else +1 (HashingVectorizer's
+    ``alternate_sign``: collisions tend to cancel rather than pile up).
+
+    Values: per column the signed count ``v``; sublinear tf ``sign(v) * (1 + ln|v|)``; columns
+    that cancel to 0 are dropped; then the hashed block is L2-normalised.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import zlib
+from array import array
+from collections.abc import Iterable
+from numbers import Integral
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.validation import check_is_fitted
+
+from features.signals import DENSE_FEATURE_NAMES, dense_signals
+from features.text import Prompt
+
+__all__ = ["FEATURE_VERSION", "PromptFeaturizer"]
+
+FEATURE_VERSION = "1"
+
+_MAX_HASH_FEATURES = 2**24  # bounds the per-thread scratch array (8 bytes per column)
+_WORD_SEED = zlib.crc32(b"w:")  # crc32(data, crc32(prefix)) == crc32(prefix + data)
+_CHAR_SEED = zlib.crc32(b"c:")
+_MIX_A = 0x9E3779B97F4A7C15
+_MIX_B = 0xC2B2AE3D27D4EB4F
+_MIX_A_NP = np.uint64(_MIX_A)
+_SHIFT_32 = np.uint64(32)
+_LOW_31 = 0x7FFFFFFF
+_TASK_TYPE_PREFIX = "__task_type__="
+
+# word -> (int64 codes of its unigram and char n-grams, uint64 pair (h * A, h * B) mod 2**64 of
+# its hash h for the word n-grams it starts or ends). A code is the column when the sign is +1
+# and ~column when it is -1. Module-level, so never pickled; one dict per (n_hash_features,
+# char n-gram sizes), cleared when full.
+_CACHE_MAX_WORDS = 200_000
+_CACHE_MAX_WORD_CHARS = 64
+# Unseen words totalling more characters than this are hashed in one vectorised batch.
+_BATCH_MIN_CHARS = 256
+_CACHES: dict[tuple[int, int, int], dict[str, tuple[bytes, bytes]]] = {}
+_codes_of = itemgetter(0)
+_mix_of = itemgetter(1)
+
+# Per-thread scratch for de-duplicating columns without sorting (see `_merge`).
+_SCRATCH = threading.local()
+
+
+def _code(h: int, n: int) -> int:
+    """Column of 32-bit hash `h`, as ~column when its sign is -1."""
+    col = (h & _LOW_31) % n
+    return ~col if h > _LOW_31 else col
+
+
+def _codes_np(h: np.ndarray, n: int) -> np.ndarray:
+    """`_code` over an int64 array of 32-bit hashes."""
+    col = (h & _LOW_31) % n
+    return np.where(h > _LOW_31, ~col, col)
+
+
+def _char_ngrams(word: str, lo: int, hi: int) -> list[bytes]:
+    """UTF-8 character n-grams of " word " (scikit-learn's char_wb), by size then position."""
+    padded = f" {word} "
+    if padded.isascii():
+        data = padded.encode("ascii")
+        size = len(data)
+        grams: list[bytes] = []
+        for k in range(lo, hi + 1):
+            if size <= k:
+                grams.append(data)
+                break
+            grams += [data[i : i + k] for i in range(size - k + 1)]
+        return grams
+    size = len(padded)
+    texts: list[str] = []
+    for k in range(lo, hi + 1):
+        if size <= k:
+            texts.append(padded)
+            break
+        texts += [padded[i : i + k] for i in range(size - k + 1)]
+    return [t.encode("utf-8", "surrogatepass") for t in texts]
+
+
+def _word_entry(word: str, n: int, lo: int, hi: int) -> tuple[bytes, bytes]:
+    """One word's cache entry, in plain Python: cheapest for a few short words."""
+    crc32 = zlib.crc32
+    h = crc32(word.encode("utf-8", "surrogatepass"), _WORD_SEED)
+    codes = [_code(h, n)]
+    codes += [_code(crc32(g, _CHAR_SEED), n) for g in _char_ngrams(word, lo, hi)]
+    mix = array("Q", [(h * _MIX_A) & 0xFFFFFFFFFFFFFFFF, (h * _MIX_B) & 0xFFFFFFFFFFFFFFFF])
+    return array("q", codes).tobytes(), mix.tobytes()
+
+
+def _crc_table() -> np.ndarray:
+    table = []
+    for byte in range(256):
+        c = byte
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table.append(c)
+    return np.asarray(table, dtype=np.uint32)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def _crc32_ranges(
+    data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, seed: int
+) -> np.ndarray:
+    """``zlib.crc32(data[s : s + l], seed)`` for every range, one byte position at a time."""
+    crc = np.full(starts.size, seed ^ 0xFFFFFFFF, dtype=np.uint32)
+    if starts.size == 0:
+        return crc
+    shortest, longest = int(lengths.min()), int(lengths.max())
+    last = data.size - 1
+    for t in range(longest):
+        position = starts + t
+        if t >= shortest:
+            np.minimum(position, last, out=position)  # finished ranges read a dummy byte
+        updated = _CRC_TABLE[(crc ^ data[position]) & 0xFF] ^ (crc >> 8)
+        crc = updated if t < shortest else np.where(t < lengths, updated, crc)
+    return crc ^ 0xFFFFFFFF
+
+
+def _batch_entries(words: list[str], n: int, lo: int, hi: int) -> list[tuple[bytes, bytes]]:
+    """`_word_entry` for many words at once, byte for byte, with the char n-gram hashing
+    vectorised: bounded, fast work for long or many unseen tokens (base64, unspaced CJK)."""
+    encoded = [w.encode("utf-8", "surrogatepass") for w in words]
+    word_hashes = np.array([zlib.crc32(e, _WORD_SEED) for e in encoded], dtype=np.int64)
+    # All padded words back to back, as UTF-8 bytes and as code points.
+    text = "".join(f" {w} " for w in words)
+    data = np.frombuffer(text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    utf8_len = 1 + (points >= 0x80) + (points >= 0x800) + (points >= 0x10000)
+    byte_at = np.zeros(points.size + 1, dtype=np.int64)
+    np.cumsum(utf8_len, out=byte_at[1:])
+
+    padded = np.array([len(w) + 2 for w in words], dtype=np.int64)
+    word_start = np.zeros(len(words), dtype=np.int64)
+    np.cumsum(padded[:-1], out=word_start[1:])
+    # Grams per (word, size): all windows; a padded word shorter than `lo` counts once, whole.
+    sizes = np.arange(lo, hi + 1)
+    counts = np.maximum(padded[:, None] - sizes[None, :] + 1, 0)
+    counts[:, 0] = np.maximum(counts[:, 0], 1)
+    per_word = counts.sum(axis=1)
+    # Output layout, word by word: its unigram code, then its grams by size then position.
+    slot = np.zeros(len(words) + 1, dtype=np.int64)
+    np.cumsum(per_word + 1, out=slot[1:])
+    block = (slot[:-1, None] + 1 + np.cumsum(counts, axis=1) - counts).ravel()
+    flat_counts = counts.ravel()
+    total = int(flat_counts.sum())
+    block_of = np.repeat(np.arange(flat_counts.size), flat_counts)
+    within = np.arange(total) - np.repeat(np.cumsum(flat_counts) - flat_counts, flat_counts)
+    word_of = block_of // sizes.size
+    first = word_start[word_of] + within
+    size = np.minimum(sizes[block_of % sizes.size], padded[word_of])
+    gram_hashes = _crc32_ranges(
+        data, byte_at[first], byte_at[first + size] - byte_at[first], _CHAR_SEED
+    )
+
+    codes = np.empty(int(slot[-1]), dtype=np.int64)
+    codes[slot[:-1]] = _codes_np(word_hashes, n)
+    codes[block[block_of] + within] = _codes_np(gram_hashes.astype(np.int64), n)
+    unsigned = word_hashes.astype(np.uint64)
+    mix = np.stack([unsigned * np.uint64(_MIX_A), unsigned * np.uint64(_MIX_B)], axis=1)
+    code_bytes, mix_bytes = codes.tobytes(), mix.tobytes()
+    bounds = (slot * 8).tolist()
+    return [
+        (code_bytes[bounds[j] : bounds[j + 1]], mix_bytes[16 * j : 16 * j + 16])
+        for j in range(len(words))
+    ]
+
+
+def _entries(words: list[str], n: int, lo: int, hi: int) -> list[tuple[bytes, bytes]]:
+    cache = _CACHES.get((n, lo, hi))
+    if cache is None:
+        if len(_CACHES) >= 8:
+            _CACHES.clear()
+        cache = _CACHES[(n, lo, hi)] = {}
+    entries = list(map(cache.get, words))
+    if None not in entries:
+        return entries
+    missing = list(dict.fromkeys(w for w, e in zip(words, entries, strict=True) if e is None))
+    if sum(map(len, missing)) > _BATCH_MIN_CHARS:
+        fresh = dict(zip(missing, _batch_entries(missing, n, lo, hi), strict=True))
+    else:
+        fresh = {w: _word_entry(w, n, lo, hi) for w in missing}
+    for word, entry in fresh.items():
+        if len(word) <= _CACHE_MAX_WORD_CHARS:
+            if len(cache) >= _CACHE_MAX_WORDS:
+                cache.clear()
+            cache[word] = entry
+    return [fresh[w] if e is None else e for w, e in zip(words, entries, strict=True)]
+
+
+def _token_columns(
+    entries: list[tuple[bytes, bytes]], n: int, kmax: int, task_code: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Column and sign of every hashed token occurrence: the words' unigrams and char n-grams
+    (cached codes), the word 2- to kmax-grams, and the task type."""
+    codes = np.frombuffer(b"".join(map(_codes_of, entries)), dtype=np.int64)
+    n_words = len(entries)
+    n_word_grams = sum(max(n_words - k + 1, 0) for k in range(2, kmax + 1))
+    total = codes.size + n_word_grams + (task_code is not None)
+    cols = np.empty(total, dtype=np.int64)
+    signs = np.empty(total, dtype=np.int64)
+    head = codes.size
+    negative = codes >> 63
+    np.bitwise_xor(codes, negative, out=cols[:head])
+    np.bitwise_or(negative, 1, out=signs[:head])
+    if n_word_grams:
+        mix = np.frombuffer(b"".join(map(_mix_of, entries)), dtype=np.uint64)
+        first, last = mix[0::2], mix[1::2]
+        hashes = first[:-1] ^ last[1:]  # the cache stores h * A and h * B
+        for k in range(2, min(kmax, n_words) + 1):
+            if k > 2:
+                hashes = (hashes[:-1] * _MIX_A_NP) ^ last[k - 1 :]
+            hashes = hashes >> _SHIFT_32
+            as_int = hashes.view(np.int64)
+            end = head + as_int.size
+            if n & (n - 1) == 0:
+                np.bitwise_and(as_int, n - 1, out=cols[head:end])
+            else:
+                np.remainder(as_int & _LOW_31, n, out=cols[head:end])
+            np.subtract(1, as_int >> 30 & 2, out=signs[head:end])
+            head = end
+    if task_code is not None:
+        cols[head] = task_code ^ (task_code >> 63)
+        signs[head] = (task_code >> 63) | 1
+    return cols, signs
+
+
+def _scratch(m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    owner = getattr(_SCRATCH, "owner", None)
+    if owner is None or owner.size < n:
+        owner = _SCRATCH.owner = np.empty(n, dtype=np.intp)
+    ramp = getattr(_SCRATCH, "ramp", None)
+    if ramp is None or ramp.size < m:
+        ramp = _SCRATCH.ramp = np.arange(max(m, 4096), dtype=np.intp)
+    return owner, ramp[:m]
+
+
+def _merge(cols: np.ndarray, signs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unique columns and their signed counts, in O(len(cols)) without a sort.
+
+    Every entry writes its position into its column's slot of a scratch array; the position
+    that survives represents the column, and the signs of all its entries are summed onto it.
+    """
+    owner, ramp = _scratch(cols.size, n)
+    owner[cols] = ramp
+    representative = owner[cols]
+    sums = np.bincount(representative, weights=signs)
+    keep = np.flatnonzero(representative == ramp)
+    return cols[keep], sums[keep]
+
+
+class PromptFeaturizer(TransformerMixin, BaseEstimator):
+    """Dense named signals plus hashed word and character n-grams of a prompt.
+
+    Stateless apart from validating its parameters: `fit` learns nothing from the data. The
+    features are documented in this module's docstring.
+
+    Parameters
+    ----------
+    n_hash_features : int, default 2**17
+        Columns of the hashed block, 1 to 2**24.
+    word_ngram_max : int, default 2
+        Longest word n-gram hashed (1 = unigrams only), 1 to 8.
+    char_ngrams : tuple of (int, int), default (3, 4)
+        Smallest and largest character n-gram inside words, 1 <= lo <= hi <= 8.
+    max_scan_chars : int, default 16384
+        Characters read from the start of the prompt (plus the last 2048) by everything but
+        the length features.
+
+    Attributes
+    ----------
+    n_dense_ : int
+        Number of dense columns, which come first.
+    dense_feature_names_ : ndarray of str
+        Their names, e.g. ``len.chars_log``, ``re.code_fence``, ``kw.reasoning``.
+    feature_version_ : str
+        `FEATURE_VERSION` at fit time; transforming with different code raises.
+
+    Examples
+    --------
+    >>> f = PromptFeaturizer(n_hash_features=1024).fit(["x"])
+    >>> X = f.transform(["Why is the sky blue?", "Solve 3x + 4 = 10 step by step."])
+    >>> X.shape == (2, f.n_dense_ + 1024)
+    True
+    >>> dense, cols, values = f.transform_one("Solve 3x + 4 = 10 step by step.")
+    >>> float(dense[list(f.dense_feature_names_).index("kw.equation")]) > 0
+    True
+    """
+
+    def __init__(
+        self,
+        *,
+        n_hash_features: int = 2**17,
+        word_ngram_max: int = 2,
+        char_ngrams: tuple[int, int] = (3, 4),
+        max_scan_chars: int = 16384,
+    ) -> None:
+        self.n_hash_features = n_hash_features
+        self.word_ngram_max = word_ngram_max
+        self.char_ngrams = char_ngrams
+        self.max_scan_chars = max_scan_chars
+
+    def fit(self, X: Any, y: Any = None) -> PromptFeaturizer:
+        """Validate the parameters; `X` is only checked to be a collection of prompts."""
+        _check_collection(X)
+        n = _check_int("n_hash_features", self.n_hash_features, 1, _MAX_HASH_FEATURES)
+        kmax = _check_int("word_ngram_max", self.word_ngram_max, 1, 8)
+        sizes = self.char_ngrams
+        if not isinstance(sizes, tuple | list) or len(sizes) != 2:
+            raise ValueError(f"char_ngrams must be a pair (lo, hi), got {sizes!r}")
+        lo = _check_int("char_ngrams[0]", sizes[0], 1, 8)
+        hi = _check_int("char_ngrams[1]", sizes[1], lo, 8)
+        scan = _check_int("max_scan_chars", self.max_scan_chars, 1, None)
+        self._spec = (n, kmax, lo, hi, scan)
+        self.n_dense_ = len(DENSE_FEATURE_NAMES)
+        self.dense_feature_names_ = np.asarray(DENSE_FEATURE_NAMES, dtype=object)
+        self.feature_version_ = FEATURE_VERSION
+        return self
+
+    def transform(self, X: Any, task_types: Iterable[str | None] | None = None) -> sp.csr_matrix:
+        """Feature rows of `X` (Prompts or strings) as a CSR matrix, dense block first.
+
+        `task_types`, if given, holds one task type (or None) per prompt.
+        """
+        check_is_fitted(self)
+        prompts = [_as_prompt(x, i) for i, x in enumerate(_check_collection(X))]
+        types = [None] * len(prompts) if task_types is None else list(task_types)
+        if len(types) != len(prompts):
+            raise ValueError(f"task_types has {len(types)} entries for {len(prompts)} prompts")
+        indptr = np.zeros(len(prompts) + 1, dtype=np.int64)
+        indices: list[np.ndarray] = []
+        data: list[np.ndarray] = []
+        for i, (prompt, task_type) in enumerate(zip(prompts, types, strict=True)):
+            dense, cols, values = self.transform_one(prompt, task_type)
+            nonzero = np.flatnonzero(dense)
+            indices += [nonzero, cols]
+            data += [dense[nonzero], values]
+            indptr[i + 1] = indptr[i] + nonzero.size + cols.size
+        shape = (len(prompts), self.n_dense_ + self._spec[0])
+        matrix = sp.csr_matrix(
+            (
+                np.concatenate(data) if data else np.zeros(0),
+                np.concatenate(indices) if indices else np.zeros(0, dtype=np.int64),
+                indptr,
+            ),
+            shape=shape,
+        )
+        matrix.sort_indices()
+        return matrix
+
+    def fit_transform(
+        self, X: Any, y: Any = None, task_types: Iterable[str | None] | None = None
+    ) -> sp.csr_matrix:
+        """`fit(X).transform(X, task_types)`."""
+        return self.fit(X, y).transform(X, task_types=task_types)
+
+    def transform_one(
+        self, prompt: Prompt | str, task_type: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The hot path: one prompt's dense vector, hashed columns and their values.
+
+        Returns ``(dense, cols, values)``: `dense` is float64 of length `n_dense_`; `cols` are
+        unique int64 column numbers of the full row (already offset by `n_dense_`, not
+        sorted) and `values` their float64 values. ``transform([prompt])`` is this row.
+        """
+        try:
+            n, kmax, lo, hi, scan = self._spec
+        except AttributeError:
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' first."
+            ) from None
+        if self.feature_version_ != FEATURE_VERSION:
+            raise ValueError(
+                f"this featurizer was fitted with feature version {self.feature_version_!r} "
+                f"but the code computes version {FEATURE_VERSION!r}; refit it"
+            )
+        if not isinstance(prompt, Prompt):
+            prompt = _as_prompt(prompt, 0)
+        values, words = dense_signals(prompt, scan)
+        dense = np.array(values, dtype=np.float64)
+
+        task_code = None if task_type is None else _task_type_code(task_type, n)
+        entries = _entries(words, n, lo, hi)
+        cols, signs = _token_columns(entries, n, kmax, task_code)
+        if cols.size == 0:
+            return dense, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+
+        cols, counts = _merge(cols, signs, n)
+        if np.count_nonzero(counts) < counts.size:
+            kept = counts != 0
+            cols, counts = cols[kept], counts[kept]
+            if counts.size == 0:
+                return dense, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        weights = np.abs(counts)
+        np.log(weights, out=weights)
+        weights += 1.0
+        np.copysign(weights, counts, out=weights)
+        weights *= 1.0 / math.sqrt(weights @ weights)
+        cols += self.n_dense_
+        return dense, cols, weights
+
+    def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
+        """Dense feature names, then ``hash:0`` … ``hash:{n_hash_features - 1}``."""
+        check_is_fitted(self)
+        hashed = [f"hash:{i}" for i in range(self._spec[0])]
+        return np.asarray(list(DENSE_FEATURE_NAMES) + hashed, dtype=object)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        return tags
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int | None) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        bounds = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be {bounds}, got {value!r}")
+    return int(value)
+
+
+def _check_collection(X: Any) -> Any:
+    if isinstance(X, str | bytes | Prompt):
+        raise ValueError(
+            f"expected a collection of prompts, got a single {type(X).__name__}; wrap it in a list"
+        )
+    if not isinstance(X, Iterable):
+        raise ValueError(f"expected a collection of prompts, got {type(X).__name__}")
+    return X
+
+
+def _task_type_code(task_type: Any, n: int) -> int | None:
+    if not isinstance(task_type, str):
+        raise TypeError(f"task_type must be a string or None, got {type(task_type).__name__}")
+    value = task_type.strip().lower()
+    if not value:
+        return None
+    token = (_TASK_TYPE_PREFIX + value).encode("utf-8", "surrogatepass")
+    return _code(zlib.crc32(token, _WORD_SEED), n)
+
+
+def _as_prompt(x: Any, i: int) -> Prompt:
+    if isinstance(x, Prompt):
+        return x
+    if isinstance(x, str):
+        # Not `normalize`: an empty string is a valid (if uninformative) row here.
+        return Prompt(text=x, last_user=x)
+    raise TypeError(f"X[{i}] must be a Prompt or a str, got {type(x).__name__}")

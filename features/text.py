@@ -1,0 +1,132 @@
+"""Turn what a request carries (a prompt string or OpenAI chat messages) into one `Prompt`.
+
+Everything downstream — features, cost estimates, capability filters, the train/test split —
+reads a `Prompt`, so the two input shapes are reconciled exactly once, here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Prompt", "PromptError", "from_messages", "normalize"]
+
+# Content-part types that carry an image (OpenAI chat format, plus the older "image" spelling).
+_IMAGE_PART_TYPES = frozenset({"image_url", "image", "input_image"})
+_TEXT_PART_TYPES = frozenset({"text", "input_text"})
+
+
+class PromptError(ValueError):
+    """A prompt or messages value has the wrong shape. `field` names the offending part."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """The routing-relevant view of one request.
+
+    `text` is the user-visible text joined in order (system, user, assistant turns); `last_user`
+    is the final user turn, which is usually what decides the difficulty of the answer.
+    """
+
+    text: str
+    last_user: str
+    turns: int = 1
+    images: int = 0
+    has_system: bool = False
+
+    @property
+    def needs_vision(self) -> bool:
+        return self.images > 0
+
+
+def normalize(prompt: Any = None, messages: Any = None, *, field: str = "") -> Prompt:
+    """Build a `Prompt` from exactly one of `prompt` (a string) or `messages` (chat format).
+
+    >>> normalize("What is 2+2?").turns
+    1
+    >>> normalize(messages=[{"role": "user", "content": "hi"}]).last_user
+    'hi'
+    """
+    prefix = f"{field}." if field else ""
+    if prompt is not None and messages is not None:
+        raise PromptError(f"{prefix}prompt", "give either 'prompt' or 'messages', not both")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise PromptError(f"{prefix}prompt", f"must be a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise PromptError(f"{prefix}prompt", "must not be empty")
+        return Prompt(text=prompt, last_user=prompt)
+    if messages is not None:
+        return from_messages(messages, field=f"{prefix}messages")
+    raise PromptError(f"{prefix}prompt", "one of 'prompt' or 'messages' is required")
+
+
+def _content_text(content: Any, field: str) -> tuple[str, int]:
+    """Text and image count of one message's `content` (a string or a list of parts)."""
+    if content is None:
+        return "", 0
+    if isinstance(content, str):
+        return content, 0
+    if not isinstance(content, Sequence) or isinstance(content, bytes | bytearray):
+        raise PromptError(field, "must be a string or a list of content parts")
+    texts: list[str] = []
+    images = 0
+    for i, part in enumerate(content):
+        if not isinstance(part, Mapping):
+            raise PromptError(f"{field}[{i}]", "a content part must be an object")
+        kind = part.get("type")
+        if kind in _TEXT_PART_TYPES:
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise PromptError(f"{field}[{i}].text", "must be a string")
+            texts.append(text)
+        elif kind in _IMAGE_PART_TYPES:
+            images += 1
+        elif not isinstance(kind, str):
+            raise PromptError(f"{field}[{i}].type", "is required and must be a string")
+        # Other part types (audio, files) carry no text we can route on; they are not errors.
+    return "\n".join(texts), images
+
+
+def from_messages(messages: Any, *, field: str = "messages") -> Prompt:
+    """Build a `Prompt` from OpenAI-style chat messages."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str | bytes | bytearray):
+        raise PromptError(field, "must be a list of chat messages")
+    if not messages:
+        raise PromptError(field, "must contain at least one message")
+    parts: list[str] = []
+    last_user = ""
+    images = 0
+    user_turns = 0
+    has_system = False
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise PromptError(f"{field}[{i}]", "a message must be an object")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise PromptError(f"{field}[{i}].role", "is required and must be a string")
+        text, n_images = _content_text(message.get("content"), f"{field}[{i}].content")
+        images += n_images
+        if role in ("system", "developer"):
+            has_system = True
+        if role == "user":
+            user_turns += 1
+            last_user = text
+        if text:
+            parts.append(text)
+    joined = "\n\n".join(parts)
+    if not joined.strip() and images == 0:
+        raise PromptError(field, "the messages contain no text and no image")
+    return Prompt(
+        text=joined,
+        last_user=last_user or joined,
+        turns=max(user_turns, 1),
+        images=images,
+        has_system=has_system,
+    )

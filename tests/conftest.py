@@ -1,0 +1,58 @@
+"""Shared fixtures: a small real router trained once per test session on bundled data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "data"
+
+
+def _sample(path: Path, n: int) -> list:
+    from training.logs import load_records
+
+    records = load_records([path]).records
+    step = max(len(records) // n, 1)
+    return records[::step][:n]
+
+
+@pytest.fixture(scope="session")
+def sample_records() -> list:
+    """~600 real records: RouterBench (11 models, real cost) and RouteLLM (2 models)."""
+    return _sample(DATA / "routerbench.jsonl.gz", 300) + _sample(DATA / "routellm.jsonl.gz", 300)
+
+
+@pytest.fixture(scope="session")
+def catalog():
+    from training.catalog import load_catalog
+
+    return load_catalog()
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory, sample_records, catalog) -> Path:
+    """A real artifact folder trained on `sample_records` with small settings (a few seconds)."""
+    from training.artifact import save_router
+    from training.trainer import TrainOptions, train
+
+    opts = TrainOptions(c_grid=(0.3, 1.0), cv_folds=2, n_hash_features=2**12, n_jobs=1)
+    result = train(sample_records, catalog, opts)
+    path = tmp_path_factory.mktemp("artifacts") / "tiny"
+    save_router(
+        result.router,
+        path,
+        catalog=catalog.to_dict(),
+        training={"files": ["sample"], "data_sha256": "0" * 64},
+        metrics=result.report,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_router(tiny_artifact):
+    from training.artifact import load_router
+
+    router, _manifest = load_router(tiny_artifact)
+    return router

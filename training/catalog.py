@@ -1,0 +1,180 @@
+"""The LLM catalog: prices, expected latency, context window and capabilities per model.
+
+One YAML file (`models/catalog.yaml` by default) is read and validated once; everything that
+needs a price or a context window — label derivation, cost estimates, the service's filters —
+asks the resulting `Catalog`. Validation errors name the model and the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from training.errors import ConfigError, UnknownModelError
+
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "DEFAULT_CATALOG_PATH",
+    "Catalog",
+    "ModelSpec",
+    "estimate_tokens",
+    "load_catalog",
+]
+
+DEFAULT_CATALOG_PATH = Path(__file__).resolve().parent.parent / "models" / "catalog.yaml"
+# The data sources estimate tokens as ceil(chars / 4); using the same rule keeps estimated
+# costs comparable with the recorded ones.
+CHARS_PER_TOKEN = 4
+
+Capability = Literal["vision", "tools", "json"]
+
+
+def estimate_tokens(chars: int) -> int:
+    """Tokens for `chars` characters of text: ceil(chars / 4), the rule the bundled data uses."""
+    return -(-chars // CHARS_PER_TOKEN)
+
+
+class ModelSpec(BaseModel):
+    """One catalog entry."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    provider: str = ""
+    input_price_per_1m: float = Field(ge=0)
+    output_price_per_1m: float = Field(ge=0)
+    latency_ms: float = Field(gt=0)
+    context_window: int = Field(gt=0)
+    capabilities: tuple[Capability, ...] = ()
+
+    @field_validator("input_price_per_1m", "output_price_per_1m", "latency_ms")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    def cost_usd(self, input_tokens: float, output_tokens: float) -> float:
+        return (
+            input_tokens * self.input_price_per_1m + output_tokens * self.output_price_per_1m
+        ) / 1e6
+
+
+class _CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    typical_output_tokens: int = Field(default=300, gt=0)
+    models: list[ModelSpec] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The validated catalog, with lookups and price vectors built once."""
+
+    models: tuple[ModelSpec, ...]
+    typical_output_tokens: int = 300
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, ModelSpec] = {}
+        for spec in self.models:
+            if spec.name in by_name:
+                raise ConfigError(f"models[{spec.name}].name", "duplicate model name")
+            by_name[spec.name] = spec
+        object.__setattr__(self, "_by_name", by_name)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.models)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name  # type: ignore[attr-defined]
+
+    def __getitem__(self, name: str) -> ModelSpec:
+        try:
+            return self._by_name[name]  # type: ignore[attr-defined]
+        except KeyError:
+            raise UnknownModelError(name, self.names) from None
+
+    def get(self, name: str) -> ModelSpec | None:
+        return self._by_name.get(name)  # type: ignore[attr-defined]
+
+    def require(self, names: Iterable[str], *, field: str = "model") -> None:
+        """Raise UnknownModelError for the first name the catalog does not have."""
+        for name in names:
+            if name not in self:
+                raise UnknownModelError(name, self.names, field=field)
+
+    def prices(self, order: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Input and output prices in USD per token, as arrays in `order`."""
+        specs = [self[m] for m in order]
+        inp = np.array([s.input_price_per_1m for s in specs], dtype=np.float64) / 1e6
+        out = np.array([s.output_price_per_1m for s in specs], dtype=np.float64) / 1e6
+        return inp, out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain snapshot (stored in artifact manifests)."""
+        return {
+            "version": 1,
+            "typical_output_tokens": self.typical_output_tokens,
+            "models": [m.model_dump(mode="json") for m in self.models],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Catalog:
+        try:
+            parsed = _CatalogFile.model_validate(data)
+        except ValidationError as exc:
+            raise _config_error(exc, data, source) from None
+        return cls(models=tuple(parsed.models), typical_output_tokens=parsed.typical_output_tokens)
+
+
+def _config_error(exc: ValidationError, data: Any, source: str | None) -> ConfigError:
+    """Turn pydantic's first error into a ConfigError whose field names the model."""
+    err = exc.errors()[0]
+    loc = list(err["loc"])
+    field = ".".join(str(p) for p in loc)
+    if len(loc) >= 2 and loc[0] == "models" and isinstance(loc[1], int):
+        name = None
+        models = data.get("models") if isinstance(data, Mapping) else None
+        if (
+            isinstance(models, list)
+            and loc[1] < len(models)
+            and isinstance(models[loc[1]], Mapping)
+        ):
+            name = models[loc[1]].get("name")
+        label = name if isinstance(name, str) and name else str(loc[1])
+        field = f"models[{label}]" + "".join(f".{p}" for p in loc[2:])
+    reason = err["msg"]
+    if len(exc.errors()) > 1:
+        reason += f" (and {len(exc.errors()) - 1} more error(s))"
+    return ConfigError(field, reason, source=source)
+
+
+def load_catalog(path: str | Path | None = None) -> Catalog:
+    """Read and validate a catalog YAML file (the bundled one when `path` is None)."""
+    p = Path(path) if path is not None else DEFAULT_CATALOG_PATH
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("catalog", f"no such file: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("catalog", f"cannot read {p}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError("catalog", f"{where}invalid YAML", source=str(p)) from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            "catalog", "the top level must be a mapping with a 'models' list", source=str(p)
+        )
+    return Catalog.from_dict(data, source=str(p))

@@ -1,0 +1,423 @@
+"""The `promptroute` command: a thin layer over the library (parse, call one function, print).
+
+Errors the user can fix (bad log lines, bad config, bad artifacts) become one message on stderr
+and exit code 2; a traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["DEFAULT_ARTIFACT", "BUNDLED_DATA", "build_parser", "ensure_default_artifact", "main"]
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ARTIFACT = ROOT / "models" / "artifacts" / "default"
+BUNDLED_DATA = tuple(
+    ROOT / "data" / f
+    for f in ("routellm.jsonl.gz", "routerbench.jsonl.gz", "llmrouter_dcrouter.jsonl.gz")
+)
+
+
+def _err(msg: str) -> None:
+    print(f"promptroute: error: {msg}", file=sys.stderr)
+
+
+def _progress(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _load(paths: list[str], split: str, skip_invalid: bool):
+    from training.logs import load_records
+    from training.split import split_records
+
+    report = load_records(paths, skip_invalid=skip_invalid)
+    if report.skipped:
+        _progress(f"skipped {len(report.skipped)} invalid line(s):")
+        for reason, count in sorted(report.skipped_by_reason().items(), key=lambda kv: -kv[1]):
+            _progress(f"  {count} × {reason}")
+        for where, reason in report.skipped[:5]:
+            _progress(f"  e.g. {where}: {reason}")
+    records = split_records(report.records, split)
+    _progress(
+        f"loaded {len(report.records)} records from {len(paths)} file(s); using {len(records)} ({split} side)"
+    )
+    return records, report
+
+
+def _data_sha256(paths: list[str]) -> str:
+    import hashlib
+
+    from training.artifact import file_sha256
+
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def train_and_save(
+    logs: list[str],
+    out: str | Path,
+    *,
+    split: str = "all",
+    catalog_path: str | None = None,
+    skip_invalid: bool = False,
+    options: Any = None,
+) -> dict[str, Any]:
+    """Load logs, train, save the artifact; returns the manifest."""
+    from training.artifact import save_router
+    from training.catalog import load_catalog
+    from training.trainer import TrainOptions, train
+
+    catalog = load_catalog(catalog_path)
+    records, report = _load(logs, split, skip_invalid)
+    result = train(records, catalog, options or TrainOptions(), progress=_progress)
+    training = {
+        "files": [str(p) for p in logs],
+        "data_sha256": _data_sha256(logs),
+        "split": split,
+        "lines_read": report.lines_read,
+        "records_loaded": len(report.records),
+        "records_used": result.report["n_records"],
+        "skipped_lines": len(report.skipped),
+        "options": result.report["options"],
+    }
+    manifest = save_router(
+        result.router,
+        out,
+        catalog=catalog.to_dict(),
+        training=training,
+        metrics={k: v for k, v in result.report.items() if k != "options"},
+    )
+    return manifest
+
+
+def ensure_default_artifact(path: Path = DEFAULT_ARTIFACT) -> Path:
+    """Train the bundled default model (train side of the bundled data) when it is missing."""
+    from training.artifact import read_manifest
+    from training.errors import ArtifactError
+
+    try:
+        read_manifest(path)
+        return path
+    except ArtifactError:
+        pass
+    _progress(f"no default model at {path}; training it from the bundled data (about a minute)")
+    train_and_save([str(p) for p in BUNDLED_DATA], path, split="train")
+    return path
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_train(a: argparse.Namespace) -> int:
+    from training.trainer import TrainOptions
+
+    opts = TrainOptions(
+        tolerance=a.tolerance,
+        c_grid=tuple(a.c_grid),
+        cv_folds=a.cv_folds,
+        strategy=a.strategy,
+        target_budget=a.target_budget,
+        target_strong_share=a.target_strong_share,
+        knob=a.knob,
+        n_jobs=a.jobs,
+    )
+    manifest = train_and_save(
+        a.logs,
+        a.out,
+        split=a.split,
+        catalog_path=a.catalog,
+        skip_invalid=a.skip_invalid,
+        options=opts,
+    )
+    m = manifest["metrics"]
+    print(
+        json.dumps(
+            {
+                "artifact": str(a.out),
+                "router_version": manifest["router_version"],
+                "models": len(manifest["models"]),
+                "records": m["n_records"],
+                "default_strategy": m["default_strategy"],
+                "default_knob": m["default_knob"],
+                "cv_routing": m["cv_routing"],
+                "calibration": m["calibration"],
+                "train_seconds": m["train_seconds"],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def _resolve_artifact(path: str | None) -> Path:
+    return Path(path) if path else ensure_default_artifact()
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    r = report["router"]
+    print(
+        f"records: {report['n']} (skipped {report.get('n_skipped', 0)})   strategy: {report['strategy']}"
+    )
+    print(f"{'':34s} {'quality':>8s} {'cost $/req':>12s}")
+    for m, v in sorted(report["single_models"].items(), key=lambda kv: -kv[1]["quality"]):
+        print(f"  {m[:32]:32s} {v['quality']:8.4f} {v['cost']:12.3e}")
+    for name in ("oracle", "heuristic"):
+        v = report[name]
+        print(f"  {name.upper():32s} {v['quality']:8.4f} {v['cost']:12.3e}")
+    print(
+        f"router: AIQ {r['aiq']}  (Zero router {report['zero_router']['aiq']})  max quality {r['max_quality']}"
+    )
+    print(
+        f"        cost to match best single: {r['cost_to_match_best']}   to 95%: {r['cost_to_95pct_best']}"
+    )
+    print(
+        f"        accuracy {r['accuracy']}  macro-F1 {r['macro_f1']}  quality at heuristic cost "
+        f"{r['quality_at_heuristic_cost']} (heuristic {report['heuristic']['quality']})"
+    )
+    if report.get("two_model"):
+        t = report["two_model"]
+        print(
+            f"two-model ({t['strong']} vs {t['weak']}): APGR {t['apgr']}  CPT50 {t['cpt50']}  CPT80 {t['cpt80']}"
+        )
+    for s, alt in report.get("router_alternatives", {}).items():
+        print(
+            f"  alternative head {s}: AIQ {alt['aiq']}  cost to match best {alt['cost_to_match_best']}"
+        )
+    if report.get("by_task"):
+        print("by task:")
+        for task, v in report["by_task"].items():
+            tm = f"  APGR {v['two_model']['apgr']}" if v.get("two_model") else ""
+            print(
+                f"  {task[:28]:28s} n={v['n']:<6d} "
+                f"AIQ {v['router']['aiq']}  zero {v['zero_router']['aiq']}  match-best {v['router']['cost_to_match_best']}{tm}"
+            )
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from training.catalog import load_catalog
+    from training.evaluate import cross_val_evaluate, evaluate
+
+    records, _ = _load(a.logs, a.split, a.skip_invalid)
+    if a.cv:
+        from training.trainer import TrainOptions
+
+        catalog = load_catalog(a.catalog)
+        report = cross_val_evaluate(
+            records, catalog, TrainOptions(n_jobs=a.jobs), folds=a.cv, progress=_progress
+        )
+    else:
+        from training.artifact import load_router
+
+        router, manifest = load_router(_resolve_artifact(a.model))
+        from training.catalog import Catalog
+
+        catalog = load_catalog(a.catalog) if a.catalog else Catalog.from_dict(manifest["catalog"])
+        report = evaluate(router, records, catalog, strategy=a.strategy)
+        report["router_version"] = manifest["router_version"]
+    _print_table(report)
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    if a.report:
+        from training.report import markdown_report
+
+        Path(a.report).write_text(markdown_report(report, title=", ".join(a.logs)))
+    if a.plot:
+        from training.report import plot_curve
+
+        plot_curve(report, a.plot)
+    return 0
+
+
+def cmd_route(a: argparse.Namespace) -> int:
+    from features.text import normalize
+    from training.artifact import load_router
+
+    router, manifest = load_router(_resolve_artifact(a.model))
+    if a.messages:
+        prompt = normalize(messages=json.loads(a.prompt))
+    else:
+        prompt = normalize(prompt=a.prompt)
+    mask = router.mask_for(a.candidates)
+    scored = router.score(
+        prompt,
+        task_type=a.task_type,
+        expected_output_tokens=a.output_tokens,
+        strategy=a.strategy,
+        mask=mask,
+    )
+    knob = router.default_knob if a.knob is None else a.knob
+    order = router.rank(scored, knob, mask)
+    chosen = int(order[0])
+    runner = int(order[1]) if len(order) > 1 else None
+    print(
+        json.dumps(
+            {
+                "model": router.models[chosen],
+                "fallbacks": [router.models[i] for i in order[1:]],
+                "knob": knob,
+                "strategy": scored.strategy,
+                "scores": {router.models[i]: round(float(scored.score[i]), 4) for i in order},
+                "estimated_cost_usd": {
+                    router.models[i]: float(f"{scored.cost_usd[i]:.3g}") for i in order
+                },
+                "input_tokens": scored.input_tokens,
+                "explanation": {
+                    "versus": router.models[runner] if runner is not None else None,
+                    "top_features": router.explain(scored, chosen, runner),
+                },
+                "router_version": manifest["router_version"],
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from serving.server import serve
+
+    return serve(config=a.config, model=a.model, host=a.host, port=a.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.trainer import TrainOptions
+
+    p = argparse.ArgumentParser(
+        prog="promptroute", description="A learned LLM router: train, evaluate, route, serve."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def logs_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--logs",
+            nargs="+",
+            required=True,
+            metavar="FILE",
+            help="labelled logs (.jsonl or .jsonl.gz)",
+        )
+        sp.add_argument(
+            "--split",
+            choices=("train", "test", "all"),
+            default="all",
+            help="side of the sha256(prompt) 80/20 split to use (default: all)",
+        )
+        sp.add_argument(
+            "--skip-invalid",
+            action="store_true",
+            help="skip bad lines (counted and reported) instead of stopping",
+        )
+        sp.add_argument(
+            "--catalog",
+            help="catalog YAML (default: models/catalog.yaml, or the artifact's snapshot)",
+        )
+        sp.add_argument("--jobs", type=int, default=2, help="parallel fits (default 2)")
+
+    t = sub.add_parser(
+        "train", help="train a router from labelled logs", description=cmd_train.__doc__
+    )
+    logs_args(t)
+    t.add_argument("--out", required=True, help="artifact folder to write")
+    t.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="quality tolerance for the best-model label (default 0)",
+    )
+    t.add_argument(
+        "--c-grid",
+        type=float,
+        nargs="+",
+        default=list(TrainOptions.c_grid),
+        help="inverse regularisation values C to cross-validate (default: %(default)s)",
+    )
+    t.add_argument("--cv-folds", type=int, default=3)
+    t.add_argument(
+        "--strategy",
+        choices=("auto", "quality", "classifier"),
+        default="auto",
+        help="routing head to use by default (auto: the one with the higher CV AIQ)",
+    )
+    g = t.add_mutually_exclusive_group()
+    g.add_argument(
+        "--target-budget",
+        type=float,
+        help="default knob: spend at most this fraction of the strongest model's cost",
+    )
+    g.add_argument(
+        "--target-strong-share",
+        type=float,
+        help="default knob: send at most this share of calls to the strongest model",
+    )
+    g.add_argument("--knob", type=float, help="default knob (cost weight λ ≥ 0)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a router offline on labelled logs")
+    logs_args(e)
+    e.add_argument("--model", help="artifact folder (default: the bundled default model)")
+    e.add_argument(
+        "--strategy",
+        choices=("quality", "classifier"),
+        help="head to evaluate (default: the artifact's)",
+    )
+    e.add_argument(
+        "--cv",
+        type=int,
+        metavar="K",
+        help="instead of --model: train and evaluate out of fold, K folds",
+    )
+    e.add_argument("--json", metavar="OUT.json", help="write the full report as JSON")
+    e.add_argument("--report", metavar="OUT.md", help="write a Markdown report")
+    e.add_argument("--plot", metavar="OUT.png", help="draw the cost-quality curve")
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("route", help="route one prompt and explain the decision")
+    r.add_argument(
+        "prompt", help="the prompt text (or a JSON list of chat messages with --messages)"
+    )
+    r.add_argument(
+        "--messages", action="store_true", help="PROMPT is OpenAI-style chat messages as JSON"
+    )
+    r.add_argument("--model", help="artifact folder (default: the bundled default model)")
+    r.add_argument("--knob", type=float, help="cost weight λ ≥ 0 (default: the artifact's)")
+    r.add_argument("--strategy", choices=("quality", "classifier"))
+    r.add_argument("--candidates", nargs="+", help="restrict to these models")
+    r.add_argument("--task-type", help="request task type, if the caller knows it")
+    r.add_argument("--output-tokens", type=int, help="expected output tokens (for cost estimates)")
+    r.set_defaults(func=cmd_route)
+
+    s = sub.add_parser("serve", help="start the HTTP routing service")
+    s.add_argument("--model", help="artifact folder (default: the bundled default model)")
+    s.add_argument("--config", help="service config YAML")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.set_defaults(func=cmd_serve)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from features.text import PromptError
+    from training.errors import PromptrouteError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (PromptrouteError, PromptError) as exc:
+        _err(str(exc))
+        return 2
+    except json.JSONDecodeError as exc:
+        _err(f"invalid JSON: {exc}")
+        return 2
+    except ValueError as exc:  # option validation (TrainOptions, split names)
+        _err(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Offline evaluation: how a trained router trades quality against cost on labelled records.
+
+The report's field names are a stable interface (scripts and dashboards read them):
+
+    n, models, single_models{MODEL: {quality, cost}}, oracle{quality, cost},
+    heuristic{quality, cost}, router{curve[{knob, quality, cost, calls}], aiq, max_quality,
+    cost_to_match_best, cost_to_95pct_best, accuracy, macro_f1}, zero_router{aiq},
+    two_model{strong, weak, apgr, cpt50, cpt80} | null, by_task{TASK: {...}}
+
+`cost` is mean USD per request. The router sees only the prompt (and `task_type` when a log row
+carries that request field); `task` only groups the report. Curves come from a sweep of the
+decision knob (training/curves.py); `two_model` thresholds the strong-vs-weak score difference,
+as RouteLLM thresholds its win rate, so the strong-call share spans 0..1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+from features.text import Prompt
+from training import metrics
+from training.catalog import Catalog
+from training.curves import KNOB_GRID, choose, sweep
+from training.heuristic import HeuristicRouter
+from training.labels import Targets, build_targets
+from training.records import Record
+from training.router import Router
+from training.trainer import TrainOptions
+
+__all__ = ["cross_val_evaluate", "evaluate"]
+
+
+def _r(x: float | None, nd: int = 6) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), nd)
+
+
+@dataclass
+class _Scored:
+    """Everything the summaries need, detached from any one router (CV stitches several)."""
+
+    models: tuple[str, ...]
+    targets: Targets
+    prompts: list[Prompt]
+    tasks: np.ndarray
+    scores: dict[str, np.ndarray]  # strategy -> (n, K)
+    rel_cost: np.ndarray  # estimated cost / c_ref, (n, K): what the knob multiplies
+    default_knob: float
+
+
+def _kept(records: Sequence[Record], known: set[str]) -> list[Record]:
+    return [r for r in records if sum(1 for m in r.labelled_models if m in known) >= 2]
+
+
+def evaluate(
+    router: Router,
+    records: Sequence[Record],
+    catalog: Catalog,
+    *,
+    tolerance: float = 0.0,
+    strategy: str | None = None,
+    knobs: Sequence[float] = KNOB_GRID,
+    min_task_size: int = 20,
+) -> dict[str, Any]:
+    """Evaluate `router` on `records` (those with ≥ 2 labelled models the router knows)."""
+    kept = _kept(records, set(router.models))
+    if not kept:
+        raise ValueError("no record has two or more labelled models that the router knows")
+    t = build_targets(kept, router.models, catalog, tolerance=tolerance)
+    prompts = [r.prompt for r in kept]
+    X = router.featurizer.transform(prompts, task_types=[r.task_type for r in kept]).tocsr()
+    scores, est = {}, None
+    for s in router.heads:
+        scores[s], est = router.score_batch(prompts, X=X, strategy=s, masks=t.labelled)
+    sc = _Scored(
+        router.models,
+        t,
+        prompts,
+        np.array([r.task or "" for r in kept]),
+        scores,
+        est / router.cost_ref,
+        router.default_knob,
+    )
+    report = _report(sc, catalog, strategy or router.default_strategy, knobs, min_task_size)
+    report["n_skipped"] = len(records) - len(kept)
+    return report
+
+
+def cross_val_evaluate(
+    records: Sequence[Record],
+    catalog: Catalog,
+    options: TrainOptions,
+    *,
+    folds: int = 5,
+    knobs: Sequence[float] = KNOB_GRID,
+    min_task_size: int = 20,
+    progress=None,
+) -> dict[str, Any]:
+    """Evaluate out of fold: train on k−1 folds, score the held-out one, report on all of them.
+
+    For data whose test side is held out elsewhere (routerbench), this is the honest figure.
+    """
+    from training.trainer import train
+
+    say = progress or (lambda _m: None)
+    models = tuple(sorted({m for r in records for m in r.labelled_models}))
+    kept = _kept(records, set(models))
+    t = build_targets(kept, models, catalog, tolerance=options.tolerance)
+    prompts = [r.prompt for r in kept]
+    # Different hash bytes than the inner CV folds, so the two never line up.
+    fid = np.array(
+        [
+            int(hashlib.sha256(p.text.encode("utf-8")).hexdigest()[16:24], 16) % folds
+            for p in prompts
+        ]
+    )
+    n, k = t.quality.shape
+    scores: dict[str, np.ndarray] = {}
+    rel = np.zeros((n, k))
+    knob_sum = 0.0
+    for f in range(folds):
+        tr = [kept[i] for i in np.flatnonzero(fid != f)]
+        te = np.flatnonzero(fid == f)
+        say(f"fold {f + 1}/{folds}: training on {len(tr)} records")
+        router = train(tr, catalog, options).router
+        knob_sum += router.default_knob
+        cols = [router.index.get(m) for m in models]
+        te_prompts = [prompts[i] for i in te]
+        X = router.featurizer.transform(
+            te_prompts, task_types=[kept[i].task_type for i in te]
+        ).tocsr()
+        for s in router.heads:
+            sf, est = router.score_batch(te_prompts, X=X, strategy=s, masks=None)
+            out = scores.setdefault(s, np.full((n, k), np.nan))
+            for j, cj in enumerate(cols):
+                if cj is not None:
+                    out[te, j] = sf[:, cj]
+                    rel[te, j] = est[:, cj] / router.cost_ref
+        if "classifier" in router.heads:  # renormalise the softmax over each prompt's models
+            cs = scores["classifier"][te]
+            m = t.labelled[te]
+            cs = np.where(m, np.nan_to_num(cs), 0.0)
+            scores["classifier"][te] = cs / np.maximum(cs.sum(axis=1, keepdims=True), 1e-12)
+    strategy = options.strategy if options.strategy != "auto" else "quality"
+    sc = _Scored(
+        models, t, prompts, np.array([r.task or "" for r in kept]), scores, rel, knob_sum / folds
+    )
+    report = _report(
+        sc, catalog, strategy if strategy in scores else next(iter(scores)), knobs, min_task_size
+    )
+    report["n_skipped"] = len(records) - len(kept)
+    report["cv_folds"] = folds
+    return report
+
+
+def _report(
+    sc: _Scored, catalog: Catalog, strategy: str, knobs: Sequence[float], min_task_size: int
+) -> dict[str, Any]:
+    t = sc.targets
+    masks = t.labelled
+    index = {m: i for i, m in enumerate(sc.models)}
+    heuristic = HeuristicRouter(catalog)
+    h_pick = np.array(
+        [
+            index[heuristic.choose(p, [sc.models[j] for j in np.flatnonzero(m)])]
+            for p, m in zip(sc.prompts, masks, strict=True)
+        ]
+    )
+
+    def summary(rows: np.ndarray, s: str) -> dict[str, Any]:
+        return _summary(sc, rows, s, h_pick, knobs)
+
+    all_rows = np.arange(len(sc.prompts))
+    report: dict[str, Any] = {
+        "n": len(sc.prompts),
+        "strategy": strategy,
+        "knob_default": sc.default_knob,
+    }
+    report.update(summary(all_rows, strategy))
+    report["router_alternatives"] = {
+        s: {k: v for k, v in summary(all_rows, s)["router"].items() if k != "curve"}
+        for s in sc.scores
+        if s != strategy
+    }
+    by_task: dict[str, Any] = {}
+    for task in sorted(set(sc.tasks.tolist()) - {""}):
+        rows = np.flatnonzero(sc.tasks == task)
+        if rows.size >= min_task_size:
+            by_task[task] = summary(rows, strategy)
+    report["by_task"] = by_task
+    return report
+
+
+def _summary(
+    sc: _Scored, rows: np.ndarray, strategy: str, h_pick: np.ndarray, knobs: Sequence[float]
+) -> dict[str, Any]:
+    t = sc.targets
+    mask = t.labelled[rows]
+    present = np.flatnonzero(mask.any(axis=0))
+    q = np.nan_to_num(t.quality[rows])
+    c = np.nan_to_num(t.cost[rows])
+    models = [sc.models[j] for j in present]
+    single = {}
+    for j in present:
+        have = mask[:, j]
+        single[sc.models[j]] = {"quality": _r(q[have, j].mean()), "cost": _r(c[have, j].mean(), 9)}
+    # The oracle: per prompt the best quality, at the cheapest model reaching it.
+    qm = np.where(mask, q, -np.inf)
+    best = qm.max(axis=1, keepdims=True)
+    oracle_pick = np.argmin(np.where(qm >= best - 1e-12, c, np.inf), axis=1)
+    idx = np.arange(len(rows))
+    oracle = {"quality": _r(q[idx, oracle_pick].mean()), "cost": _r(c[idx, oracle_pick].mean(), 9)}
+    hp = h_pick[rows]
+    heur = {"quality": _r(q[idx, hp].mean()), "cost": _r(c[idx, hp].mean(), 9)}
+
+    score = sc.scores[strategy][rows]
+    s = np.where(mask, np.nan_to_num(score, nan=-1.0), -np.inf)
+    rel = sc.rel_cost[rows]
+    curve = sweep(s, rel, 1.0, q, c, mask, knobs)
+    costs = np.array([p.cost for p in curve])
+    quals = np.array([p.quality for p in curve])
+    sq = np.array([single[m]["quality"] for m in models])
+    scost = np.array([single[m]["cost"] for m in models])
+    best_j = int(np.lexsort((scost, -sq))[0])  # best single model: highest quality, then cheapest
+    best_q, best_c = float(sq[best_j]), float(scost[best_j])
+
+    def frac(target: float) -> float | None:
+        hit = metrics.cost_to_reach(costs, quals, target)
+        return None if hit is None or best_c <= 0 else _r(hit / best_c, 4)
+
+    cheapest = int(np.argmin(scost))
+    spread = scost.max() > scost.min()
+    aiq = (
+        metrics.aiq(
+            costs,
+            quals,
+            float(scost.min()),
+            float(scost.max()),
+            anchor=(float(scost[cheapest]), float(sq[cheapest])),
+        )
+        if spread
+        else None
+    )
+    zero = metrics.zero_router_aiq(scost, sq) if spread else None
+
+    # Accuracy of the decision at the default knob against the derived best-model label.
+    pick = choose(s, rel, 1.0, sc.default_knob, mask)
+    lab = t.label[rows]
+    has = lab >= 0
+    acc = f1 = None
+    if has.any():
+        acc = float(np.mean(pick[has] == lab[has]))
+        f1 = float(
+            f1_score(
+                lab[has], pick[has], average="macro", labels=np.unique(lab[has]), zero_division=0
+            )
+        )
+
+    # The best pure curve point that costs no more than the heuristic.
+    under = costs <= heur["cost"] + 1e-15
+    at_h_cost = float(quals[under].max()) if under.any() else None
+
+    out = {
+        "n": int(len(rows)),
+        "models": models,
+        "single_models": single,
+        "oracle": oracle,
+        "heuristic": heur,
+        "router": {
+            "curve": [
+                {
+                    "knob": p.knob,
+                    "quality": _r(p.quality),
+                    "cost": _r(p.cost, 9),
+                    "calls": {sc.models[j]: _r(p.calls[j], 4) for j in present},
+                }
+                for p in curve
+            ],
+            "aiq": _r(aiq),
+            "max_quality": _r(quals.max()),
+            "cost_to_match_best": frac(best_q),
+            "cost_to_95pct_best": frac(0.95 * best_q),
+            "accuracy": _r(acc, 4),
+            "macro_f1": _r(f1, 4),
+            "quality_at_heuristic_cost": _r(at_h_cost),
+            "beats_heuristic": bool(at_h_cost is not None and at_h_cost > heur["quality"]),
+        },
+        "zero_router": {"aiq": _r(zero)},
+        "best_single": {"model": models[best_j], "quality": _r(best_q), "cost": _r(best_c, 9)},
+        "two_model": None,
+    }
+    if len(present) == 2 and mask[:, present].all():
+        out["two_model"] = _two_model(sc.models, present, q, score, single)
+    return out
+
+
+def _two_model(
+    models: Sequence[str],
+    present: np.ndarray,
+    q: np.ndarray,
+    score: np.ndarray,
+    single: dict[str, Any],
+) -> dict[str, Any]:
+    a, b = (int(j) for j in present)
+    if single[models[a]]["quality"] < single[models[b]]["quality"]:
+        a, b = b, a
+    strong, weak = a, b
+    pref = score[:, strong] - score[:, weak]
+    order = np.argsort(-pref, kind="stable")
+    n = len(order)
+    # k prompts (highest preference first) go to the strong model, k = 0..n.
+    gain = np.concatenate([[0.0], np.cumsum(q[order, strong] - q[order, weak])])
+    quality = q[:, weak].mean() + gain / n
+    share = np.arange(n + 1) / n
+    qs, qw = float(q[:, strong].mean()), float(q[:, weak].mean())
+    return {
+        "strong": models[strong],
+        "weak": models[weak],
+        "apgr": _r(metrics.apgr(share, quality, qw, qs), 4),
+        "cpt50": _r(metrics.cpt(share, quality, qw, qs, 0.5), 4),
+        "cpt80": _r(metrics.cpt(share, quality, qw, qs, 0.8), 4),
+    }

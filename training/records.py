@@ -1,0 +1,41 @@
+"""The in-memory form of one labelled log record, whatever form it was written in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from features.text import Prompt
+
+__all__ = ["Outcome", "Record"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one model did on one prompt. `quality` is in [0, 1]; None where unlabelled."""
+
+    quality: float | None = None
+    cost_usd: float | None = None
+    latency_ms: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Record:
+    """One prompt with the outcomes of one or more models, or a direct `label`.
+
+    `task` and `meta` are kept for grouping reports only; they are never features.
+    `source` is "file:line" of the (first) line the record came from, for messages.
+    """
+
+    prompt: Prompt
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    label: str | None = None
+    id: str | None = None
+    task: str | None = None
+    task_type: str | None = None
+    source: str = ""
+
+    @property
+    def labelled_models(self) -> list[str]:
+        return [m for m, o in self.outcomes.items() if o.quality is not None]

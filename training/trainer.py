@@ -1,0 +1,541 @@
+"""Fit a router from labelled records: features, two linear heads, calibration, knob.
+
+Pipeline (each step is a function below, so tests and the CLI can follow it):
+
+1. the model list is every model with a labelled outcome (or direct label); all must be in
+   the catalog, which supplies prices for labels and cost estimates;
+2. prompts → `PromptFeaturizer` (one sparse matrix, built once);
+3. targets: quality and cost per (prompt, model), best model per prompt (`training/labels.py`);
+4. cross-validation on the given records only (folds keyed by a hash of the prompt text, so
+   repeated prompts never straddle folds) picks the regularisation C per model and per head
+   from `TrainOptions.c_grid`, and yields out-of-fold (OOF) scores;
+5. calibration on the OOF scores: Platt scaling per model for the quality head, a temperature
+   for the classifier head; both folded into the final weights;
+6. the OOF cost–quality curves choose the default head (higher AIQ wins) and the default knob
+   (the cheapest setting that still matches the best single model, or a user's budget target);
+7. final fits on all records at the chosen C.
+
+Each per-model head is a binary logistic regression trained on the prompts where that model has
+a labelled outcome: the quality head regresses quality (fractional qualities become two weighted
+rows, a standard soft-label trick), the classifier head is one-vs-rest on "this model is the best
+one", normalised with a softmax over the candidates a request allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from joblib import Parallel, delayed
+from scipy import optimize, sparse
+from sklearn.linear_model import LogisticRegression
+
+from features.extractor import PromptFeaturizer
+from training import metrics
+from training.catalog import Catalog
+from training.curves import KNOB_GRID, sweep
+from training.errors import DataError, UnknownModelError
+from training.labels import Targets, build_targets
+from training.records import Record
+from training.router import LinearHead, Router
+
+__all__ = ["TrainOptions", "TrainResult", "fold_ids", "train"]
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TrainOptions:
+    """Training options; validated on construction and stored in the artifact manifest."""
+
+    tolerance: float = 0.0
+    c_grid: tuple[float, ...] = (0.1, 0.3, 1.0)
+    cv_folds: int = 3
+    strategy: str = "auto"  # "auto" | "quality" | "classifier"
+    target_budget: float | None = None  # router cost ≤ this fraction of the strongest model's
+    target_strong_share: float | None = None  # share of calls to the strongest model ≤ this
+    knob: float | None = None  # an explicit default knob instead of a calibrated one
+    n_hash_features: int = 2**17
+    random_state: int = 0
+    n_jobs: int = 2
+
+    def __post_init__(self) -> None:
+        self.c_grid = tuple(float(c) for c in self.c_grid)
+        if not self.c_grid or any(not (c > 0 and math.isfinite(c)) for c in self.c_grid):
+            raise ValueError("c_grid: every value must be a positive finite number")
+        if not (0.0 <= self.tolerance <= 1.0):
+            raise ValueError("tolerance: must be between 0 and 1")
+        if not (2 <= self.cv_folds <= 20):
+            raise ValueError("cv_folds: must be between 2 and 20")
+        if self.strategy not in ("auto", "quality", "classifier"):
+            raise ValueError("strategy: must be one of auto, quality, classifier")
+        targets = [
+            x for x in (self.target_budget, self.target_strong_share, self.knob) if x is not None
+        ]
+        if len(targets) > 1:
+            raise ValueError("knob: give at most one of target_budget, target_strong_share, knob")
+        if self.target_budget is not None and not (0 < self.target_budget <= 10):
+            raise ValueError("target_budget: must be a fraction > 0 (e.g. 0.3 for 30%)")
+        if self.target_strong_share is not None and not (0 <= self.target_strong_share <= 1):
+            raise ValueError("target_strong_share: must be between 0 and 1")
+        if self.knob is not None and not (self.knob >= 0 and math.isfinite(self.knob)):
+            raise ValueError("knob: must be a finite number >= 0")
+        if not (2**8 <= self.n_hash_features <= 2**22):
+            raise ValueError("n_hash_features: must be between 2**8 and 2**22")
+
+
+@dataclass
+class TrainResult:
+    router: Router
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def fold_ids(texts: Sequence[str], k: int) -> np.ndarray:
+    """CV fold per prompt, from bytes of sha256(text) that the 80/20 split rule does not use."""
+    return np.array(
+        [int(hashlib.sha256(t.encode("utf-8")).hexdigest()[8:16], 16) % k for t in texts],
+        dtype=np.int64,
+    )
+
+
+def _dense_scale(X: sparse.csr_matrix, n_dense: int) -> np.ndarray:
+    """1 / max |value| per dense column on the training rows (1 for all-zero columns)."""
+    peak = np.asarray(abs(X[:, :n_dense]).max(axis=0).todense()).ravel()
+    return np.where(peak > 0, 1.0 / np.where(peak > 0, peak, 1.0), 1.0)
+
+
+# --------------------------------------------------------------------------- binary fits
+def _fit_binary(
+    X: sparse.csr_matrix, y: np.ndarray, C: float, seed: int
+) -> tuple[np.ndarray, float]:
+    """Logistic regression on soft targets y ∈ [0, 1]; returns (coef, intercept).
+
+    A fractional target becomes a positive row weighted y and a negative row weighted 1 − y.
+    With a single class present the best constant is the clipped log-odds of the mean.
+    """
+    hard = (y == 0.0) | (y == 1.0)
+    soft = ~hard
+    if soft.any():
+        Xf = sparse.vstack([X[hard], X[soft], X[soft]]).tocsr()
+        yf = np.concatenate([y[hard], np.ones(soft.sum()), np.zeros(soft.sum())])
+        wf = np.concatenate([np.ones(hard.sum()), y[soft], 1.0 - y[soft]])
+    else:
+        Xf, yf, wf = X, y, np.ones(len(y))
+    pos = float(np.sum(wf * yf))
+    if pos <= 0.0 or pos >= float(np.sum(wf)):
+        mean = float(np.clip(np.mean(y), 1e-3, 1 - 1e-3))
+        return np.zeros(X.shape[1]), math.log(mean / (1 - mean))
+    clf = LogisticRegression(C=C, solver="liblinear", max_iter=500, random_state=seed)
+    clf.fit(Xf, (yf > 0.5).astype(np.int64), sample_weight=wf)
+    return clf.coef_[0].copy(), float(clf.intercept_[0])
+
+
+def _binary_loss(z: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy of logits z against soft targets y."""
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+@dataclass
+class _HeadFit:
+    """Per-model results of cross-validating one head."""
+
+    oof: np.ndarray  # (n, K) out-of-fold logits at the chosen C (NaN where not applicable)
+    best_c: list[float]
+    cv_loss: dict[str, dict[str, float]]
+
+
+def _targets_for(head: str, t: Targets, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and soft targets of model j for `head`."""
+    if head == "quality":
+        rows = np.flatnonzero(t.labelled[:, j])
+        return rows, t.quality[rows, j]
+    rows = np.flatnonzero(t.label >= 0)
+    avail = t.labelled[rows, j] | (t.label[rows] == j)
+    rows = rows[avail]
+    return rows, (t.label[rows] == j).astype(np.float64)
+
+
+def _cv_one_model(
+    Xj: sparse.csr_matrix,
+    y: np.ndarray,
+    fj: np.ndarray,
+    folds: int,
+    c_grid: tuple[float, ...],
+    seed: int,
+) -> dict[float, np.ndarray]:
+    """Out-of-fold logits of one model's rows for every C (runs in a worker process)."""
+    out = {}
+    for c in c_grid:
+        z = np.full(len(y), np.nan)
+        for f in range(folds):
+            tr, te = fj != f, fj == f
+            if tr.any() and te.any():
+                coef, b = _fit_binary(Xj[tr], y[tr], c, seed)
+                z[te] = Xj[te] @ coef + b
+        out[c] = z
+    return out
+
+
+def _cross_validate(
+    head: str, X: sparse.csr_matrix, t: Targets, folds: np.ndarray, opts: TrainOptions
+) -> _HeadFit:
+    n, k = t.quality.shape
+    rows_y = [_targets_for(head, t, j) for j in range(k)]
+    # One job per model: each worker receives that model's rows once, and does every fold and C.
+    results = Parallel(n_jobs=opts.n_jobs, max_nbytes=None)(
+        delayed(_cv_one_model)(
+            X[rows], y, folds[rows], opts.cv_folds, opts.c_grid, opts.random_state
+        )
+        for rows, y in rows_y
+    )
+    oof = np.full((n, k), np.nan)
+    best_c: list[float] = []
+    cv_loss: dict[str, dict[str, float]] = {}
+    for j, ((rows, y), by_c) in enumerate(zip(rows_y, results, strict=True)):
+        losses = {
+            c: _binary_loss(z, y) for c, z in by_c.items() if rows.size and not np.isnan(z).any()
+        }
+        if not losses:
+            best_c.append(opts.c_grid[len(opts.c_grid) // 2])
+            continue
+        c_star = min(losses, key=lambda c: (losses[c], c))
+        best_c.append(c_star)
+        oof[rows, j] = by_c[c_star]
+        cv_loss[t.models[j]] = {f"C={c:g}": round(v, 5) for c, v in losses.items()}
+    return _HeadFit(oof, best_c, cv_loss)
+
+
+# --------------------------------------------------------------------------- calibration
+def _platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """a, b minimising the cross-entropy of sigmoid(a·z + b) against soft targets y."""
+
+    def loss(p: np.ndarray) -> float:
+        return _binary_loss(p[0] * z + p[1], y)
+
+    res = optimize.minimize(
+        loss, x0=np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(1e-3, 100.0), (-20.0, 20.0)]
+    )
+    return float(res.x[0]), float(res.x[1])
+
+
+def _masked_softmax(z: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    z = np.where(mask, z, -np.inf)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _temperature(z: np.ndarray, mask: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the NLL of softmax(z / T) over the masked classes."""
+    rows = np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        p = _masked_softmax(z / math.exp(log_t), mask)
+        return float(-np.mean(np.log(np.clip(p[rows, y], 1e-12, 1.0))))
+
+    res = optimize.minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded")
+    return math.exp(float(res.x))
+
+
+# --------------------------------------------------------------------------- main entry
+def _model_list(records: Sequence[Record], catalog: Catalog) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    for rec in records:
+        for m, o in rec.outcomes.items():
+            if o.quality is not None:
+                seen.setdefault(m, rec.source)
+        if rec.label is not None:
+            seen.setdefault(rec.label, rec.source)
+    for m, src in seen.items():
+        if m not in catalog:
+            err = UnknownModelError(m, catalog.names, field="model")
+            raise DataError(src or "logs", None, f"{err} — add it to the catalog with its prices")
+    if len(seen) < 2:
+        raise DataError(
+            "logs", None, f"need labelled outcomes for at least 2 models, found {sorted(seen)}"
+        )
+    return tuple(sorted(seen))
+
+
+def train(
+    records: Sequence[Record],
+    catalog: Catalog,
+    options: TrainOptions | None = None,
+    *,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train a router on `records` (see the module docstring for the steps)."""
+    opts = options or TrainOptions()
+    say = progress or (lambda _msg: None)
+    t0 = time.perf_counter()
+    records = [r for r in records if r.labelled_models or r.label is not None]
+    if not records:
+        raise DataError("logs", None, "no record has a labelled outcome or a label")
+    models = _model_list(records, catalog)
+    targets = build_targets(records, models, catalog, tolerance=opts.tolerance)
+    n, k = targets.quality.shape
+    say(f"{n} records, {k} models; extracting features")
+
+    featurizer = PromptFeaturizer(n_hash_features=opts.n_hash_features).fit([])
+    prompts = [r.prompt for r in records]
+    X = featurizer.transform(prompts, task_types=[r.task_type for r in records]).tocsr()
+    # liblinear converges several times faster when the dense block is on the hashed block's
+    # scale; the scaling is folded back into the weights after the final fit.
+    dense_scale = _dense_scale(X, featurizer.n_dense_)
+    X = (
+        X @ sparse.diags(np.concatenate([dense_scale, np.ones(X.shape[1] - featurizer.n_dense_)]))
+    ).tocsr()
+    folds = fold_ids([p.text for p in prompts], opts.cv_folds)
+    say(
+        f"features: {X.shape[1]} columns in {time.perf_counter() - t0:.1f}s; cross-validating C in {list(opts.c_grid)}"
+    )
+
+    inp_price, out_price = catalog.prices(models)
+    out_tokens = np.array(
+        [
+            float(np.nanmean(col))
+            if np.isfinite(col).any()
+            else float(catalog.typical_output_tokens)
+            for col in targets.output_tokens.T
+        ]
+    )
+    in_tok = np.array([-(-len(p.text) // 4) for p in prompts], dtype=np.float64)
+    est_cost = in_tok[:, None] * inp_price + out_price * out_tokens
+    cost_ref = float(np.median(np.max(est_cost, axis=1)))
+    if not cost_ref > 0:
+        cost_ref = 1.0
+
+    heads_wanted = ["quality", "classifier"] if opts.strategy == "auto" else [opts.strategy]
+    if "classifier" in heads_wanted and not (targets.label >= 0).any():
+        heads_wanted.remove("classifier")
+    if not heads_wanted:
+        raise DataError(
+            "logs", None, "no record has two labelled models or a label: nothing to learn"
+        )
+    if "quality" in heads_wanted and not targets.labelled.any():
+        heads_wanted.remove("quality")
+
+    fits: dict[str, _HeadFit] = {}
+    for head in heads_wanted:
+        t1 = time.perf_counter()
+        fits[head] = _cross_validate(head, X, targets, folds, opts)
+        say(f"cv {head} head: {time.perf_counter() - t1:.1f}s")
+
+    # Calibration on out-of-fold logits, and OOF scores for the policy choices below.
+    report: dict[str, Any] = {"n_records": n, "models": list(models), "cv_folds": opts.cv_folds}
+    calib: dict[str, Any] = {}
+    oof_scores: dict[str, np.ndarray] = {}
+    if "quality" in fits:
+        oof = fits["quality"].oof
+        ab = []
+        before, after = [], []
+        q_scores = np.full((n, k), np.nan)
+        for j in range(k):
+            rows = np.flatnonzero(~np.isnan(oof[:, j]))
+            if rows.size < 10:
+                ab.append((1.0, 0.0))
+                q_scores[rows, j] = 1 / (1 + np.exp(-oof[rows, j]))
+                continue
+            y = targets.quality[rows, j]
+            a, b = _platt(oof[rows, j], y)
+            ab.append((a, b))
+            raw = 1 / (1 + np.exp(-oof[rows, j]))
+            cal = 1 / (1 + np.exp(-(a * oof[rows, j] + b)))
+            q_scores[rows, j] = cal
+            before.append(metrics.brier_binary(raw, y) * rows.size)
+            after.append(metrics.brier_binary(cal, y) * rows.size)
+        total = int(np.sum(~np.isnan(oof)))
+        calib["quality"] = {
+            "method": "platt per model",
+            "brier_before": round(sum(before) / max(total, 1), 5),
+            "brier_after": round(sum(after) / max(total, 1), 5),
+        }
+        oof_scores["quality"] = q_scores
+    if "classifier" in fits:
+        oof = fits["classifier"].oof
+        rows = np.flatnonzero((targets.label >= 0) & np.isfinite(oof).any(axis=1))
+        mask = np.isfinite(oof[rows])
+        z = np.where(mask, oof[rows], 0.0)
+        y = targets.label[rows]
+        ok = mask[np.arange(len(rows)), y]
+        rows, z, mask, y = rows[ok], z[ok], mask[ok], y[ok]
+        temp = _temperature(z, mask, y) if len(rows) else 1.0
+        p_before = _masked_softmax(z, mask)
+        p_after = _masked_softmax(z / temp, mask)
+        calib["classifier"] = {
+            "method": "temperature",
+            "temperature": round(temp, 4),
+            "ece_before": round(
+                metrics.expected_calibration_error(
+                    p_before.max(1), (p_before.argmax(1) == y).astype(float)
+                ),
+                5,
+            ),
+            "ece_after": round(
+                metrics.expected_calibration_error(
+                    p_after.max(1), (p_after.argmax(1) == y).astype(float)
+                ),
+                5,
+            ),
+            "brier_after": round(metrics.brier_multiclass(p_after, y), 5),
+        }
+        c_scores = np.full((n, k), np.nan)
+        c_scores[rows] = np.where(mask, p_after, np.nan)
+        oof_scores["classifier"] = c_scores
+    report["calibration"] = calib
+
+    # Policy choices on the OOF curves (records with ≥ 2 labelled models, scored by every head).
+    evalable = targets.labelled.sum(axis=1) >= 2
+    for s in oof_scores.values():
+        evalable &= ~np.isnan(np.where(targets.labelled, s, 0.0)).any(axis=1)
+    cv_routing = {}
+    for head, s in oof_scores.items():
+        cv_routing[head] = _oof_routing(s, est_cost, cost_ref, targets, evalable)
+    report["cv_routing"] = {
+        h: {kk: v for kk, v in r.items() if kk != "curve"} for h, r in cv_routing.items()
+    }
+    if opts.strategy != "auto":
+        strategy = opts.strategy
+    else:
+        strategy = (
+            max(cv_routing, key=lambda h: cv_routing[h]["aiq"]) if cv_routing else heads_wanted[0]
+        )
+    knob = _choose_knob(cv_routing.get(strategy), opts)
+    report["default_strategy"] = strategy
+    report["default_knob"] = knob
+
+    # Final fits on everything at the chosen C, with calibration folded into the weights.
+    t2 = time.perf_counter()
+    heads: dict[str, LinearHead] = {}
+    for head, fit in fits.items():
+        rows_y = [_targets_for(head, targets, j) for j in range(k)]
+        done = Parallel(n_jobs=opts.n_jobs, max_nbytes=None)(
+            delayed(_fit_binary)(X[rows], y, fit.best_c[j], opts.random_state)
+            for j, (rows, y) in enumerate(rows_y)
+        )
+        coef = np.zeros((k, X.shape[1]))
+        bias = np.zeros(k)
+        for j, (cj, bj) in enumerate(done):
+            coef[j], bias[j] = cj, bj
+        if head == "quality":
+            a = np.array([p[0] for p in ab])
+            b = np.array([p[1] for p in ab])
+            coef, bias = coef * a[:, None], bias * a + b
+        else:
+            temp = calib["classifier"]["temperature"]
+            coef, bias = coef / temp, bias / temp
+        coef[:, : featurizer.n_dense_] *= dense_scale
+        heads[head] = LinearHead.from_coef(
+            "sigmoid" if head == "quality" else "softmax", coef, bias, featurizer.n_dense_
+        )
+        report.setdefault("best_c", {})[head] = dict(zip(models, fits[head].best_c, strict=True))
+    say(f"final fit: {time.perf_counter() - t2:.1f}s; total {time.perf_counter() - t0:.1f}s")
+    report["cv_loss"] = {h: f.cv_loss for h, f in fits.items()}
+    report["train_seconds"] = round(time.perf_counter() - t0, 2)
+    report["options"] = asdict(opts)
+
+    router = Router(
+        models=models,
+        featurizer=featurizer,
+        heads=heads,
+        input_price=inp_price,
+        output_price=out_price,
+        output_tokens=out_tokens,
+        cost_ref=cost_ref,
+        default_strategy=strategy,
+        default_knob=knob,
+    )
+    return TrainResult(router=router, report=report)
+
+
+def _oof_routing(
+    score: np.ndarray, est_cost: np.ndarray, cost_ref: float, t: Targets, rows: np.ndarray
+) -> dict[str, Any]:
+    """AIQ and the knob curve of OOF scores, pooled over groups of records with the same models.
+
+    AIQ is computed per group (costs of different model sets are not comparable) and averaged,
+    weighted by group size.
+    """
+    idx = np.flatnonzero(rows)
+    groups: dict[bytes, list[int]] = {}
+    for i in idx:
+        groups.setdefault(t.labelled[i].tobytes(), []).append(i)
+    total, aiq_sum = 0, 0.0
+    pooled = {
+        knob: [0.0, 0.0, 0.0, 0.0] for knob in KNOB_GRID
+    }  # quality, cost, strongest cost, strong calls
+    for members in groups.values():
+        g = np.array(members)
+        mask = t.labelled[g]
+        s = np.where(mask, score[g], -np.inf)
+        q = np.nan_to_num(t.quality[g])
+        c = np.nan_to_num(t.cost[g])
+        curve = sweep(s, est_cost[g], cost_ref, q, c, mask)
+        cols = np.flatnonzero(mask[0])
+        single_q = q[:, cols].mean(axis=0)
+        single_c = c[:, cols].mean(axis=0)
+        strongest = cols[int(np.argmax(single_q - 1e-9 * single_c))]
+        if single_c.max() > single_c.min():
+            cheapest = int(np.argmin(single_c))
+            a = metrics.aiq(
+                [p.cost for p in curve],
+                [p.quality for p in curve],
+                float(single_c.min()),
+                float(single_c.max()),
+                anchor=(float(single_c[cheapest]), float(single_q[cheapest])),
+            )
+            aiq_sum += a * len(g)
+            total += len(g)
+        for p in curve:
+            acc = pooled[p.knob]
+            acc[0] += p.quality * len(g)
+            acc[1] += p.cost * len(g)
+            acc[2] += float(c[:, strongest].mean()) * len(g)
+            acc[3] += float(p.calls[strongest]) * len(g)
+        # the best single model's quality, pooled, for the default-knob rule
+        pooled.setdefault("best_single", [0.0])[0] += float(single_q.max()) * len(g)
+    n = max(len(idx), 1)
+    best_single = pooled.pop("best_single", [0.0])[0] / n
+    curve_rows = [
+        {
+            "knob": knob,
+            "quality": v[0] / n,
+            "cost": v[1] / n,
+            "budget_share": v[1] / v[2] if v[2] else None,
+            "strong_share": v[3] / n,
+        }
+        for knob, v in pooled.items()
+    ]
+    return {
+        "aiq": aiq_sum / total if total else 0.0,
+        "n": len(idx),
+        "best_single_quality": best_single,
+        "curve": curve_rows,
+    }
+
+
+def _choose_knob(routing: dict[str, Any] | None, opts: TrainOptions) -> float:
+    """The default knob: explicit, calibrated to a target, or the cheapest that matches the best model."""
+    if opts.knob is not None:
+        return float(opts.knob)
+    if routing is None or not routing["curve"]:
+        return 0.0
+    curve = routing["curve"]  # ordered by increasing knob = decreasing cost (roughly)
+    if opts.target_budget is not None:
+        ok = [
+            p["knob"]
+            for p in curve
+            if p["budget_share"] is not None and p["budget_share"] <= opts.target_budget
+        ]
+        return float(min(ok)) if ok else float(curve[-1]["knob"])
+    if opts.target_strong_share is not None:
+        ok = [p["knob"] for p in curve if p["strong_share"] <= opts.target_strong_share + 1e-12]
+        return float(min(ok)) if ok else float(curve[-1]["knob"])
+    target = routing["best_single_quality"]
+    ok = [p["knob"] for p in curve if p["quality"] >= target - 1e-12]
+    return float(max(ok)) if ok else 0.0
