@@ -74,12 +74,29 @@ Keyword groups (``kw.*``, on the window; log1p of the number of matches)
     ``kw.equation``     solve, equation, integral, derivative, probability, theorem, matrix …
     ``kw.constraints``  only, must, exactly, format, without explanation, do not, at most …
     ``kw.roleplay``     roleplay, pretend, act as, you are, persona, hello, thanks …
+    ``kw.quantity``     each, per, twice, half, times, more than, total, remaining, price …
 
 Scripts (``script.*``, on the window; share of characters)
     ``script.latin``           ASCII letters and Latin-1/Extended letters
     ``script.cjk``             Han, kana, Hangul, CJK punctuation and full-width forms
     ``script.cyrillic``, ``script.arabic``, ``script.devanagari``
     ``script.other_nonascii``  any other non-ASCII character (emoji, Greek, Hebrew, Thai …)
+
+Quantities (``num.*``, on the window; log1p-scaled counts)
+    ``num.count_log``        numbers (digit runs, with ``.``/``,`` groups: ``1,250.5`` is one)
+    ``num.distinct_log``     distinct numbers
+    ``num.max_digits_log``   characters of the longest number
+    ``num.sentences_log``    sentence ends (``.``, ``!`` or ``?`` before a space or the end)
+    ``num.percent_log``      ``%`` signs
+    ``num.fraction_log``     fractions like ``3/4``
+    ``num.decimal_log``      decimals like ``2.5``
+    ``num.commas_log``       commas
+
+Free-form copies (``ff.*``)
+    ``ff.<name>`` repeats every feature above for free-form prompts (``re.multiple_choice``
+    is 0) and is 0 for multiple-choice prompts; ``ff.free_form`` is the indicator itself. What
+    makes a question hard differs between the two formats, and a linear head can express that
+    only with separate weights per format.
 
 Tokenisation
     The window is lower-cased; ASCII punctuation except ``_`` and common Unicode punctuation
@@ -309,7 +326,7 @@ def _token_columns(
     n_word_grams = sum(max(n_words - k + 1, 0) for k in range(2, kmax + 1))
     total = codes.size + n_word_grams + (task_code is not None)
     cols = np.empty(total, dtype=np.int64)
-    signs = np.empty(total, dtype=np.int64)
+    signs = np.empty(total, dtype=np.float64)  # float: what `np.bincount` sums without a cast
     head = codes.size
     negative = codes >> 63
     np.bitwise_xor(codes, negative, out=cols[:head])
@@ -356,8 +373,8 @@ def _merge(cols: np.ndarray, signs: np.ndarray, n: int) -> tuple[np.ndarray, np.
     owner[cols] = ramp
     representative = owner[cols]
     sums = np.bincount(representative, weights=signs)
-    keep = np.flatnonzero(representative == ramp)
-    return cols[keep], sums[keep]
+    keep = (representative == ramp).nonzero()[0]
+    return cols.take(keep), sums.take(keep)
 
 
 class PromptFeaturizer(TransformerMixin, BaseEstimator):

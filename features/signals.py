@@ -86,8 +86,20 @@ _KEYWORD_GROUPS: dict[str, tuple[str, ...]] = {
         "imagine you", "stay in character", "chat", "chatbot", "hi", "hello", "hey", "thanks",
         "thank you", "how are you",
     ),
+    "quantity": (
+        "each", "per", "every", "twice", "thrice", "half", "times", "more than", "less than",
+        "fewer than", "total", "remaining", "left", "altogether", "in all", "sum", "difference",
+        "ratio", "rate", "price", "cost", "costs", "dollars", "cents", "hours", "minutes", "miles",
+    ),
 }
 # fmt: on
+
+# Quantities: word problems get harder with the number of quantities and sentences, and that
+# difficulty is what separates a strong model from a weak one (see README, GSM8K).
+_NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
+_SENTENCE_END_RE = re.compile(r"[.!?](?:\s|$)")
+_FRACTION_RE = re.compile(r"\d\s?/\s?\d")
+_DECIMAL_RE = re.compile(r"\d\.\d")
 
 # ---------------------------------------------------------------------------------------------
 # Tokenisation: lower-case, ASCII punctuation (except "_") and common Unicode punctuation split
@@ -352,9 +364,30 @@ _SCRIPT_NAMES = (
     "script.devanagari",
     "script.other_nonascii",
 )
-DENSE_FEATURE_NAMES: tuple[str, ...] = (
-    _LENGTH_NAMES + _REGEX_NAMES + tuple(f"kw.{g}" for g in _GROUP_NAMES) + _SCRIPT_NAMES
+_QUANTITY_NAMES = (
+    "num.count_log",
+    "num.distinct_log",
+    "num.max_digits_log",
+    "num.sentences_log",
+    "num.percent_log",
+    "num.fraction_log",
+    "num.decimal_log",
+    "num.commas_log",
 )
+_BASE_NAMES: tuple[str, ...] = (
+    _LENGTH_NAMES
+    + _REGEX_NAMES
+    + tuple(f"kw.{g}" for g in _GROUP_NAMES)
+    + _SCRIPT_NAMES
+    + _QUANTITY_NAMES
+)
+# Every base signal again, non-zero only for free-form prompts (no multiple-choice options):
+# what makes a question hard differs between "pick A-D" and "work it out", and a linear head
+# can only express that with separate weights per format.
+DENSE_FEATURE_NAMES: tuple[str, ...] = (
+    _BASE_NAMES + tuple(f"ff.{name}" for name in _BASE_NAMES) + ("ff.free_form",)
+)
+_MULTIPLE_CHOICE = _BASE_NAMES.index("re.multiple_choice")
 
 _log1p = math.log1p
 
@@ -439,4 +472,20 @@ def dense_signals(prompt: Prompt, max_scan_chars: int) -> tuple[list[float], lis
         classes[_C_DEVANAGARI] * per_char,
         classes[_C_OTHER] * per_char,
     ]
+    numbers = _NUMBER_RE.findall(window) if classes[_C_DIGIT] else []
+    values += [
+        _log1p(len(numbers)),
+        _log1p(len(set(numbers))),
+        _log1p(max(map(len, numbers), default=0)),
+        _log1p(len(_SENTENCE_END_RE.findall(window))),
+        _log1p(window.count("%")),
+        _log1p(len(_FRACTION_RE.findall(window))) if "/" in window and numbers else 0.0,
+        _log1p(len(_DECIMAL_RE.findall(window))) if numbers else 0.0,
+        _log1p(window.count(",")),
+    ]
+    if values[_MULTIPLE_CHOICE] == 0.0:
+        values += values
+        values.append(1.0)
+    else:
+        values += [0.0] * (len(values) + 1)
     return values, words

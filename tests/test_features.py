@@ -94,8 +94,14 @@ def test_package_exports_exactly_the_documented_api():
 
 def test_every_dense_feature_is_named_once_and_documented():
     assert len(set(DENSE_FEATURE_NAMES)) == len(DENSE_FEATURE_NAMES)
-    undocumented = [n for n in DENSE_FEATURE_NAMES if f"``{n}``" not in extractor.__doc__]
+    base = [n for n in DENSE_FEATURE_NAMES if not n.startswith("ff.")]
+    undocumented = [n for n in base if f"``{n}``" not in extractor.__doc__]
     assert undocumented == []
+    assert "``ff.free_form``" in extractor.__doc__
+    assert [n for n in DENSE_FEATURE_NAMES if n.startswith("ff.")] == [
+        *(f"ff.{n}" for n in base),
+        "ff.free_form",
+    ]
 
 
 @pytest.mark.parametrize("module", [signals, extractor], ids=["signals", "extractor"])
@@ -150,7 +156,7 @@ def test_pickle_round_trip_gives_identical_output_and_leaves_the_cache_behind():
     before = f.transform(docs, task_types=["qa", None, "chat"])
     blob = pickle.dumps(f)
     # the word cache is module-level: only parameters and a few small attributes are pickled
-    assert len(blob) < 2000
+    assert len(blob) < 5000
     restored = pickle.loads(blob)
     after = restored.transform(docs, task_types=["qa", None, "chat"])
     assert (before != after).nnz == 0
@@ -379,6 +385,17 @@ SIGNAL_CASES = [
     pytest.param("مرحبا", "script.arabic", 1.0, id="arabic"),
     pytest.param("नमस्ते", "script.devanagari", 1.0, id="devanagari"),
     pytest.param("😀a", "script.other_nonascii", 0.5, id="other-script"),
+    pytest.param("Each costs twice as much in total", "kw.quantity", L(4), id="quantity"),
+    pytest.param("Buy 3 pens, 1,250.5 g and 3 cups", "num.count_log", L(3), id="numbers"),
+    pytest.param("Buy 3 pens, 1,250.5 g and 3 cups", "num.distinct_log", L(2), id="distinct"),
+    pytest.param("Buy 3 pens, 1,250.5 g and 3 cups", "num.max_digits_log", L(7), id="max-digits"),
+    pytest.param("One. Two! Three? Four", "num.sentences_log", L(3), id="sentences"),
+    pytest.param("Save 20% or 30%", "num.percent_log", L(2), id="percent"),
+    pytest.param("Use 3/4 of 1 / 2", "num.fraction_log", L(2), id="fraction"),
+    pytest.param("It is 2.5 or 0.75", "num.decimal_log", L(2), id="decimal"),
+    pytest.param("a, b, c", "num.commas_log", L(2), id="commas"),
+    pytest.param("Why? Explain step by step", "ff.kw.reasoning", L(3), id="ff-copy"),
+    pytest.param("Explain step by step", "ff.free_form", 1.0, id="ff-indicator"),
 ]
 
 
@@ -399,6 +416,9 @@ NEUTRAL_NONZERO = {
     "re.avg_word_len_log": L(36 / 8),
     "script.latin": 36 / 43,
 }
+# The neutral text is free-form, so its ff.* copies repeat these and the indicator is set.
+NEUTRAL_NONZERO.update({f"ff.{k}": v for k, v in NEUTRAL_NONZERO.items()})
+NEUTRAL_NONZERO["ff.free_form"] = 1.0
 
 
 @pytest.mark.parametrize("name", DENSE_FEATURE_NAMES)
@@ -407,7 +427,17 @@ def test_signal_is_silent_on_neutral_text(name):
 
 
 def test_every_signal_has_a_targeted_example():
-    assert {c.values[1] for c in SIGNAL_CASES} == set(DENSE_FEATURE_NAMES)
+    base = {n for n in DENSE_FEATURE_NAMES if not n.startswith("ff.")}
+    assert base <= {c.values[1] for c in SIGNAL_CASES}
+
+
+def test_free_form_copies_are_zero_for_multiple_choice():
+    mc = dense_of("Which is larger?\nA) 3\nB) 12\nC) 7")
+    assert mc["re.multiple_choice"] > 0 and mc["num.count_log"] > 0
+    assert all(v == 0.0 for k, v in mc.items() if k.startswith("ff."))
+    free = dense_of("Which is larger, 3 or 12?")
+    base = [k for k in free if not k.startswith("ff.")]
+    assert [free[f"ff.{k}"] for k in base] == [free[k] for k in base]
 
 
 @pytest.mark.parametrize(

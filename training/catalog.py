@@ -18,17 +18,16 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from training.errors import ConfigError, UnknownModelError
+from training.paths import catalog_path
 
 __all__ = [
     "CHARS_PER_TOKEN",
-    "DEFAULT_CATALOG_PATH",
     "Catalog",
     "ModelSpec",
     "estimate_tokens",
     "load_catalog",
 ]
 
-DEFAULT_CATALOG_PATH = Path(__file__).resolve().parent.parent / "models" / "catalog.yaml"
 # The data sources estimate tokens as ceil(chars / 4); using the same rule keeps estimated
 # costs comparable with the recorded ones.
 CHARS_PER_TOKEN = 4
@@ -160,7 +159,7 @@ def _config_error(exc: ValidationError, data: Any, source: str | None) -> Config
 
 def load_catalog(path: str | Path | None = None) -> Catalog:
     """Read and validate a catalog YAML file (the bundled one when `path` is None)."""
-    p = Path(path) if path is not None else DEFAULT_CATALOG_PATH
+    p = Path(path) if path is not None else catalog_path()
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -13,14 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from training.paths import bundled_data, default_artifact_path
+
 __all__ = ["DEFAULT_ARTIFACT", "BUNDLED_DATA", "build_parser", "ensure_default_artifact", "main"]
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ARTIFACT = ROOT / "models" / "artifacts" / "default"
-BUNDLED_DATA = tuple(
-    ROOT / "data" / f
-    for f in ("routellm.jsonl.gz", "routerbench.jsonl.gz", "llmrouter_dcrouter.jsonl.gz")
-)
+DEFAULT_ARTIFACT = default_artifact_path()
+BUNDLED_DATA = bundled_data()
 
 
 def _err(msg: str) -> None:
