@@ -94,6 +94,9 @@ def save_router(
         "default_knob": float(router.default_knob),
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the artifact is read by the service user
     try:
         joblib.dump(payload, tmp / PAYLOAD, compress=3)
         digest = file_sha256(tmp / PAYLOAD)

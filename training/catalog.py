@@ -132,7 +132,12 @@ class Catalog:
             parsed = _CatalogFile.model_validate(data)
         except ValidationError as exc:
             raise _config_error(exc, data, source) from None
-        return cls(models=tuple(parsed.models), typical_output_tokens=parsed.typical_output_tokens)
+        try:
+            return cls(
+                models=tuple(parsed.models), typical_output_tokens=parsed.typical_output_tokens
+            )
+        except ConfigError as exc:
+            raise ConfigError(exc.field, exc.reason, source=source) from None
 
 
 def _config_error(exc: ValidationError, data: Any, source: str | None) -> ConfigError:

@@ -224,8 +224,9 @@ def _summary(
     curve = sweep(s, rel, 1.0, q, c, mask, knobs)
     costs = np.array([p.cost for p in curve])
     quals = np.array([p.quality for p in curve])
-    sq = np.array([single[m]["quality"] for m in models])
-    scost = np.array([single[m]["cost"] for m in models])
+    # Unrounded means: a router that exactly reaches the best model must count as matching it.
+    sq = np.array([q[mask[:, j], j].mean() for j in present])
+    scost = np.array([c[mask[:, j], j].mean() for j in present])
     best_j = int(np.lexsort((scost, -sq))[0])  # best single model: highest quality, then cheapest
     best_q, best_c = float(sq[best_j]), float(scost[best_j])
 

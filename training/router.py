@@ -199,6 +199,8 @@ class Router:
         """Boolean mask over `models` for a candidate list (None = all)."""
         if candidates is None:
             return np.ones(len(self.models), dtype=bool)
+        if not candidates:
+            raise ValueError("candidates: must name at least one model")
         mask = np.zeros(len(self.models), dtype=bool)
         for name in candidates:
             i = self.index.get(name)

@@ -72,6 +72,10 @@ class TrainOptions:
             raise ValueError("c_grid: every value must be a positive finite number")
         if not (0.0 <= self.tolerance <= 1.0):
             raise ValueError("tolerance: must be between 0 and 1")
+        for name in ("cv_folds", "n_hash_features", "random_state", "n_jobs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise ValueError(f"{name}: must be a whole number, got {value!r}")
         if not (2 <= self.cv_folds <= 20):
             raise ValueError("cv_folds: must be between 2 and 20")
         if self.strategy not in ("auto", "quality", "classifier"):
@@ -413,9 +417,18 @@ def train(
         strategy = (
             max(cv_routing, key=lambda h: cv_routing[h]["aiq"]) if cv_routing else heads_wanted[0]
         )
-    knob = _choose_knob(cv_routing.get(strategy), opts)
+    knob, target_met = _choose_knob(cv_routing.get(strategy), opts)
     report["default_strategy"] = strategy
     report["default_knob"] = knob
+    chosen = next(
+        (p for p in cv_routing.get(strategy, {}).get("curve", []) if p["knob"] == knob), None
+    )
+    report["default_knob_cv_point"] = chosen
+    report["knob_target_met"] = target_met
+    if not target_met:
+        say(
+            "warning: no knob on the cross-validated curve meets the target; using the cheapest setting"
+        )
 
     # Final fits on everything at the chosen C, with calibration folded into the weights.
     t2 = time.perf_counter()
@@ -527,23 +540,27 @@ def _oof_routing(
     }
 
 
-def _choose_knob(routing: dict[str, Any] | None, opts: TrainOptions) -> float:
-    """The default knob: explicit, calibrated to a target, or the cheapest that matches the best model."""
+def _choose_knob(routing: dict[str, Any] | None, opts: TrainOptions) -> tuple[float, bool]:
+    """The default knob and whether its target was met.
+
+    Explicit, calibrated to a budget or strong-share target (the smallest knob meeting it), or
+    by default the largest knob whose OOF quality still matches the best single model.
+    """
     if opts.knob is not None:
-        return float(opts.knob)
+        return float(opts.knob), True
     if routing is None or not routing["curve"]:
-        return 0.0
-    curve = routing["curve"]  # ordered by increasing knob = decreasing cost (roughly)
+        return 0.0, True
+    curve = routing["curve"]
     if opts.target_budget is not None:
         ok = [
             p["knob"]
             for p in curve
             if p["budget_share"] is not None and p["budget_share"] <= opts.target_budget
         ]
-        return float(min(ok)) if ok else float(curve[-1]["knob"])
+        return (float(min(ok)), True) if ok else (float(curve[-1]["knob"]), False)
     if opts.target_strong_share is not None:
         ok = [p["knob"] for p in curve if p["strong_share"] <= opts.target_strong_share + 1e-12]
-        return float(min(ok)) if ok else float(curve[-1]["knob"])
+        return (float(min(ok)), True) if ok else (float(curve[-1]["knob"]), False)
     target = routing["best_single_quality"]
     ok = [p["knob"] for p in curve if p["quality"] >= target - 1e-12]
-    return float(max(ok)) if ok else 0.0
+    return (float(max(ok)), True) if ok else (0.0, True)

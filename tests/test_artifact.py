@@ -1,0 +1,365 @@
+"""Artifacts: save → load round trip, the manifest, and refusing anything unverified."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pytest
+
+import training.artifact as artifact_mod
+from features.extractor import FEATURE_VERSION, PromptFeaturizer
+from features.text import normalize
+from training.artifact import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PAYLOAD,
+    file_sha256,
+    load_router,
+    read_manifest,
+    save_router,
+)
+from training.errors import ArtifactError
+from training.router import LinearHead, Router
+
+MODELS = ("small", "large")
+PROMPTS = [
+    normalize("hi"),
+    normalize("Prove that the square root of 2 is irrational."),
+    normalize(messages=[{"role": "user", "content": "Write a Python function to sort a list."}]),
+]
+CATALOG_SNAPSHOT = {"version": 1, "typical_output_tokens": 300, "models": []}
+TRAINING = {"files": ["x.jsonl"], "data_sha256": "ab" * 32, "records_used": 3}
+METRICS = {"n_records": 3, "calibration": {"quality": {"brier_after": 0.1}}}
+
+
+def _router(seed: int = 0) -> Router:
+    f = PromptFeaturizer(n_hash_features=256).fit([])
+    rng = np.random.default_rng(seed)
+    heads = {
+        "quality": LinearHead.from_coef(
+            "sigmoid", rng.normal(size=(2, f.n_dense_ + 256)), rng.normal(size=2), f.n_dense_
+        ),
+        "classifier": LinearHead.from_coef(
+            "softmax", rng.normal(size=(2, f.n_dense_ + 256)), rng.normal(size=2), f.n_dense_
+        ),
+    }
+    return Router(
+        models=MODELS,
+        featurizer=f,
+        heads=heads,
+        input_price=np.array([1e-7, 1e-5]),
+        output_price=np.array([2e-7, 3e-5]),
+        output_tokens=np.array([120.5, 250.0]),
+        cost_ref=0.0123,
+        default_strategy="classifier",
+        default_knob=0.37,
+    )
+
+
+def _save(router: Router, path: Path, **kw: Any) -> dict[str, Any]:
+    args = dict(catalog=CATALOG_SNAPSHOT, training=TRAINING, metrics=METRICS)
+    args.update(kw)
+    return save_router(router, path, **args)
+
+
+def _scores(router: Router) -> dict[str, np.ndarray]:
+    return {s: router.score_batch(PROMPTS, strategy=s)[0] for s in router.heads}
+
+
+@pytest.fixture
+def art(tmp_path: Path) -> Path:
+    path = tmp_path / "art"
+    _save(_router(), path)
+    return path
+
+
+@pytest.fixture
+def no_unpickling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if anything is unpickled."""
+
+    def refuse(*_a: Any, **_k: Any) -> None:
+        pytest.fail("joblib.load was called on an unverified artifact")
+
+    monkeypatch.setattr(joblib, "load", refuse)
+    monkeypatch.setattr(artifact_mod.joblib, "load", refuse)
+
+
+def _edit_manifest(path: Path, change) -> None:
+    m = json.loads((path / MANIFEST).read_text())
+    change(m)
+    (path / MANIFEST).write_text(json.dumps(m))
+
+
+# --------------------------------------------------------------------------- round trip
+def test_round_trip_gives_identical_scores(tmp_path: Path) -> None:
+    router = _router()
+    manifest = _save(router, tmp_path / "art")
+    loaded, m = load_router(tmp_path / "art")
+    assert m == manifest
+    assert loaded.models == MODELS
+    assert loaded.default_strategy == "classifier" and loaded.default_knob == 0.37
+    assert loaded.cost_ref == 0.0123
+    assert loaded.version == manifest["router_version"]
+    for name in ("input_price", "output_price", "output_tokens"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(router, name))
+    before, after = _scores(router), _scores(loaded)
+    assert set(before) == set(after) == {"quality", "classifier"}
+    for s in before:
+        np.testing.assert_array_equal(before[s], after[s])
+    one = loaded.score(PROMPTS[1])
+    np.testing.assert_array_equal(one.score, router.score(PROMPTS[1]).score)
+
+
+def test_trained_artifact_round_trips(
+    tiny_artifact: Path, tiny_router: Router, tmp_path: Path, sample_records: list
+) -> None:
+    manifest = read_manifest(tiny_artifact)
+    _save(tiny_router, tmp_path / "again", metrics=manifest["metrics"])
+    again, _ = load_router(tmp_path / "again")
+    prompts = [r.prompt for r in sample_records[::25]]
+    for s in tiny_router.heads:
+        np.testing.assert_array_equal(
+            tiny_router.score_batch(prompts, strategy=s)[0],
+            again.score_batch(prompts, strategy=s)[0],
+        )
+    # the same arrays give the same payload bytes, hence the same version string
+    assert read_manifest(tmp_path / "again")["payload"]["sha256"] == manifest["payload"]["sha256"]
+
+
+def test_manifest_fields(art: Path) -> None:
+    m = json.loads((art / MANIFEST).read_text())
+    assert m["format_version"] == FORMAT_VERSION == 1
+    assert m["feature_version"] == FEATURE_VERSION
+    assert m["models"] == list(MODELS)
+    assert m["strategies"] == ["classifier", "quality"]
+    assert m["default_strategy"] == "classifier" and m["default_knob"] == 0.37
+    assert m["catalog"] == CATALOG_SNAPSHOT
+    assert m["training"] == TRAINING
+    assert m["metrics"] == METRICS
+    assert set(m["libraries"]) == {"promptroute", "python", "numpy", "scikit-learn", "joblib"}
+    assert m["libraries"]["numpy"] == np.__version__
+    assert m["libraries"]["joblib"] == joblib.__version__
+    assert m["payload"] == {
+        "file": PAYLOAD,
+        "sha256": file_sha256(art / PAYLOAD),
+        "bytes": (art / PAYLOAD).stat().st_size,
+    }
+    assert re.fullmatch(r"[0-9a-f]{64}", m["payload"]["sha256"])
+    assert m["router_version"] == f"1.{FEATURE_VERSION}.{m['payload']['sha256'][:12]}"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", m["created_at"])
+    assert sorted(p.name for p in art.iterdir()) == [MANIFEST, PAYLOAD]
+
+
+def test_read_manifest_does_not_unpickle(art: Path, no_unpickling: None) -> None:
+    assert read_manifest(art)["models"] == list(MODELS)
+
+
+def test_file_sha256(tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(b"abc")
+    assert file_sha256(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_manifest_must_be_json_safe(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Out of range float"):
+        _save(_router(), tmp_path / "art", metrics={"aiq": float("nan")})
+    assert list(tmp_path.iterdir()) == []  # no half-written folder or temporary left behind
+
+
+# --------------------------------------------------------------------------- refusals
+def _flip_one_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 10])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [pytest.param(_flip_one_byte, id="flipped-byte"), pytest.param(_truncate, id="truncated")],
+)
+def test_changed_payload_is_refused_before_unpickling(
+    art: Path, no_unpickling: None, damage
+) -> None:
+    expected = read_manifest(art)["payload"]["sha256"]
+    damage(art / PAYLOAD)
+    with pytest.raises(ArtifactError) as info:
+        load_router(art)
+    msg = str(info.value)
+    assert msg.startswith(f"{art / PAYLOAD}: sha256 {file_sha256(art / PAYLOAD)[:16]}…")
+    assert f"does not match the manifest's {expected[:16]}…" in msg
+    assert msg.endswith("refusing to load it")
+
+
+def _set(*keys: str, value: Any):
+    def change(m: dict) -> None:
+        target = m
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+
+    return change
+
+
+def _other_numpy_major() -> str:
+    return f"{int(np.__version__.split('.')[0]) + 1}.0.0"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(
+            _set("format_version", value=2),
+            "artifact format 2, this promptroute reads format 1; retrain it",
+            id="format-version",
+        ),
+        pytest.param(
+            _set("format_version", value=None),
+            "artifact format None",
+            id="format-version-missing",
+        ),
+        pytest.param(
+            _set("feature_version", value="0"),
+            f"trained with feature version '0', this promptroute extracts version "
+            f"{FEATURE_VERSION!r}; retrain it with `promptroute train`",
+            id="feature-version",
+        ),
+        pytest.param(
+            _set("libraries", "numpy", value=_other_numpy_major()),
+            f"saved with numpy {_other_numpy_major()!r}, running numpy {np.__version__}; "
+            "numpy major versions differ, retrain it",
+            id="numpy-major",
+        ),
+        pytest.param(_set("payload", "sha256", value=None), "no payload sha256", id="no-sha"),
+        pytest.param(_set("payload", value="router.joblib"), "no payload sha256", id="payload-str"),
+    ],
+)
+def test_incompatible_manifest_is_refused(
+    art: Path, no_unpickling: None, change, message: str
+) -> None:
+    _edit_manifest(art, change)
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        load_router(art)
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        read_manifest(art)
+
+
+def test_numpy_minor_difference_is_accepted(art: Path) -> None:
+    major = np.__version__.split(".")[0]
+    _edit_manifest(art, _set("libraries", "numpy", value=f"{major}.0.0"))
+    router, m = load_router(art)
+    assert m["libraries"]["numpy"] == f"{major}.0.0"
+    assert router.models == MODELS
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        pytest.param(lambda a: (a / MANIFEST).unlink(), "missing manifest", id="no-manifest"),
+        pytest.param(lambda a: (a / PAYLOAD).unlink(), "missing payload", id="no-payload"),
+        pytest.param(
+            lambda a: (a / MANIFEST).write_text("{not json"), "unreadable manifest", id="bad-json"
+        ),
+        pytest.param(
+            lambda a: (a / MANIFEST).write_text("[1, 2]"),
+            "manifest is not a JSON object",
+            id="list",
+        ),
+        pytest.param(
+            lambda a: (a / MANIFEST).write_bytes(b"\xff\xfe{}"), "unreadable manifest", id="binary"
+        ),
+    ],
+)
+def test_damaged_folder_is_refused(art: Path, no_unpickling: None, damage, message: str) -> None:
+    damage(art)
+    with pytest.raises(ArtifactError, match=message):
+        load_router(art)
+
+
+def test_missing_folder(tmp_path: Path, no_unpickling: None) -> None:
+    with pytest.raises(ArtifactError, match="not an artifact folder"):
+        load_router(tmp_path / "nope")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ArtifactError, match="not an artifact folder"):
+        load_router(tmp_path / "file")
+
+
+def test_manifest_models_must_match_the_payload(art: Path) -> None:
+    _edit_manifest(art, _set("models", value=["large", "small"]))
+    with pytest.raises(ArtifactError, match="payload models differ from the manifest's"):
+        load_router(art)
+
+
+def test_verified_payload_of_another_shape_is_an_artifact_error(art: Path) -> None:
+    joblib.dump({"models": ["small", "large"]}, art / PAYLOAD)
+    _edit_manifest(art, _set("payload", "sha256", value=file_sha256(art / PAYLOAD)))
+    with pytest.raises(ArtifactError, match=r"payload does not match this promptroute \(KeyError"):
+        load_router(art)
+
+
+# --------------------------------------------------------------------------- atomic writes
+def test_overwrite_replaces_the_artifact(tmp_path: Path) -> None:
+    path = tmp_path / "art"
+    _save(_router(seed=0), path)
+    first = read_manifest(path)["payload"]["sha256"]
+    new = _router(seed=1)
+    _save(new, path)
+    loaded, m = load_router(path)
+    assert m["payload"]["sha256"] != first
+    for s, v in _scores(new).items():
+        np.testing.assert_array_equal(_scores(loaded)[s], v)
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]  # no temporary or .old folder left
+
+
+def test_crash_while_saving_keeps_the_old_artifact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "art"
+    old = _router(seed=0)
+    _save(old, path)
+    real_dump = joblib.dump
+
+    def dump_then_die(value: Any, filename: Any, **kw: Any) -> None:
+        real_dump(value, filename, **kw)
+        Path(filename).write_bytes(Path(filename).read_bytes()[:100])  # half-written
+        raise OSError("disk full")
+
+    monkeypatch.setattr(artifact_mod.joblib, "dump", dump_then_die)
+    with pytest.raises(OSError, match="disk full"):
+        _save(_router(seed=1), path)
+    loaded, _ = load_router(path)
+    for s, v in _scores(old).items():
+        np.testing.assert_array_equal(_scores(loaded)[s], v)
+    assert [p.name for p in tmp_path.iterdir()] == ["art"]
+
+
+def test_save_creates_parent_folders(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "art"
+    _save(_router(), path)
+    assert load_router(path)[0].models == MODELS
+
+
+def test_saved_folder_follows_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "art"
+    _save(_router(), path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~umask
+
+
+def test_copied_artifact_loads(art: Path, tmp_path: Path) -> None:
+    # Nothing in an artifact depends on where it was written.
+    shutil.copytree(art, tmp_path / "elsewhere")
+    assert load_router(tmp_path / "elsewhere")[0].models == MODELS

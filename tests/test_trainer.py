@@ -1,0 +1,344 @@
+"""Training: option validation, CV folds, the report, knob calibration, errors and determinism."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import training.trainer as trainer_mod
+from features.text import normalize
+from training.catalog import Catalog
+from training.errors import DataError
+from training.records import Outcome, Record
+from training.router import Router
+from training.split import is_test
+from training.trainer import TrainOptions, TrainResult, fold_ids, train
+
+SMALL = dict(c_grid=(0.3, 1.0), cv_folds=2, n_hash_features=2**12, n_jobs=1)
+
+REPORT_KEYS = {
+    "n_records",
+    "models",
+    "cv_folds",
+    "calibration",
+    "cv_routing",
+    "default_strategy",
+    "default_knob_cv_point",
+    "knob_target_met",
+    "default_knob",
+    "best_c",
+    "cv_loss",
+    "train_seconds",
+    "options",
+}
+
+
+class _Capture:
+    """Wraps trainer._oof_routing to keep the OOF curves the knob is chosen from."""
+
+    def __init__(self) -> None:
+        self.routing: list[dict[str, Any]] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        out = self._real(*args, **kwargs)
+        self.routing.append(out)
+        return out
+
+    _real = staticmethod(trainer_mod._oof_routing)
+
+
+def _train_capturing(records: list, catalog: Catalog, **opts: Any) -> tuple[TrainResult, dict]:
+    """Train and return the result plus the OOF routing of the chosen head (with its curve)."""
+    capture = _Capture()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod, "_oof_routing", capture)
+        result = train(records, catalog, TrainOptions(**{**SMALL, **opts}))
+    heads = list(result.report["cv_routing"])  # same order as the calls
+    by_head = dict(zip(heads, capture.routing, strict=True))
+    return result, by_head[result.report["default_strategy"]]
+
+
+@pytest.fixture(scope="module")
+def trained(sample_records: list, catalog: Catalog) -> Iterator[tuple[TrainResult, dict, list]]:
+    messages: list[str] = []
+    capture = _Capture()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod, "_oof_routing", capture)
+        result = train(sample_records, catalog, TrainOptions(**SMALL), progress=messages.append)
+    routing = dict(zip(result.report["cv_routing"], capture.routing, strict=True))
+    yield result, routing, messages
+
+
+@pytest.fixture(scope="module")
+def routellm_records(sample_records: list) -> list:
+    out = [r for r in sample_records if r.id and r.id.startswith("routellm/")]
+    assert len(out) >= 100
+    return out
+
+
+# --------------------------------------------------------------------------- options
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        pytest.param({"c_grid": ()}, "c_grid: every value", id="c-grid-empty"),
+        pytest.param({"c_grid": (1.0, 0.0)}, "c_grid: every value", id="c-grid-zero"),
+        pytest.param({"c_grid": (-1.0,)}, "c_grid: every value", id="c-grid-negative"),
+        pytest.param({"c_grid": (float("inf"),)}, "c_grid: every value", id="c-grid-inf"),
+        pytest.param({"tolerance": -0.1}, "tolerance: must be between 0 and 1", id="tol-neg"),
+        pytest.param({"tolerance": 1.5}, "tolerance: must be between 0 and 1", id="tol-big"),
+        pytest.param({"tolerance": float("nan")}, "tolerance:", id="tol-nan"),
+        pytest.param({"cv_folds": 1}, "cv_folds: must be between 2 and 20", id="folds-1"),
+        pytest.param({"cv_folds": 21}, "cv_folds: must be between 2 and 20", id="folds-21"),
+        pytest.param({"strategy": "best"}, "strategy: must be one of", id="strategy"),
+        pytest.param(
+            {"target_budget": 0.3, "knob": 1.0}, "knob: give at most one of", id="two-targets"
+        ),
+        pytest.param(
+            {"target_budget": 0.3, "target_strong_share": 0.5},
+            "knob: give at most one of",
+            id="budget-and-share",
+        ),
+        pytest.param({"target_budget": 0.0}, "target_budget: must be a fraction", id="budget-0"),
+        pytest.param({"target_budget": 11.0}, "target_budget:", id="budget-huge"),
+        pytest.param(
+            {"target_strong_share": 1.5}, "target_strong_share: must be between", id="share"
+        ),
+        pytest.param({"knob": -1.0}, "knob: must be a finite number >= 0", id="knob-negative"),
+        pytest.param({"knob": float("inf")}, "knob: must be a finite number", id="knob-inf"),
+        pytest.param({"n_hash_features": 2**7}, "n_hash_features: must be between", id="hash-lo"),
+        pytest.param({"n_hash_features": 2**23}, "n_hash_features: must be between", id="hash-hi"),
+    ],
+)
+def test_options_validation_names_the_option(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        TrainOptions(**kwargs)
+    assert str(info.value).startswith(message)
+
+
+def test_options_normalise_the_grid() -> None:
+    opts = TrainOptions(c_grid=[1, 0.5])  # type: ignore[arg-type]
+    assert opts.c_grid == (1.0, 0.5)
+    assert all(isinstance(c, float) for c in opts.c_grid)
+    assert TrainOptions().c_grid == (0.1, 0.3, 1.0)
+
+
+# --------------------------------------------------------------------------- folds
+def test_fold_ids_are_deterministic_and_per_text() -> None:
+    texts = [f"prompt number {i}" for i in range(200)] + ["dup", "dup"]
+    a = fold_ids(texts, 3)
+    assert a.dtype == np.int64 and a.shape == (202,)
+    assert set(a.tolist()) == {0, 1, 2}
+    np.testing.assert_array_equal(a, fold_ids(texts, 3))
+    # a prompt's fold depends on its text only, not on its neighbours or position
+    np.testing.assert_array_equal(a[::-1], fold_ids(texts[::-1], 3))
+    assert a[-1] == a[-2]
+    assert fold_ids([], 3).shape == (0,)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_fold_ids_are_independent_of_the_split(k: int) -> None:
+    texts = [f"What is {i} plus {i * 7}?" for i in range(5000)]
+    folds = fold_ids(texts, k)
+    test_side = np.array([is_test(t) for t in texts])
+    for side in (test_side, ~test_side):
+        share = np.bincount(folds[side], minlength=k) / side.sum()
+        # every fold is drawn evenly from both sides of the split (binomial sd < 0.02 here)
+        np.testing.assert_allclose(share, 1.0 / k, atol=0.05)
+
+
+# --------------------------------------------------------------------------- the report
+def test_report_keys_and_counts(trained: tuple, sample_records: list) -> None:
+    result, _routing, messages = trained
+    report = result.report
+    assert set(report) == REPORT_KEYS
+    n = len(sample_records)
+    assert report["n_records"] == n
+    assert report["models"] == list(result.router.models) == sorted(result.router.models)
+    assert len(report["models"]) == 12  # RouterBench's 11 and RouteLLM's weak model
+    assert report["cv_folds"] == 2
+    assert report["options"]["c_grid"] == (0.3, 1.0)
+    assert report["train_seconds"] > 0
+    json.dumps(report, allow_nan=False)  # it goes into the manifest as it is
+    assert messages[0] == f"{n} records, 12 models; extracting features"
+    assert messages[-1].startswith("final fit: ")
+
+
+def test_report_calibration_figures(trained: tuple) -> None:
+    calib = trained[0].report["calibration"]
+    q = calib["quality"]
+    assert q["method"] == "platt per model"
+    assert 0 < q["brier_after"] < 0.25 and 0 < q["brier_before"] < 0.25
+    c = calib["classifier"]
+    assert c["method"] == "temperature"
+    assert np.exp(-4) <= c["temperature"] <= np.exp(4)
+    assert 0 <= c["ece_before"] <= 1 and 0 <= c["ece_after"] <= 1
+    assert 0 < c["brier_after"] < 2
+
+
+def test_best_c_is_chosen_from_the_grid_by_cv_loss(trained: tuple) -> None:
+    report = trained[0].report
+    assert set(report["best_c"]) == {"quality", "classifier"}
+    for head, per_model in report["best_c"].items():
+        assert list(per_model) == report["models"]
+        for model, c in per_model.items():
+            assert c in (0.3, 1.0)
+            losses = report["cv_loss"][head][model]
+            assert set(losses) == {"C=0.3", "C=1"}
+            assert losses[f"C={c:g}"] == min(losses.values())
+
+
+def test_default_strategy_is_the_head_with_the_higher_cv_aiq(trained: tuple) -> None:
+    result, routing, _ = trained
+    report = result.report
+    assert set(result.router.heads) == {"quality", "classifier"}
+    assert report["default_strategy"] in result.router.heads
+    assert result.router.default_strategy == report["default_strategy"]
+    aiq = {h: r["aiq"] for h, r in report["cv_routing"].items()}
+    assert report["default_strategy"] == max(aiq, key=aiq.get)
+    for head, r in report["cv_routing"].items():
+        assert r == {k: v for k, v in routing[head].items() if k != "curve"}
+        assert r["n"] == report["n_records"]
+        assert 0 < r["aiq"] <= 1
+
+
+def test_default_knob_is_the_cheapest_point_matching_the_best_model(trained: tuple) -> None:
+    result, routing, _ = trained
+    r = routing[result.report["default_strategy"]]
+    ok = [p["knob"] for p in r["curve"] if p["quality"] >= r["best_single_quality"] - 1e-12]
+    assert result.report["default_knob"] == (max(ok) if ok else 0.0)
+    assert result.router.default_knob == result.report["default_knob"]
+
+
+def test_router_arrays(trained: tuple, catalog: Catalog) -> None:
+    router: Router = trained[0].router
+    inp, out = catalog.prices(router.models)
+    np.testing.assert_array_equal(router.input_price, inp)
+    np.testing.assert_array_equal(router.output_price, out)
+    assert (router.output_tokens > 0).all()
+    assert router.cost_ref > 0
+    assert router.featurizer.n_hash_features == 2**12
+    for head in router.heads.values():
+        assert head.dense_w.shape == (router.n_dense, 12)
+        assert head.hashed_w.shape == (2**12, 12)
+        assert np.isfinite(head.dense_w).all() and np.isfinite(head.hashed_w).all()
+
+
+def test_training_is_deterministic(trained: tuple, sample_records: list, catalog: Catalog) -> None:
+    first = trained[0]
+    again = train(sample_records, catalog, TrainOptions(**SMALL))
+    assert again.router.models == first.router.models
+    assert again.router.default_strategy == first.router.default_strategy
+    assert again.router.default_knob == first.router.default_knob
+    assert again.router.cost_ref == first.router.cost_ref
+    np.testing.assert_array_equal(again.router.output_tokens, first.router.output_tokens)
+    assert set(again.router.heads) == set(first.router.heads)
+    for name, head in first.router.heads.items():
+        other = again.router.heads[name]
+        np.testing.assert_array_equal(head.dense_w, other.dense_w)
+        np.testing.assert_array_equal(head.hashed_w, other.hashed_w)
+        np.testing.assert_array_equal(head.bias, other.bias)
+    for key in ("calibration", "cv_routing", "best_c", "cv_loss", "default_knob", "options"):
+        assert again.report[key] == first.report[key]
+
+
+# --------------------------------------------------------------------------- knob calibration
+def test_target_budget_gives_a_knob_within_budget(sample_records: list, catalog: Catalog) -> None:
+    budget = 0.3  # "spend at most 30% of what always-the-strongest-model costs"
+    result, routing = _train_capturing(sample_records, catalog, target_budget=budget)
+    knob = result.router.default_knob
+    assert knob == result.report["default_knob"]
+    point = next(p for p in routing["curve"] if p["knob"] == knob)
+    assert point["budget_share"] <= budget
+    # the least cost-averse knob that meets the budget: every smaller knob overspends
+    for p in routing["curve"]:
+        if p["knob"] < knob:
+            assert p["budget_share"] > budget
+
+
+def test_target_strong_share_gives_a_knob_within_the_share(
+    routellm_records: list, catalog: Catalog
+) -> None:
+    result, routing = _train_capturing(routellm_records, catalog, target_strong_share=0.4)
+    knob = result.router.default_knob
+    point = next(p for p in routing["curve"] if p["knob"] == knob)
+    assert point["strong_share"] <= 0.4
+    assert all(p["strong_share"] > 0.4 for p in routing["curve"] if p["knob"] < knob)
+    assert routing["curve"][0]["knob"] == 0.0 and routing["curve"][0]["strong_share"] > 0.4
+
+
+def test_explicit_strategy_and_knob(routellm_records: list, catalog: Catalog) -> None:
+    result = train(
+        routellm_records, catalog, TrainOptions(**SMALL, strategy="classifier", knob=0.25)
+    )
+    assert set(result.router.heads) == {"classifier"}
+    assert result.router.heads["classifier"].kind == "softmax"
+    assert result.router.default_strategy == result.report["default_strategy"] == "classifier"
+    assert result.router.default_knob == result.report["default_knob"] == 0.25
+    assert set(result.report["calibration"]) == {"classifier"}
+    assert result.router.models == ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1")
+
+
+# --------------------------------------------------------------------------- data errors
+def _rec(text: str, source: str = "logs.jsonl:1", **q: float) -> Record:
+    return Record(
+        prompt=normalize(text),
+        outcomes={m: Outcome(quality=v) for m, v in q.items()},
+        source=source,
+    )
+
+
+def test_models_missing_from_the_catalog(catalog: Catalog) -> None:
+    records = [
+        _rec("a", **{"gpt-4-1106-preview": 1.0, "my-local-llm": 0.0}, source="mine.jsonl:7"),
+    ]
+    with pytest.raises(DataError) as info:
+        train(records, catalog, TrainOptions(**SMALL))
+    assert info.value.path == "mine.jsonl:7"
+    assert "unknown model 'my-local-llm'" in info.value.reason
+    assert "add it to the catalog" in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        pytest.param(
+            [_rec(f"p{i}", **{"gpt-4-1106-preview": 1.0}) for i in range(5)], id="one-model"
+        ),
+        pytest.param(
+            [Record(prompt=normalize(f"p{i}"), label="claude-v1") for i in range(5)],
+            id="one-label",
+        ),
+    ],
+)
+def test_fewer_than_two_models(catalog: Catalog, records: list) -> None:
+    with pytest.raises(DataError, match="need labelled outcomes for at least 2 models"):
+        train(records, catalog, TrainOptions(**SMALL))
+
+
+def test_no_labelled_record(catalog: Catalog) -> None:
+    records = [_rec("p", **{}), Record(prompt=normalize("q"), outcomes={"claude-v1": Outcome()})]
+    with pytest.raises(DataError, match="no record has a labelled outcome or a label"):
+        train(records, catalog, TrainOptions(**SMALL))
+
+
+def test_budget_point_and_target_flag_are_reported(sample_records: list, catalog: Catalog) -> None:
+    met, _ = _train_capturing(sample_records, catalog, target_budget=0.3)
+    assert met.report["knob_target_met"] is True
+    assert met.report["default_knob_cv_point"]["knob"] == met.report["default_knob"]
+    assert met.report["default_knob_cv_point"]["budget_share"] <= 0.3
+    # Spending 0.01% of the strongest model's cost is not reachable: said, not hidden.
+    unmet, _ = _train_capturing(sample_records, catalog, target_budget=1e-4)
+    assert unmet.report["knob_target_met"] is False
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [pytest.param("cv_folds", 2.5, id="folds"), pytest.param("n_hash_features", 4096.0, id="hash")],
+)
+def test_whole_number_options_reject_floats(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"^{field}: must be a whole number"):
+        TrainOptions(**{field: value})
