@@ -141,7 +141,7 @@ from features.text import Prompt
 
 __all__ = ["FEATURE_VERSION", "PromptFeaturizer"]
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"
 
 _MAX_HASH_FEATURES = 2**24  # bounds the per-thread scratch array (8 bytes per column)
 _WORD_SEED = zlib.crc32(b"w:")  # crc32(data, crc32(prefix)) == crc32(prefix + data)

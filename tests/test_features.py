@@ -88,7 +88,7 @@ def test_package_exports_exactly_the_documented_api():
             "from_messages",
         ]
     )
-    assert FEATURE_VERSION == "1"
+    assert FEATURE_VERSION == "2"
     assert extractor.__all__ == ["FEATURE_VERSION", "PromptFeaturizer"]
 
 

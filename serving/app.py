@@ -1,0 +1,153 @@
+"""The FastAPI application factory: `create_app(settings)` → an app whose lifespan loads the model.
+
+Nothing happens at import time or in `create_app` beyond wiring: the artifact is loaded and
+verified, and every config reference checked, when the app starts (``with TestClient(app)``,
+or uvicorn's startup). A failure there stops start-up with the error; the service never serves
+half-configured. On shutdown, pending decisions are logged as unanswered and the log closed.
+
+Middleware, outermost first: request metrics (so even a refused body is counted), then the
+body-size limit (Content-Length checked up front, streamed bytes counted as they arrive).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.config import Settings
+from serving.errors import BodyTooLarge, error_body, install_error_handlers
+from serving.metrics import Metrics, RequestMetrics
+from serving.routes import api_router
+from serving.state import ServiceState
+
+__all__ = ["create_app"]
+
+_log = logging.getLogger("promptroute.app")
+
+_DESCRIPTION = """\
+Ask **which model should answer a prompt**: `POST /route` runs the decision pipeline (candidates,
+capability, cost, latency, circuit breakers, static rules, experiments, the learned router) and
+answers with the model, ranked fallbacks, scores and the reason. Report the outcome of the call
+with `POST /feedback` so that latency, reliability, breakers and experiments learn from it, and
+so the decision log becomes training data.
+"""
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    environ: Mapping[str, str] | None = None,
+    state: ServiceState | None = None,
+    expire_every_seconds: float = 30.0,
+) -> FastAPI:
+    """Build the app; the model is loaded when it starts.
+
+    Parameters
+    ----------
+    settings : the validated configuration (defaults when None)
+    clock, wall_clock : monotonic and unix time sources (fakes in tests)
+    environ : where the admin key variable is read (``os.environ`` when None)
+    state : an already loaded state to serve (``serve`` loads it before starting uvicorn, so
+        that a bad artifact is a one-line error instead of a server traceback)
+    expire_every_seconds : how often pending decisions past their age limit are logged and
+        dropped, besides on every new decision
+    """
+    settings = settings if settings is not None else Settings()
+    metrics = state.metrics if state is not None else Metrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = state or ServiceState(
+            settings, clock=clock, wall_clock=wall_clock, metrics=metrics, environ=environ
+        )
+        app.state.service = service
+        expiry = asyncio.create_task(_expire_periodically(service, expire_every_seconds))
+        try:
+            yield
+        finally:
+            expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiry
+            app.state.service = None
+            service.close()
+
+    app = FastAPI(
+        title="promptroute",
+        summary="A learned LLM router: which model should answer this prompt?",
+        description=_DESCRIPTION,
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.metrics = metrics
+    app.state.service = None
+    install_error_handlers(app)
+    app.include_router(api_router)
+    app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app
+
+
+async def _expire_periodically(state: ServiceState, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            state.pending.expire()
+        except Exception:  # keep the task alive: the next put() expires them anyway
+            _log.exception("expiring pending decisions failed")
+
+
+class _BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413, by header and by bytes received."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
+                await self._refuse(scope, receive, send)
+                return
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # An HTTPException, so the route's body reader hands it to the handlers.
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watch)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = error_body(
+            "body_too_large", f"request body exceeds the limit of {self.max_bytes} bytes"
+        )
+        await JSONResponse(body, status_code=413)(scope, receive, send)

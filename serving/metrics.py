@@ -1,0 +1,203 @@
+"""Prometheus metrics of one app, in its own registry (two apps in one process never collide).
+
+Label children for the fixed label sets (model × stage, model × outcome, filter) are created once
+when a model is loaded, so counting on the hot path is a dict lookup and an increment.
+`RequestMetrics` is the ASGI middleware that counts every HTTP request by route and status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = [
+    "CONTENT_TYPE",
+    "DECISION_BUCKETS",
+    "FILTERS",
+    "STAGES",
+    "Metrics",
+    "RequestMetrics",
+]
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+STAGES = ("rule", "experiment", "classifier", "degraded")
+FILTERS = ("candidates", "capability", "cost", "latency", "breaker", "rule")
+# A decision takes tens to hundreds of microseconds: fine buckets there, coarse ones beyond.
+DECISION_BUCKETS = (
+    25e-6,
+    50e-6,
+    75e-6,
+    100e-6,
+    150e-6,
+    200e-6,
+    300e-6,
+    500e-6,
+    750e-6,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    10e-3,
+    25e-3,
+    100e-3,
+    1.0,
+)
+_BREAKER_LEVEL = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
+
+class Metrics:
+    """Every metric the service exports; `render()` gives the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(
+            "promptroute_http_requests",
+            "HTTP requests by route template and status code",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self._decisions = Counter(
+            "promptroute_decisions",
+            "Routing decisions by chosen model and deciding stage",
+            ["model", "stage"],
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "promptroute_decision_seconds",
+            "Time spent in the in-process decision pipeline",
+            buckets=DECISION_BUCKETS,
+            registry=r,
+        )
+        self._removals = Counter(
+            "promptroute_filter_removals",
+            "Models removed from a request's candidates, by pipeline filter",
+            ["filter"],
+            registry=r,
+        )
+        self._breaker_state = Gauge(
+            "promptroute_breaker_state",
+            "Circuit breaker state per model: 0 closed, 1 half-open, 2 open",
+            ["model"],
+            registry=r,
+        )
+        self._transitions = Counter(
+            "promptroute_breaker_transitions",
+            "Circuit breaker state changes",
+            ["model", "from_state", "to_state"],
+            registry=r,
+        )
+        self._feedback = Counter(
+            "promptroute_feedback",
+            "Feedback received, by the model called and the outcome",
+            ["model", "outcome"],
+            registry=r,
+        )
+        self.no_eligible = Counter(
+            "promptroute_no_eligible",
+            "Requests answered 422 because no model was eligible",
+            registry=r,
+        )
+        self._reloads = Counter(
+            "promptroute_reloads", "Artifact reloads by result", ["result"], registry=r
+        )
+        self.decision_log_errors = Counter(
+            "promptroute_decision_log_errors",
+            "Decision-log rows that could not be written",
+            registry=r,
+        )
+        self._pending = Gauge(
+            "promptroute_pending_decisions",
+            "Decisions waiting for their feedback",
+            registry=r,
+        )
+        self._removal_child = {f: self._removals.labels(filter=f) for f in FILTERS}
+        self._decision_child: dict[tuple[str, str], Any] = {}
+        self._feedback_child: dict[tuple[str, str], Any] = {}
+        self._request_child: dict[tuple[str, int], Any] = {}
+
+    def bind_models(self, models: Iterable[str]) -> None:
+        """Create the per-model label children up front (and show every breaker as closed)."""
+        for model in models:
+            for stage in STAGES:
+                self._decision_child[(model, stage)] = self._decisions.labels(model, stage)
+            for outcome in ("success", "failure"):
+                self._feedback_child[(model, outcome)] = self._feedback.labels(model, outcome)
+            self._breaker_state.labels(model).set(0.0)
+
+    def track_pending(self, size: Callable[[], int]) -> None:
+        self._pending.set_function(lambda: float(size()))
+
+    # -- hot path -----------------------------------------------------------------------------
+
+    def decision(self, model: str, stage: str, seconds: float) -> None:
+        child = self._decision_child.get((model, stage))
+        if child is None:
+            child = self._decision_child[(model, stage)] = self._decisions.labels(model, stage)
+        child.inc()
+        self.decision_seconds.observe(seconds)
+
+    def removed(self, filter_name: str, count: int = 1) -> None:
+        self._removal_child[filter_name].inc(count)
+
+    def request(self, endpoint: str, status: int) -> None:
+        key = (endpoint, status)
+        child = self._request_child.get(key)
+        if child is None:
+            child = self._request_child[key] = self._requests.labels(endpoint, str(status))
+        child.inc()
+
+    # -- rarer events -------------------------------------------------------------------------
+
+    def feedback(self, model: str, success: bool) -> None:
+        key = (model, "success" if success else "failure")
+        child = self._feedback_child.get(key)
+        if child is None:
+            child = self._feedback_child[key] = self._feedback.labels(*key)
+        child.inc()
+
+    def breaker_transition(self, model: str, old: Any, new: Any, _reason: str) -> None:
+        """A `serving.breakers.TransitionHook`."""
+        old_v, new_v = getattr(old, "value", str(old)), getattr(new, "value", str(new))
+        self._transitions.labels(model, old_v, new_v).inc()
+        self._breaker_state.labels(model).set(_BREAKER_LEVEL.get(new_v, -1.0))
+
+    def reload(self, ok: bool) -> None:
+        self._reloads.labels("ok" if ok else "failed").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware: count each HTTP request by its route template and response status.
+
+    The route template (``/experiments/{name}``), not the raw path, is the label, so label
+    cardinality stays bounded; paths that match no route count as ``other``.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "other"
+            self.metrics.request(endpoint, status)

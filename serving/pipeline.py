@@ -1,0 +1,563 @@
+"""The decision pipeline: from one normalised request to a chosen model, in eight stages.
+
+    1 candidates   the request's `candidates`, else every routable model (catalog ∩ router)
+    2 capability   vision when the request has images; context window ≥ input tokens +
+                   expected output tokens (the request's, else the artifact's per-model estimate)
+    3 cost         estimated cost of this request ≤ `max_cost_usd`
+    4 latency      latency ≤ `max_latency_ms`: the observed rolling percentile from feedback,
+                   the catalog's estimate until something is observed
+    5 breakers     models whose circuit is open are removed; a half-open one stays while it has
+                   a free probe slot, and takes that slot if it is chosen
+                   ── nothing left: 422 `no_eligible_model` listing every removal; with
+                   `degraded_mode`, when open circuits were the only reason, the best-ranked of
+                   those models instead, with `degraded: true` (stages 6 and 7 are skipped)
+    6 rules        the first matching static rule pins a model (if still eligible; otherwise it
+                   is noted as not applicable) or restricts the candidates (if the intersection
+                   is not empty; otherwise noted as not applicable)
+    7 experiments  the user's sticky variant pins a model (if eligible), a knob, or routes with
+                   an alternative artifact (chosen up front: every stage then uses its models)
+    8 classifier   the learned router ranks what remains by score − knob · cost / c_ref, where
+                   the knob comes from the priority (quality, balanced, cost) or the request;
+                   each score is first multiplied by the model's observed success rate once it
+                   has `breakers.min_calls` outcomes in its window (a model failing half its
+                   calls delivers half the quality) — except while its circuit is half-open,
+                   when the probe, not the failures that opened it, should decide; priority
+                   "speed" takes the models within `priorities.speed_tolerance` of the best
+                   utility at the balanced knob and picks the one with the lowest observed latency
+
+Every removal is recorded with the filter and a reason, and `reason.detail` says what decided.
+Only per-request work happens here: the arrays the filters compare against were built when the
+model was loaded (`serving.state.LoadedModel`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from features.text import Prompt
+from serving.config import Priority, Settings
+from serving.errors import ApiError
+from serving.experiments import Assignment
+from serving.filters import (
+    context_ok,
+    cost_ok,
+    describe_context,
+    describe_cost,
+    describe_latency,
+    describe_vision,
+    latency_ok,
+    needed_tokens,
+    vision_ok,
+)
+from serving.metrics import Metrics
+from serving.state import LiveStats, LoadedModel, ServiceState
+from training.catalog import estimate_tokens
+from training.router import Router, Scored
+
+__all__ = ["Decision", "RouteQuery", "route"]
+
+_log = logging.getLogger("promptroute.route")
+
+Removed = dict[str, dict[str, str]]
+
+
+@dataclass(slots=True)
+class RouteQuery:
+    """One validated routing request. `raw_prompt`/`raw_messages` are kept for the decision log.
+
+    Not frozen only because a frozen dataclass costs microseconds to build; treat as read-only.
+    """
+
+    prompt: Prompt
+    task_type: str | None = None
+    candidates: Sequence[str] | None = None
+    max_cost_usd: float | None = None
+    max_latency_ms: float | None = None
+    expected_output_tokens: int | None = None
+    priority: Priority | None = None
+    knob: float | None = None
+    user_id: str | None = None
+    metadata: Mapping[str, Any] | None = None
+    raw_prompt: str | None = None
+    raw_messages: list[Any] | None = None
+
+
+@dataclass(slots=True)
+class Decision:
+    """The pipeline's answer, as the /route response presents it (read-only by convention)."""
+
+    request_id: str
+    model: str
+    fallbacks: tuple[str, ...]
+    scores: dict[str, float]
+    estimated_cost_usd: float
+    stage: str
+    detail: str
+    removed: Removed
+    experiment: Assignment | None
+    router_version: str
+    knob: float
+    priority: str | None
+    degraded: bool
+    input_tokens: int
+
+    def to_response(self) -> dict[str, Any]:
+        experiment = self.experiment
+        return {
+            "request_id": self.request_id,
+            "model": self.model,
+            "fallbacks": list(self.fallbacks),
+            "scores": self.scores,
+            "estimated_cost_usd": self.estimated_cost_usd,
+            "reason": {"stage": self.stage, "detail": self.detail, "removed": self.removed},
+            "experiment": None
+            if experiment is None
+            else {"name": experiment.experiment, "variant": experiment.variant},
+            "router_version": self.router_version,
+            "knob": self.knob,
+            "priority": self.priority,
+            "degraded": self.degraded,
+            "input_tokens": self.input_tokens,
+        }
+
+
+def route(state: ServiceState, query: RouteQuery) -> Decision:
+    """Run the eight stages for `query`, commit the decision, and return it.
+
+    Committing means: a half-open breaker of the chosen model takes a probe, the experiment
+    counts the assignment, the decision waits in `state.pending` for its feedback, and the
+    metrics count it.
+
+    Raises
+    ------
+    ApiError
+        422 ``unknown_model`` for a candidate that is not routable (``field`` is
+        ``candidates[i]``); 422 ``no_eligible_model`` with every removal when nothing is left.
+    """
+    started = time.perf_counter()
+    settings = state.settings
+    # The experiment assignment is a pure function of (user, task type), made up front because a
+    # variant may route with another artifact, whose models every stage then works on.
+    assignment = (
+        state.experiments.assign(user_id=query.user_id, task_type=query.task_type)
+        if state.has_experiments
+        else None
+    )
+    loaded = state.model
+    if assignment is not None and assignment.artifact is not None:
+        loaded = state.variants[assignment.artifact]
+    router = loaded.router
+    names = loaded.names
+    at = loaded.catalog_index  # this router's models in the live (catalog-order) arrays
+    prompt = query.prompt
+    live = state.live.current()
+    removals = _Removals(names, state.metrics)
+    notes: list[str] = []
+    input_tokens = estimate_tokens(len(prompt.text))
+
+    # 1. candidates
+    mask = _candidates(loaded, query.candidates, removals)
+
+    # 2-4 are one vectorised test each; reasons are worked out only for models they remove.
+    checks = [
+        *_capability(loaded, prompt, input_tokens, query.expected_output_tokens),  # 2.
+        *_cost(router, input_tokens, query),  # 3.
+        *_latency(live, at, query.max_latency_ms, settings.stats.latency_percentile),  # 4.
+    ]
+    if checks:
+        mask = removals.apply_all(mask, checks)
+
+    # 5. breakers
+    mask, blocked = _breakers(live, loaded, mask, removals)
+    degraded = False
+    if not mask.any():
+        if settings.degraded_mode and blocked.any():
+            mask, degraded = blocked, True
+        else:
+            state.metrics.no_eligible.inc()
+            raise _no_eligible(removals.reasons, len(loaded.universe))
+
+    pinned: int | None = None
+    stage = "degraded" if degraded else "classifier"
+    experiment = None if degraded else assignment  # degraded answers stay out of experiments
+    if not degraded:
+        # 6. static rules
+        pinned, mask = _rules(state, loaded, query, input_tokens, mask, removals, notes)
+        if pinned is not None:
+            stage = "rule"
+        # 7. experiments
+        if experiment is not None:
+            if pinned is None:
+                pinned, applied = _experiment(experiment, loaded, mask, notes)
+                if applied:
+                    stage = "experiment"
+            else:
+                notes.append(
+                    f"experiment {experiment.experiment!r} variant {experiment.variant!r}: "
+                    "not applied, a rule decided"
+                )
+
+    # 8. the learned router
+    knob, priority = _knob(settings, router, query, experiment)
+    scored = router.score(
+        prompt,
+        task_type=query.task_type,
+        expected_output_tokens=query.expected_output_tokens,
+        mask=mask,
+    )
+    ranked = _reliability(live, loaded, scored, mask, notes)
+    order = router.rank(ranked, knob, mask)
+    if priority == "speed" and pinned is None:
+        order, headline = _fastest_first(router, ranked, order, knob, live.latency[at], settings)
+    else:
+        headline = f"{scored.strategy} head ranked {len(order)} eligible model(s) at knob {knob:g}"
+    ranking = order.tolist()
+    chosen = ranking[0] if pinned is None else pinned
+    fallbacks = [i for i in ranking if i != chosen]
+    if degraded:
+        headline = (
+            "every model that passed the filters has an open circuit; degraded mode returns "
+            f"the best-ranked of them ({headline})"
+        )
+    # A pinned model was decided by its rule or experiment, whose note says so.
+    detail = "; ".join(notes if pinned is not None else [headline, *notes])
+
+    # Commit.
+    model = names[chosen]
+    breaker = loaded.breakers[chosen]
+    if breaker is not None:
+        breaker.on_routed()
+    if experiment is not None:
+        state.experiments.record_assignment(experiment)
+    request_id = _request_id()
+    state.remember(
+        request_id,
+        model=model,
+        raw_prompt=query.raw_prompt,
+        raw_messages=query.raw_messages,
+        input_tokens=input_tokens,
+        task_type=query.task_type,
+        loaded=loaded,
+        experiment=experiment,
+    )
+    state.metrics.decision(model, stage, time.perf_counter() - started)
+    if settings.log_prompts:
+        _log.info("route %s -> %s (%s): %r", request_id, model, stage, prompt.text[:2000])
+    else:
+        _log.debug("route %s -> %s (%s)", request_id, model, stage)
+    rounded = scored.score.round(6).tolist()
+    return Decision(
+        request_id=request_id,
+        model=model,
+        fallbacks=tuple(names[i] for i in fallbacks),
+        scores={names[i]: rounded[i] for i in (chosen, *fallbacks)},
+        estimated_cost_usd=float(scored.cost_usd[chosen]),
+        stage=stage,
+        detail=detail,
+        removed=removals.reasons,
+        experiment=experiment,
+        router_version=loaded.version,
+        knob=float(knob),
+        priority=priority,
+        degraded=degraded,
+        input_tokens=input_tokens,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages and their helpers
+
+_Check = tuple[np.ndarray, str, Callable[[int], str]]
+
+
+class _Removals:
+    """The models removed so far, each with the first filter that removed it and why."""
+
+    __slots__ = ("names", "metrics", "reasons")
+
+    def __init__(self, names: tuple[str, ...], metrics: Metrics) -> None:
+        self.names = names
+        self.metrics = metrics
+        self.reasons: Removed = {}
+
+    def apply(
+        self, mask: np.ndarray, keep: np.ndarray, name: str, why: Callable[[int], str]
+    ) -> np.ndarray:
+        gone = mask & ~keep
+        if not gone.any():
+            return mask
+        where = np.flatnonzero(gone).tolist()
+        for i in where:
+            self.reasons[self.names[i]] = {"filter": name, "detail": why(i)}
+        self.metrics.removed(name, len(where))
+        return mask & keep
+
+    def apply_all(self, mask: np.ndarray, checks: list[_Check]) -> np.ndarray:
+        """`apply` each check in order, after one combined test for the common nothing-removed."""
+        keep = checks[0][0]
+        for other, _name, _why in checks[1:]:
+            keep = keep & other
+        if not (mask & ~keep).any():
+            return mask
+        for keep, name, why in checks:
+            mask = self.apply(mask, keep, name, why)
+        return mask
+
+
+def _at(values: np.ndarray | float, i: int) -> float:
+    return float(values) if isinstance(values, float) else float(values[i])
+
+
+def _request_id() -> str:
+    # uuid.uuid4().hex, without building a UUID object: 16 random bytes, version 4, RFC variant.
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
+
+
+def _candidates(
+    loaded: LoadedModel, candidates: Sequence[str] | None, removals: _Removals
+) -> np.ndarray:
+    if candidates is None:
+        return loaded.routable.copy()
+    index = loaded.router.index
+    keep = np.zeros(len(loaded.names), dtype=bool)
+    for i, name in enumerate(candidates):
+        j = index.get(name)
+        if j is None or not loaded.routable[j]:
+            known = sorted(loaded.universe)
+            raise ApiError(
+                422,
+                "unknown_model",
+                f"candidates[{i}]: unknown model {name!r}; routable: {', '.join(known)}",
+                field=f"candidates[{i}]",
+                known=known,
+            )
+        keep[j] = True
+    return removals.apply(loaded.routable.copy(), keep, "candidates", _not_a_candidate)
+
+
+def _capability(
+    loaded: LoadedModel, prompt: Prompt, input_tokens: int, expected_output: int | None
+) -> list[_Check]:
+    checks: list[_Check] = []
+    if prompt.images:
+        images = prompt.images
+        checks.append(
+            (vision_ok(loaded.vision, images), "capability", lambda i: describe_vision(images))
+        )
+    # Most prompts fit every window: one scalar test settles that before any array work.
+    if expected_output is None:
+        if input_tokens <= loaded.min_context_slack:
+            return checks
+        out: np.ndarray | float = loaded.router.output_tokens
+    else:
+        if input_tokens + expected_output <= loaded.min_context_window:
+            return checks
+        out = float(expected_output)
+    window = loaded.context_window
+
+    def why(i: int) -> str:
+        return describe_context(input_tokens, _at(out, i), window[i])
+
+    checks.append((context_ok(window, needed_tokens(input_tokens, out)), "capability", why))
+    return checks
+
+
+def _cost(router: Router, input_tokens: int, query: RouteQuery) -> list[_Check]:
+    budget = query.max_cost_usd
+    if budget is None:
+        return []
+    cost = router.estimate_cost(input_tokens, query.expected_output_tokens)
+    return [(cost_ok(cost, budget), "cost", lambda i: describe_cost(cost[i], budget))]
+
+
+def _latency(
+    live: LiveStats, at: np.ndarray, ceiling: float | None, percentile: float
+) -> list[_Check]:
+    if ceiling is None:
+        return []
+    latency, observed = live.latency[at], live.observed[at]
+
+    def why(i: int) -> str:
+        return describe_latency(latency[i], ceiling, percentile if observed[i] else None)
+
+    return [(latency_ok(latency, ceiling), "latency", why)]
+
+
+def _breakers(
+    live: LiveStats, loaded: LoadedModel, mask: np.ndarray, removals: _Removals
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mask without unavailable models, the models removed for their breaker alone)."""
+    blocked = np.zeros_like(mask)
+    if not live.not_closed:  # a closed circuit is always available: nothing to ask
+        return mask, blocked
+    for name in tuple(live.not_closed):
+        i = loaded.router.index.get(name)
+        if i is not None and mask[i]:
+            blocked[i] = not loaded.breakers[i].available()  # type: ignore[union-attr]
+    mask = removals.apply(mask, ~blocked, "breaker", lambda i: _describe_breaker(loaded, i))
+    return mask, blocked
+
+
+def _reliability(
+    live: LiveStats, loaded: LoadedModel, scored: Scored, mask: np.ndarray, notes: list[str]
+) -> Scored:
+    """`scored` with each score times the model's observed success rate (when it has one)."""
+    if not live.any_unreliable:
+        return scored
+    factor = live.factor[loaded.catalog_index]
+    for name in tuple(live.not_closed):  # a half-open model is judged by its probe
+        i = loaded.router.index.get(name)
+        if i is not None:
+            factor[i] = 1.0
+    scaled = mask & (factor < 1.0)
+    if not scaled.any():
+        return scored
+    names = loaded.names
+    listed = ", ".join(f"{names[i]} ×{factor[i]:.2f}" for i in np.flatnonzero(scaled))
+    notes.append(f"scores scaled by observed success rate: {listed}")
+    return replace(scored, score=scored.score * factor)
+
+
+def _not_a_candidate(_i: int) -> str:
+    return "not in the request's candidates"
+
+
+def _describe_breaker(loaded: LoadedModel, i: int) -> str:
+    breaker = loaded.breakers[i]
+    assert breaker is not None
+    if breaker.state.value == "open":
+        return "circuit breaker is open (recent calls failed); retried after its cooldown"
+    return "circuit breaker is half-open and its probe slots are taken"
+
+
+def _rules(
+    state: ServiceState,
+    loaded: LoadedModel,
+    query: RouteQuery,
+    input_tokens: int,
+    mask: np.ndarray,
+    removals: _Removals,
+    notes: list[str],
+) -> tuple[int | None, np.ndarray]:
+    if not len(state.rules):
+        return None, mask
+    outcome = state.rules.match(
+        text=query.prompt.text,
+        task_type=query.task_type,
+        metadata=query.metadata,
+        input_tokens=input_tokens,
+    )
+    if outcome is None:
+        return None, mask
+    if outcome.model is not None:
+        i = loaded.router.index.get(outcome.model)
+        if i is not None and mask[i]:
+            notes.insert(0, f"rule {outcome.rule!r} pins {outcome.model}")
+            return i, mask
+        notes.append(
+            f"rule {outcome.rule!r} pins {outcome.model}, which is not eligible for this "
+            "request; not applied"
+        )
+        return None, mask
+    assert outcome.candidates is not None
+    keep = loaded.mask_of(outcome.candidates)
+    if not (mask & keep).any():
+        notes.append(
+            f"rule {outcome.rule!r} restricts candidates to {', '.join(outcome.candidates)}, "
+            "none of which is eligible for this request; not applied"
+        )
+        return None, mask
+    listed = ", ".join(outcome.candidates)
+    notes.append(f"rule {outcome.rule!r} restricted candidates to {listed}")
+    restricted = f"rule {outcome.rule!r} restricts candidates to {listed}"
+    mask = removals.apply(mask, keep, "rule", lambda _i: restricted)
+    return None, mask
+
+
+def _experiment(
+    a: Assignment, loaded: LoadedModel, mask: np.ndarray, notes: list[str]
+) -> tuple[int | None, bool]:
+    """(pinned model index or None, whether the variant changed how this request is routed)."""
+    where = f"experiment {a.experiment!r} variant {a.variant!r}"
+    if a.model is not None:
+        i = loaded.router.index.get(a.model)
+        if i is not None and mask[i]:
+            notes.append(f"{where} pins {a.model}")
+            return i, True
+        notes.append(f"{where} pins {a.model}, which is not eligible for this request; not applied")
+        return None, False
+    if a.knob is not None:
+        notes.append(f"{where} sets the knob to {a.knob:g}")
+        return None, True
+    if a.artifact is not None:
+        notes.append(f"{where} routes with artifact {a.artifact} (router {loaded.version})")
+        return None, True
+    notes.append(f"{where} (control: the normal router)")
+    return None, False
+
+
+def _knob(
+    settings: Settings, router: Router, query: RouteQuery, experiment: Assignment | None
+) -> tuple[float, str | None]:
+    """The knob and the priority it came from (None when the request gave a knob)."""
+    priority: str | None
+    if query.knob is not None:
+        knob, priority = query.knob, None
+    else:
+        priority = query.priority or settings.default_priority
+        p = settings.priorities
+        if priority == "quality":
+            knob = p.quality
+        elif priority == "cost":
+            knob = p.cost
+        else:  # balanced, and speed's utility
+            knob = p.balanced if p.balanced is not None else router.default_knob
+    if experiment is not None and experiment.knob is not None:
+        knob = experiment.knob
+    return float(knob), priority
+
+
+def _fastest_first(
+    router: Router,
+    ranked: Any,
+    order: np.ndarray,
+    knob: float,
+    latency: np.ndarray,
+    settings: Settings,
+) -> tuple[np.ndarray, str]:
+    tolerance = settings.priorities.speed_tolerance
+    utility = router.utility(ranked.score, ranked.cost_usd, knob)
+    best = utility[order[0]]
+    near = order[utility[order] >= best - tolerance]
+    # Stable sort: equal latency keeps the utility order.
+    fast = near[np.argsort(latency[near], kind="stable")]
+    rest = order[utility[order] < best - tolerance]
+    headline = (
+        f"priority speed: lowest latency among {len(near)} model(s) within {tolerance:g} of "
+        f"the best utility at knob {knob:g} ({len(order)} eligible)"
+    )
+    return np.concatenate([fast, rest]), headline
+
+
+def _no_eligible(removed: Removed, routable: int) -> ApiError:
+    by_filter: dict[str, int] = {}
+    for reason in removed.values():
+        by_filter[reason["filter"]] = by_filter.get(reason["filter"], 0) + 1
+    summary = ", ".join(f"{n} by {f}" for f, n in by_filter.items())
+    return ApiError(
+        422,
+        "no_eligible_model",
+        f"no model can take this request: all {routable} routable model(s) were removed "
+        f"({summary})",
+        removed=removed,
+    )

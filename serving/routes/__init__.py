@@ -1,0 +1,11 @@
+"""The HTTP endpoints, one module per resource; `api_router` includes them all."""
+
+from fastapi import APIRouter
+
+from serving.routes import admin, experiments, feedback, health, models, route
+
+__all__ = ["api_router"]
+
+api_router = APIRouter()
+for _module in (route, feedback, models, experiments, admin, health):
+    api_router.include_router(_module.router)

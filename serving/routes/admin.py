@@ -1,0 +1,68 @@
+"""Admin endpoints (API key required): hot reload of the artifact, breaker reset."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from serving.deps import AdminDep, StateDep
+from serving.errors import ApiError
+from serving.schemas import ErrorResponse, ReloadRequest, ReloadResponse
+from training.errors import ArtifactError, ConfigError
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminDep])
+
+_AUTH: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong API key."},
+    403: {"model": ErrorResponse, "description": "Admin endpoints disabled (no key set)."},
+}
+
+
+@router.post(
+    "/reload",
+    response_model=ReloadResponse,
+    responses={
+        **_AUTH,
+        422: {"model": ErrorResponse, "description": "Not loaded; the old model serves on."},
+    },
+)
+def reload_artifact(state: StateDep, body: ReloadRequest | None = None) -> ReloadResponse:
+    """Load and verify an artifact, then swap it in atomically; on failure nothing changes."""
+    # A plain `def`: loading runs in the thread pool while requests keep being served.
+    path = body.artifact if body is not None else None
+    try:
+        old, new = state.reload(path)
+    except (ArtifactError, ConfigError) as exc:
+        raise ApiError(
+            422,
+            "reload_failed",
+            f"{exc}; still serving router {state.model.version}",
+            field="artifact",
+        ) from None
+    return ReloadResponse(
+        artifact=new.path,
+        router_version=new.version,
+        previous_version=old.version,
+        models=sorted(new.universe),
+    )
+
+
+@router.post(
+    "/breakers/{model:path}/reset",
+    responses={**_AUTH, 404: {"model": ErrorResponse, "description": "Unknown model."}},
+)
+async def reset_breaker(model: str, state: StateDep) -> dict[str, Any]:
+    """Close a model's circuit now, with an empty window and the base cooldown."""
+    if model not in state.breakers:
+        known = sorted(state.catalog.names)
+        raise ApiError(
+            404,
+            "unknown_model",
+            f"unknown model {model!r}; known: {', '.join(known)}",
+            known=known,
+        )
+    state.breakers.reset(model)
+    return {"model": model, "breaker": state.breakers[model].snapshot()}

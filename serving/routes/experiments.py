@@ -1,0 +1,39 @@
+"""GET /experiments and /experiments/{name}: per-variant outcomes with intervals and p-values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from serving.deps import StateDep
+from serving.errors import ApiError
+from serving.schemas import ErrorResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["experiments"])
+
+
+@router.get("/experiments")
+async def list_experiments(state: StateDep) -> dict[str, Any]:
+    """Every configured experiment with its per-variant statistics."""
+    return {"experiments": state.experiments.summaries()}
+
+
+@router.get(
+    "/experiments/{name}",
+    responses={404: {"model": ErrorResponse, "description": "Unknown experiment."}},
+)
+async def get_experiment(name: str, state: StateDep) -> dict[str, Any]:
+    """One experiment: counts, success rate, latency and quality means with 95% intervals."""
+    try:
+        return state.experiments.summary(name)
+    except KeyError:
+        known = state.experiments.names()
+        raise ApiError(
+            404,
+            "unknown_experiment",
+            f"no experiment named {name!r}; known: {', '.join(known) or '(none)'}",
+            known=known,
+        ) from None

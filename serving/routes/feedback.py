@@ -1,0 +1,31 @@
+"""POST /feedback: the outcome of a routed call updates statistics, breaker, experiment, log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body
+
+from serving.deps import StateDep
+from serving.schemas import FEEDBACK_EXAMPLES, ErrorResponse, FeedbackRequest, FeedbackResponse
+from serving.state import Feedback
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["routing"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "Unknown, answered or expired request_id."},
+    422: {"model": ErrorResponse, "description": "Invalid field, or a model not routable."},
+}
+
+
+@router.post("/feedback", response_model=FeedbackResponse, responses=_ERRORS)
+async def post_feedback(
+    body: Annotated[FeedbackRequest, Body(openapi_examples=FEEDBACK_EXAMPLES)], state: StateDep
+) -> FeedbackResponse:
+    """Report how the routed call went (once per request_id)."""
+    _decision, model = state.record_feedback(Feedback(**body.model_dump()))
+    return FeedbackResponse(
+        request_id=body.request_id, model=model, breaker=state.breakers[model].state.value
+    )

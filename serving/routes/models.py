@@ -1,0 +1,32 @@
+"""GET /models: the catalog with live statistics, breaker state and whether each is routable."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.deps import StateDep
+from serving.schemas import ModelInfo, ModelsResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/models", response_model=ModelsResponse)
+async def list_models(state: StateDep) -> ModelsResponse:
+    """Catalog entries with rolling stats and circuit state; `routable` = the router knows it."""
+    loaded = state.model
+    stats = state.stats.snapshot()
+    breakers = state.breakers.snapshot()
+    return ModelsResponse(
+        router_version=loaded.version,
+        models=[
+            ModelInfo(
+                **spec.model_dump(mode="json"),
+                routable=spec.name in loaded.universe,
+                stats=stats[spec.name],
+                breaker=breakers[spec.name],
+            )
+            for spec in state.catalog.models
+        ],
+    )

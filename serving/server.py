@@ -1,0 +1,98 @@
+"""`promptroute serve`: settings → loaded state → uvicorn, with a graceful shutdown.
+
+Everything that can be wrong with the configuration or the artifact is found before uvicorn
+starts, and reported as one line with exit code 2, like the rest of the CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging.config
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["serve"]
+
+_GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+def serve(
+    config: str | Path | None = None,
+    model: str | Path | None = None,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """Run the HTTP service until interrupted; returns the process exit code.
+
+    Parameters
+    ----------
+    config : a YAML config file (defaults when None)
+    model : an artifact folder, overriding the config's `artifact`; with neither, the bundled
+        default model (trained from the bundled data the first time, about a minute)
+    host, port : override the config's
+    """
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.config import load_settings
+    from serving.state import ServiceState
+    from training.errors import PromptrouteError
+
+    overrides = {
+        key: value
+        for key, value in (("artifact", model), ("host", host), ("port", port))
+        if value is not None
+    }
+    try:
+        settings = load_settings(config, **overrides)
+        if settings.artifact is None:
+            from training.cli import ensure_default_artifact
+
+            artifact = ensure_default_artifact()
+            settings = settings.model_copy(update={"artifact": str(artifact)})
+        state = ServiceState(settings)
+    except PromptrouteError as exc:
+        print(f"promptroute: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the decision log's folder cannot be created
+        print(f"promptroute: error: {exc}", file=sys.stderr)
+        return 2
+    # Configured only now, so that a refused start leaves the process's logging untouched.
+    log_config = _log_config()
+    logging.config.dictConfig(log_config)
+    logging.getLogger("promptroute.server").info(
+        "serving %s (router %s): %d routable models",
+        state.artifact_path,
+        state.model.version,
+        len(state.model.universe),
+    )
+    app = create_app(settings, state=state)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            lifespan="on",
+            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+            log_config=log_config,
+        )
+    )
+    try:
+        server.run()
+    finally:
+        state.close()  # no-op after a normal lifespan shutdown; drains if startup was cut short
+    return 0 if server.started else 1
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, plus the service's own "promptroute.*" loggers on the same handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["promptroute"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
