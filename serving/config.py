@@ -178,13 +178,13 @@ class DecisionLogConfig(_Section):
 class PrioritiesConfig(_Section):
     """The cost knob λ each priority maps to; "speed" ranks by latency instead of a knob.
 
-    `balanced: null` means the artifact's own default knob (chosen on held-out data at training
+    `balanced: null` means the artifact's own default knob (chosen by cross-validation at training
     time). "speed" takes the models whose utility at the balanced knob is within
     `speed_tolerance` of the best and picks the one with the lowest observed latency.
     """
 
     quality: float = Field(0.0, ge=0)
-    balanced: float | None = Field(0.5, ge=0)
+    balanced: float | None = Field(None, ge=0)
     cost: float = Field(4.0, ge=0)
     speed_tolerance: float = Field(0.05, ge=0)
 

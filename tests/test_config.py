@@ -90,7 +90,7 @@ def test_all_is_exact():
         pytest.param("decision_log.store_prompt", True, id="log-store-prompt"),
         pytest.param("decision_log.fsync", False, id="log-fsync"),
         pytest.param("priorities.quality", 0.0, id="knob-quality"),
-        pytest.param("priorities.balanced", 0.5, id="knob-balanced"),
+        pytest.param("priorities.balanced", None, id="knob-balanced"),
         pytest.param("priorities.cost", 4.0, id="knob-cost"),
         pytest.param("rules", [], id="rules"),
         pytest.param("experiments", [], id="experiments"),

@@ -60,6 +60,8 @@ def make_client(tiny_artifact, catalog_path):
 
         def make(clock: FakeClock | None = None, **overrides):
             clock = clock or FakeClock()
+            # A fixed balanced knob keeps expected decisions independent of the artifact's own.
+            overrides.setdefault("priorities", {"balanced": 0.5})
             config = load_settings(
                 artifact=str(tiny_artifact), catalog=str(catalog_path), **overrides
             )
