@@ -103,9 +103,9 @@ def ensure_default_artifact(path: Path = DEFAULT_ARTIFACT) -> Path:
     try:
         read_manifest(path)
         return path
-    except ArtifactError:
-        pass
-    _progress(f"no default model at {path}; training it from the bundled data (about a minute)")
+    except ArtifactError as exc:
+        why = str(exc)
+    _progress(f"default model unusable ({why}); training it from the bundled data (about two minutes)")
     train_and_save([str(p) for p in BUNDLED_DATA], path, split="train")
     return path
 
