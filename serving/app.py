@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
@@ -23,8 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.config import Settings
 from serving.errors import BodyTooLarge, error_body, install_error_handlers
+from serving.gateway import Gateway, Sleep, Upstreams
 from serving.metrics import Metrics, RequestMetrics
 from serving.routes import api_router
+from serving.routes import openai as openai_routes
 from serving.state import ServiceState
 
 __all__ = ["create_app"]
@@ -48,6 +51,7 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     state: ServiceState | None = None,
     expire_every_seconds: float = 30.0,
+    sleep: Sleep = asyncio.sleep,
 ) -> FastAPI:
     """Build the app; the model is loaded when it starts.
 
@@ -55,11 +59,13 @@ def create_app(
     ----------
     settings : the validated configuration (defaults when None)
     clock, wall_clock : monotonic and unix time sources (fakes in tests)
-    environ : where the admin key variable is read (``os.environ`` when None)
+    environ : where the admin key and upstream API key variables are read (``os.environ``
+        when None)
     state : an already loaded state to serve (``serve`` loads it before starting uvicorn, so
         that a bad artifact is a one-line error instead of a server traceback)
     expire_every_seconds : how often pending decisions past their age limit are logged and
         dropped, besides on every new decision
+    sleep : how the /v1 gateway waits out an upstream's Retry-After (a fake in tests)
     """
     settings = settings if settings is not None else Settings()
     metrics = state.metrics if state is not None else Metrics()
@@ -69,7 +75,13 @@ def create_app(
         service = state or ServiceState(
             settings, clock=clock, wall_clock=wall_clock, metrics=metrics, environ=environ
         )
+        try:  # the gateway's HTTP client: one per app, its connections pooled across requests
+            upstreams = Upstreams.open(service.settings, os.environ if environ is None else environ)
+        except BaseException:
+            service.close()
+            raise
         app.state.service = service
+        app.state.gateway = Gateway(upstreams, service.settings.gateway, sleep=sleep)
         expiry = asyncio.create_task(_expire_periodically(service, expire_every_seconds))
         try:
             yield
@@ -77,6 +89,8 @@ def create_app(
             expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await expiry
+            app.state.gateway = None
+            await upstreams.aclose()
             app.state.service = None
             service.close()
 
@@ -89,8 +103,10 @@ def create_app(
     )
     app.state.metrics = metrics
     app.state.service = None
+    app.state.gateway = None
     install_error_handlers(app)
     app.include_router(api_router)
+    app.include_router(openai_routes.router)
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -39,6 +40,7 @@ __all__ = [
     "BreakersConfig",
     "DecisionLogConfig",
     "ExperimentConfig",
+    "GatewayConfig",
     "LimitsConfig",
     "PendingConfig",
     "PrioritiesConfig",
@@ -47,6 +49,7 @@ __all__ = [
     "RuleMatch",
     "Settings",
     "StatsConfig",
+    "UpstreamConfig",
     "VariantConfig",
     "load_settings",
 ]
@@ -290,6 +293,37 @@ class ExperimentConfig(_Section):
         return self
 
 
+class UpstreamConfig(_Section):
+    """Where the gateway sends one catalog model's chat completions (OpenAI wire format).
+
+    `base_url` is the API root, as for the OpenAI client (``https://api.openai.com/v1``);
+    ``/chat/completions`` is appended. `timeout_seconds` bounds connecting and each read (for a
+    stream, the longest wait between two chunks).
+    """
+
+    base_url: _NonEmpty
+    model: _NonEmpty | None = None  # the upstream's name for the model; default: the catalog's
+    api_key_env: _NonEmpty | None = None  # the variable holding the bearer token; null: none
+    timeout_seconds: float = Field(60.0, gt=0)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise PydanticCustomError(
+                "url", "must be an http:// or https:// URL, got {value}", {"value": repr(value)}
+            )
+        return value
+
+
+class GatewayConfig(_Section):
+    """The OpenAI-compatible gateway: how many models one request may try, and waits."""
+
+    max_attempts: int = Field(3, gt=0)
+    max_retry_after_seconds: float = Field(5.0, ge=0)
+
+
 class Settings(_Section):
     """Everything the service reads at start-up; build it with `load_settings`."""
 
@@ -309,6 +343,8 @@ class Settings(_Section):
     priorities: PrioritiesConfig = Field(default_factory=PrioritiesConfig)
     rules: list[RuleConfig] = Field(default_factory=list)
     experiments: list[ExperimentConfig] = Field(default_factory=list)
+    upstreams: dict[_NonEmpty, UpstreamConfig] = Field(default_factory=dict)
+    gateway: GatewayConfig = Field(default_factory=GatewayConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
@@ -317,7 +353,7 @@ class Settings(_Section):
         return self
 
     def check_models(self, known: Iterable[str]) -> None:
-        """Check that every model a rule or experiment variant names is in `known`.
+        """Check that every model a rule, experiment variant or upstream names is in `known`.
 
         Raises
         ------
@@ -341,6 +377,8 @@ class Settings(_Section):
             for j, variant in enumerate(experiment.variants):
                 if variant.model is not None:
                     yield f"experiments[{i}].variants[{j}].model", variant.model
+        for name in self.upstreams:
+            yield f"upstreams.{name}", name
 
 
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
@@ -438,14 +476,17 @@ def _render_loc(loc: tuple[int | str, ...]) -> str:
 def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     """Field names allowed in the model at `loc` (the parent of an unexpected key)."""
     model: type[BaseModel] = Settings
+    mapping_key = False  # the part after a dict-typed field is one of its keys, like an index
     for part in loc:
-        if isinstance(part, int):
+        if isinstance(part, int) or mapping_key:
+            mapping_key = False
             continue
         info = model.model_fields.get(part)
         inner = _model_in(info.annotation) if info is not None else None
         if inner is None:
             return []
         model = inner
+        mapping_key = get_origin(info.annotation) is dict
     return list(model.model_fields)
 
 

@@ -108,7 +108,7 @@ class DecisionLog:
         try:
             text = json.dumps(out, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
             data = (text + "\n").encode("utf-8")
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, RecursionError) as e:
             raise ValueError(f"row: cannot be written as a JSON line: {e}") from e
         limit = self.settings.max_bytes
         with self._lock:
@@ -186,7 +186,7 @@ def _redact(row: Mapping[str, Any]) -> dict[str, Any]:
                     sort_keys=True,
                     separators=(",", ":"),
                 )
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, RecursionError) as e:
                 raise ValueError(f"messages: cannot be written as JSON: {e}") from e
             out["prompt_sha256"] = _sha256(canonical)
         else:

@@ -142,10 +142,25 @@ async def _prompt_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
+def _unparsable_body(cause: BaseException | None) -> str | None:
+    """Why FastAPI's JSON decoding failed, when it gave up with a bare 400 (None otherwise)."""
+    # FastAPI turns every decoding failure except JSONDecodeError into "There was an error
+    # parsing the body", with the real one as __cause__; the caller deserves the reason.
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid JSON: it is not UTF-8 (at byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "the body is not valid JSON: it is nested too deeply"
+    if isinstance(cause, ValueError):  # e.g. an integer of more than 4300 digits
+        return "the body is not valid JSON: it holds a number that cannot be decoded"
+    return None
+
+
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _CODE_BY_STATUS.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    if exc.status_code == 400 and (reason := _unparsable_body(exc.__cause__)) is not None:
+        code, message = "invalid_json", reason
     return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=exc.headers)
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "DECISION_BUCKETS",
     "FILTERS",
     "STAGES",
+    "UPSTREAM_OUTCOMES",
     "Metrics",
     "RequestMetrics",
 ]
@@ -44,6 +45,20 @@ DECISION_BUCKETS = (
     25e-3,
     100e-3,
     1.0,
+)
+# How a gateway call to an upstream ended; everything but "ok", "client_error" (the request's
+# own fault, returned as is) and "cancelled" (the client left mid-stream) counts against the model.
+UPSTREAM_OUTCOMES = (
+    "ok",
+    "client_error",
+    "rate_limited",
+    "server_error",
+    "http_error",
+    "timeout",
+    "network_error",
+    "malformed",
+    "stream_error",
+    "cancelled",
 )
 _BREAKER_LEVEL = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
@@ -114,6 +129,12 @@ class Metrics:
             "Decisions waiting for their feedback",
             registry=r,
         )
+        self._upstream = Counter(
+            "promptroute_upstream_attempts",
+            "Calls the /v1 gateway made to upstream models, by model and outcome",
+            ["model", "outcome"],
+            registry=r,
+        )
         self._removal_child = {f: self._removals.labels(filter=f) for f in FILTERS}
         self._decision_child: dict[tuple[str, str], Any] = {}
         self._feedback_child: dict[tuple[str, str], Any] = {}
@@ -164,6 +185,10 @@ class Metrics:
         old_v, new_v = getattr(old, "value", str(old)), getattr(new, "value", str(new))
         self._transitions.labels(model, old_v, new_v).inc()
         self._breaker_state.labels(model).set(_BREAKER_LEVEL.get(new_v, -1.0))
+
+    def upstream_attempt(self, model: str, outcome: str) -> None:
+        """One gateway call to `model`'s upstream ended with `outcome` (see UPSTREAM_OUTCOMES)."""
+        self._upstream.labels(model, outcome).inc()
 
     def reload(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "failed").inc()

@@ -46,6 +46,7 @@ def test_all_is_exact():
         "BreakersConfig",
         "DecisionLogConfig",
         "ExperimentConfig",
+        "GatewayConfig",
         "LimitsConfig",
         "PendingConfig",
         "PrioritiesConfig",
@@ -54,6 +55,7 @@ def test_all_is_exact():
         "RuleMatch",
         "Settings",
         "StatsConfig",
+        "UpstreamConfig",
         "VariantConfig",
         "load_settings",
     ]
@@ -503,7 +505,7 @@ def test_example_config_loads_covers_every_section_and_names_catalog_models():
     catalog = yaml.safe_load(CATALOG.read_text(encoding="utf-8"))
     loaded.check_models(m["name"] for m in catalog["models"])
     # Apart from its rule and experiment, the example spells out the defaults.
-    assert loaded.model_copy(update={"rules": [], "experiments": []}) == Settings()
+    assert loaded.model_copy(update={"rules": [], "experiments": [], "upstreams": {}}) == Settings()
 
 
 def test_breakers_to_settings():

@@ -26,6 +26,8 @@ _AUTH: dict[int | str, dict[str, Any]] = {
     response_model=ReloadResponse,
     responses={
         **_AUTH,
+        400: {"model": ErrorResponse, "description": "The body is not valid JSON."},
+        413: {"model": ErrorResponse, "description": "The body is over the size limit."},
         422: {"model": ErrorResponse, "description": "Not loaded; the old model serves on."},
     },
 )

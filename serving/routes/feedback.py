@@ -15,7 +15,9 @@ __all__ = ["router"]
 router = APIRouter(tags=["routing"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "The body is not valid JSON."},
     404: {"model": ErrorResponse, "description": "Unknown, answered or expired request_id."},
+    413: {"model": ErrorResponse, "description": "The body is over the size limit."},
     422: {"model": ErrorResponse, "description": "Invalid field, or a model not routable."},
 }
 

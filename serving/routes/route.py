@@ -17,9 +17,13 @@ from serving.errors import ApiError
 from serving.pipeline import RouteQuery, route
 from serving.schemas import ROUTE_EXAMPLES, ErrorResponse, RouteRequest, RouteResponse
 
-__all__ = ["build_query", "router"]
+__all__ = ["MAX_MESSAGES_DEPTH", "build_query", "router"]
 
 router = APIRouter(tags=["routing"])
+
+# Chat messages nest a few levels (message, content parts, image_url); far below the recursion
+# limit that json.dumps and the decision log run into.
+MAX_MESSAGES_DEPTH = 64
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "The body is not valid JSON."},
@@ -82,7 +86,23 @@ def _too_large(field: str, what: str) -> ApiError:
 
 
 def _check_json(value: Any, field: str) -> None:
-    # What is accepted must be writable to the decision log as strict JSON later.
+    # What is accepted must be writable to the decision log as strict JSON later, from any
+    # stack depth: a value nested close to the recursion limit passed json.dumps here and then
+    # failed when its feedback row was written (a 500, and the row lost).
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > MAX_MESSAGES_DEPTH:
+                raise ApiError(
+                    422,
+                    "invalid_request",
+                    f"{field}: nested deeper than {MAX_MESSAGES_DEPTH} levels",
+                    field=field,
+                )
+            stack.extend(
+                (v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)
+            )
     try:
         json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError):
