@@ -31,18 +31,61 @@ def run(args: list[str]) -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="/tmp/promptroute-eval", help="folder for artifacts and JSON reports")
+    p.add_argument(
+        "--out", default="/tmp/promptroute-eval", help="folder for artifacts and JSON reports"
+    )
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    files = [str(DATA / f) for f in ("routellm.jsonl.gz", "routerbench.jsonl.gz", "llmrouter_dcrouter.jsonl.gz")]
+    files = [
+        str(DATA / f)
+        for f in ("routellm.jsonl.gz", "routerbench.jsonl.gz", "llmrouter_dcrouter.jsonl.gz")
+    ]
     art = out / "train-side"
     t_train = run(["train", "--logs", *files, "--split", "train", "--out", str(art)])
-    run(["eval", "--model", str(art), "--logs", files[0], "--split", "test", "--json", str(out / "routellm.json"),
-         "--plot", str(out / "routellm.png")])
-    run(["eval", "--model", str(art), "--logs", files[2], "--split", "test", "--json", str(out / "dcrouter.json"),
-         "--plot", str(out / "dcrouter.png")])
-    run(["eval", "--cv", "5", "--logs", files[1], "--json", str(out / "routerbench.json"), "--plot", str(out / "routerbench.png")])
+    run(
+        [
+            "eval",
+            "--model",
+            str(art),
+            "--logs",
+            files[0],
+            "--split",
+            "test",
+            "--json",
+            str(out / "routellm.json"),
+            "--plot",
+            str(out / "routellm.png"),
+        ]
+    )
+    run(
+        [
+            "eval",
+            "--model",
+            str(art),
+            "--logs",
+            files[2],
+            "--split",
+            "test",
+            "--json",
+            str(out / "dcrouter.json"),
+            "--plot",
+            str(out / "dcrouter.png"),
+        ]
+    )
+    run(
+        [
+            "eval",
+            "--cv",
+            "5",
+            "--logs",
+            files[1],
+            "--json",
+            str(out / "routerbench.json"),
+            "--plot",
+            str(out / "routerbench.png"),
+        ]
+    )
     t_all = run(["train", "--logs", *files, "--split", "all", "--out", str(out / "all")])
 
     rl = json.loads((out / "routellm.json").read_text())
@@ -51,7 +94,9 @@ def main() -> int:
 
     def beats(r: dict) -> str:
         q, h = r["router"]["quality_at_heuristic_cost"], r["heuristic"]["quality"]
-        return f"{q:.3f} vs {h:.3f} at ≤ ${r['heuristic']['cost']:.2e}" + (" ✓" if r["router"]["beats_heuristic"] else " ✗")
+        return f"{q:.3f} vs {h:.3f} at ≤ ${r['heuristic']['cost']:.2e}" + (
+            " ✓" if r["router"]["beats_heuristic"] else " ✗"
+        )
 
     def ok(flag: bool) -> str:
         return "✓" if flag else "✗ (missed)"
@@ -59,21 +104,58 @@ def main() -> int:
     mm, gs = rl["by_task"]["mmlu"]["two_model"]["apgr"], rl["by_task"]["gsm8k"]["two_model"]["apgr"]
     rb_m, dc_m = rb["router"]["cost_to_match_best"], dc["router"]["cost_to_match_best"]
     rows = [
-        ("RouteLLM MMLU (test side, n=%d): APGR" % rl["by_task"]["mmlu"]["n"], "≥ 0.66", f"{mm:.3f}", ok(mm >= 0.66)),
-        ("RouteLLM GSM8K (test side, n=%d): APGR" % rl["by_task"]["gsm8k"]["n"], "≥ 0.66", f"{gs:.3f}", ok(gs >= 0.66)),
-        ("RouteLLM all (test side, n=%d): APGR / CPT50 / CPT80" % rl["n"], "—",
-         f"{rl['two_model']['apgr']:.3f} / {rl['two_model']['cpt50']:.3f} / {rl['two_model']['cpt80']:.3f}", ""),
-        ("RouterBench (5-fold OOF, n=%d): cost_to_match_best" % rb["n"], "≤ 0.6", str(rb_m),
-         ok(rb_m is not None and rb_m <= 0.6)),
+        (
+            f"RouteLLM MMLU (test side, n={rl['by_task']['mmlu']['n']}): APGR",
+            "≥ 0.66",
+            f"{mm:.3f}",
+            ok(mm >= 0.66),
+        ),
+        (
+            f"RouteLLM GSM8K (test side, n={rl['by_task']['gsm8k']['n']}): APGR",
+            "≥ 0.66",
+            f"{gs:.3f}",
+            ok(gs >= 0.66),
+        ),
+        (
+            f"RouteLLM all (test side, n={rl['n']}): APGR / CPT50 / CPT80",
+            "—",
+            f"{rl['two_model']['apgr']:.3f} / {rl['two_model']['cpt50']:.3f} / {rl['two_model']['cpt80']:.3f}",
+            "",
+        ),
+        (
+            f"RouterBench (5-fold OOF, n={rb['n']}): cost_to_match_best",
+            "≤ 0.6",
+            str(rb_m),
+            ok(rb_m is not None and rb_m <= 0.6),
+        ),
         ("RouterBench: cost_to_95pct_best", "—", str(rb["router"]["cost_to_95pct_best"]), ""),
-        ("RouterBench: AIQ vs Zero router", "above", f"{rb['router']['aiq']:.4f} vs {rb['zero_router']['aiq']:.4f}",
-         ok(rb["router"]["aiq"] > rb["zero_router"]["aiq"])),
-        ("DCRouter (test side, n=%d): cost_to_match_best" % dc["n"], "≤ 0.5", str(dc_m), ok(dc_m is not None and dc_m <= 0.5)),
-        ("DCRouter: AIQ vs Zero router", "—", f"{dc['router']['aiq']:.4f} vs {dc['zero_router']['aiq']:.4f}", ""),
+        (
+            "RouterBench: AIQ vs Zero router",
+            "above",
+            f"{rb['router']['aiq']:.4f} vs {rb['zero_router']['aiq']:.4f}",
+            ok(rb["router"]["aiq"] > rb["zero_router"]["aiq"]),
+        ),
+        (
+            f"DCRouter (test side, n={dc['n']}): cost_to_match_best",
+            "≤ 0.5",
+            str(dc_m),
+            ok(dc_m is not None and dc_m <= 0.5),
+        ),
+        (
+            "DCRouter: AIQ vs Zero router",
+            "—",
+            f"{dc['router']['aiq']:.4f} vs {dc['zero_router']['aiq']:.4f}",
+            "",
+        ),
         ("RouteLLM: quality at the heuristic's cost", "> heuristic", beats(rl), ""),
         ("RouterBench: quality at the heuristic's cost", "> heuristic", beats(rb), ""),
         ("DCRouter: quality at the heuristic's cost", "> heuristic", beats(dc), ""),
-        ("Training on all bundled data (%d files, both sides)" % len(files), "< 120 s", f"{t_all:.0f} s", ok(t_all < 120)),
+        (
+            f"Training on all bundled data ({len(files)} files, both sides)",
+            "< 120 s",
+            f"{t_all:.0f} s",
+            ok(t_all < 120),
+        ),
         ("Training on the train side (default model)", "—", f"{t_train:.0f} s", ""),
     ]
     print("| figure | target | measured | |\n|---|---|---|---|")
