@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging.config
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ def serve(
             artifact = ensure_default_artifact()
             settings = settings.model_copy(update={"artifact": str(artifact)})
         state = ServiceState(settings)
+        # Upstream API keys are read again in the lifespan; checking them here turns a missing
+        # key into this one-line error instead of a failed uvicorn start-up.
+        from serving.gateway import resolve_upstreams
+
+        resolve_upstreams(settings, os.environ)
     except PromptrouteError as exc:
         print(f"promptroute: error: {exc}", file=sys.stderr)
         return 2

@@ -240,6 +240,8 @@ class Feedback:
     quality: float | None = None
     cost_usd: float | None = None
     error_type: str | None = None
+    input_tokens: int | None = None  # from the upstream's usage, when the gateway made the call
+    output_tokens: int | None = None
 
 
 class ServiceState:
@@ -422,13 +424,7 @@ class ServiceState:
                 field="request_id",
             )
         model = fb.model or decision.model
-        self.stats[model].record(success=fb.success, latency_ms=fb.latency_ms, quality=fb.quality)
-        breaker = self.breakers[model]
-        if fb.success:
-            breaker.record_success()
-        else:
-            breaker.record_failure()
-        self.live.touch(model)
+        self.record_outcome(model, success=fb.success, latency_ms=fb.latency_ms, quality=fb.quality)
         if decision.experiment is not None:
             self.experiments.record_outcome(
                 decision.experiment.experiment,
@@ -437,9 +433,25 @@ class ServiceState:
                 latency_ms=fb.latency_ms,
                 quality=fb.quality,
             )
-        self.metrics.feedback(model, fb.success)
         self._log_row(fb.request_id, decision, model, fb, None)
         return decision, model
+
+    def record_outcome(
+        self, model: str, *, success: bool, latency_ms: float | None, quality: float | None = None
+    ) -> None:
+        """One call's outcome on `model`: rolling statistics, its breaker, live arrays, metrics.
+
+        The per-model half of feedback; the gateway also calls it for failed attempts that a
+        fallback answered (the request's experiment outcome and log row come from its result).
+        """
+        self.stats[model].record(success=success, latency_ms=latency_ms, quality=quality)
+        breaker = self.breakers[model]
+        if success:
+            breaker.record_success()
+        else:
+            breaker.record_failure()
+        self.live.touch(model)
+        self.metrics.feedback(model, success)
 
     def _on_evict(self, request_id: str, decision: Any, why: str) -> None:
         # Feedback never came: the decision is still logged once, unlabelled.
@@ -468,6 +480,10 @@ class ServiceState:
                 if value is not None:
                     row[key] = value
         row["input_tokens"] = d.input_tokens
+        if fb is not None and fb.input_tokens is not None:
+            row["input_tokens"] = fb.input_tokens
+        if fb is not None and fb.output_tokens is not None:
+            row["output_tokens"] = fb.output_tokens
         if d.task_type is not None:
             row["task_type"] = d.task_type
         row["ts"] = round(d.ts, 3)

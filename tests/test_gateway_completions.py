@@ -187,7 +187,8 @@ def test_plain_completion_is_routed_answered_and_logged(make_service, fake):
         "success": True,
         "cost_usd": cost(first, 12, 7),
         "latency_ms": 420.0,
-        "input_tokens": estimate_tokens(len(TEXT)),
+        "input_tokens": 12,  # the upstream's usage, not the estimate
+        "output_tokens": 7,
         "ts": WALL,
         "router_version": service.client.get("/readyz").json()["router_version"],
     }
@@ -289,6 +290,7 @@ def test_streaming_relays_events_in_order_and_records_at_the_end(make_service, f
     tokens = usage or (estimate_tokens(len(TEXT)), estimate_tokens(len("".join(ANSWER))))
     assert (row["success"], row["model"], row["latency_ms"]) == (True, first, 1500.0)
     assert row["cost_usd"] == cost(first, *tokens)
+    assert (row["input_tokens"], row["output_tokens"]) == tuple(tokens)
 
 
 @pytest.mark.parametrize(

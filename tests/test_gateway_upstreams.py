@@ -342,3 +342,23 @@ def test_an_upstream_error_event_marks_the_stream_failed():
     tally = _StreamTally()
     _forward(b'data: {"error": {"message": "overloaded"}}', "m", tally)
     assert tally.error
+
+
+def test_serve_refuses_to_start_when_an_upstream_key_is_missing(
+    tmp_path, tiny_artifact, monkeypatch, capsys
+):
+    from serving.server import serve
+
+    monkeypatch.delenv("PROMPTROUTE_TEST_MISSING_KEY", raising=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "upstreams:\n"
+        "  gpt-4-1106-preview:\n"
+        "    base_url: http://127.0.0.1:9/v1\n"
+        "    api_key_env: PROMPTROUTE_TEST_MISSING_KEY\n",
+        encoding="utf-8",
+    )
+    assert serve(config=str(config), model=str(tiny_artifact), port=1) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("promptroute: error: ")
+    assert "upstreams.gpt-4-1106-preview.api_key_env" in err

@@ -167,7 +167,7 @@ class Gateway:
                 attempts.append(_Attempt(model, "breaker_open", called=False))
                 continue
             if failure is not None:
-                _record_model(state, failure[0], success=False, latency_ms=failure[1])
+                state.record_outcome(failure[0], success=False, latency_ms=failure[1])
                 failure = None
             if wait is not None and wait[0] == upstream.base_url:
                 await self.sleep(wait[1])
@@ -210,6 +210,7 @@ class Gateway:
                 success=True,
                 latency_ms=_ms(state.clock() - started),
                 cost_usd=_cost(state, model, usage),
+                usage=usage,
             )
             return GatewayReply(200, headers, _dumps(body))
         if failure is not None:
@@ -304,7 +305,9 @@ class Gateway:
                 else (plan.prompt_tokens, estimate_tokens(tally.chars))
             )
             cost = _cost(state, model, usage)
-            _settle(state, plan, model, success=True, latency_ms=latency, cost_usd=cost)
+            _settle(
+                state, plan, model, success=True, latency_ms=latency, cost_usd=cost, usage=usage
+            )
             return
         if not tally.error:  # the upstream's own error event was passed on already
             yield _error_event(model)
@@ -323,22 +326,6 @@ def _take_fallback(state: ServiceState, model: str) -> bool:
     return True
 
 
-def _record_model(
-    state: ServiceState, model: str, *, success: bool, latency_ms: float | None
-) -> None:
-    """The per-model part of `ServiceState.record_feedback`, for an attempt that is not the
-    request's outcome: a failed attempt before a fallback (the request's one decision-log row
-    and experiment outcome come from its final result)."""
-    state.stats[model].record(success=success, latency_ms=latency_ms)
-    breaker = state.breakers[model]
-    if success:
-        breaker.record_success()
-    else:
-        breaker.record_failure()
-    state.live.touch(model)
-    state.metrics.feedback(model, success)
-
-
 def _settle(
     state: ServiceState,
     plan: ChatPlan,
@@ -348,8 +335,9 @@ def _settle(
     latency_ms: float,
     cost_usd: float | None = None,
     error_type: str | None = None,
+    usage: tuple[int, int] | None = None,
 ) -> None:
-    """Record the request's outcome as its feedback."""
+    """Record the request's outcome as its feedback (with token usage for the decision log)."""
     feedback = Feedback(
         request_id=plan.request_id,
         success=success,
@@ -357,6 +345,8 @@ def _settle(
         latency_ms=latency_ms,
         cost_usd=cost_usd,
         error_type=error_type,
+        input_tokens=usage[0] if usage else None,
+        output_tokens=usage[1] if usage else None,
     )
     try:
         state.record_feedback(feedback)
@@ -368,7 +358,7 @@ def _settle(
             plan.request_id,
             model,
         )
-        _record_model(state, model, success=success, latency_ms=latency_ms)
+        state.record_outcome(model, success=success, latency_ms=latency_ms)
 
 
 def _cost(state: ServiceState, model: str, usage: tuple[int, int]) -> float:
