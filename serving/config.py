@@ -92,7 +92,7 @@ class LimitsConfig(_Section):
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_prompt_chars: int = Field(400_000, gt=0)
     max_messages: int = Field(1_000, gt=0)
-    max_metadata_depth: int = Field(8, gt=0)
+    max_metadata_depth: int = Field(8, gt=0, le=64)
     max_metadata_bytes: int = Field(16_384, gt=0)
 
 
@@ -165,7 +165,7 @@ class DecisionLogConfig(_Section):
 
     path: _NonEmpty | None = None
     max_bytes: int = Field(100 * 2**20, gt=0)
-    backup_count: int = Field(5, gt=0)
+    backup_count: int = Field(5, gt=0, le=1000)
     store_prompt: bool = True
     fsync: bool = False
 

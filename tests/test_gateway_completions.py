@@ -769,3 +769,17 @@ def test_the_example_config_documents_upstreams_and_gateway():
     assert settings.gateway.max_attempts == 3 and settings.gateway.max_retry_after_seconds == 5.0
     assert settings.upstreams
     settings.check_models(CATALOG.names)
+
+
+def test_deeply_nested_extra_fields_are_refused_before_anything_is_called(make_service, fake):
+    service = make_service()
+    calls = len(fake.requests)
+    tools: Any = "leaf"
+    for _ in range(200):  # deeper than serving.routes.route.MAX_MESSAGES_DEPTH
+        tools = [tools]
+    response = service.chat(tools=tools)
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["param"] == "body"
+    assert "nested deeper than 64 levels" in error["message"]
+    assert len(fake.requests) == calls

@@ -38,7 +38,7 @@ from serving.deps import StateDep
 from serving.errors import ApiError, render_loc
 from serving.gateway import ChatPlan, Gateway
 from serving.pipeline import route
-from serving.routes.route import build_query
+from serving.routes.route import build_query, check_json
 from serving.schemas import RouteRequest, Text
 from serving.state import ServiceState
 from training.catalog import estimate_tokens
@@ -196,6 +196,9 @@ def _plan(
     body: ChatCompletionRequest, payload: dict[str, Any], state: ServiceState, gateway: Gateway
 ) -> ChatPlan:
     limits = state.settings.limits
+    # The whole payload is forwarded upstream (tools, response_format…), so all of it must be
+    # strict JSON of bounded depth, not just the messages.
+    check_json(payload, "body")
     mode = _routing_mode(body.model)
     if mode is not None:
         priority, knob = mode

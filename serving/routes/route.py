@@ -17,7 +17,7 @@ from serving.errors import ApiError
 from serving.pipeline import RouteQuery, route
 from serving.schemas import ROUTE_EXAMPLES, ErrorResponse, RouteRequest, RouteResponse
 
-__all__ = ["MAX_MESSAGES_DEPTH", "build_query", "router"]
+__all__ = ["MAX_MESSAGES_DEPTH", "build_query", "check_json", "router"]
 
 router = APIRouter(tags=["routing"])
 
@@ -52,7 +52,7 @@ def build_query(body: RouteRequest, limits: LimitsConfig) -> RouteQuery:
     if body.messages is not None:
         if len(body.messages) > limits.max_messages:
             raise _too_large("messages", f"more than {limits.max_messages} messages")
-        _check_json(body.messages, "messages")
+        check_json(body.messages, "messages")
     if body.knob is not None and body.priority is not None:
         raise ApiError(
             422,
@@ -85,7 +85,8 @@ def _too_large(field: str, what: str) -> ApiError:
     return ApiError(413, "too_large", f"{field}: {what}", field=field)
 
 
-def _check_json(value: Any, field: str) -> None:
+def check_json(value: Any, field: str) -> None:
+    """ApiError 422 naming `field` unless `value` is strict JSON nested at most MAX_MESSAGES_DEPTH."""
     # What is accepted must be writable to the decision log as strict JSON later, from any
     # stack depth: a value nested close to the recursion limit passed json.dumps here and then
     # failed when its feedback row was written (a 500, and the row lost).

@@ -1,0 +1,211 @@
+"""Damaged or incompatible artifacts are refused at start-up and by /admin/reload.
+
+`tests/test_artifact.py` checks `load_router` refuses each kind of damage before unpickling, and
+`tests/test_serving_ops.py` reloads a byte-flipped and a missing artifact. This takes the other
+kinds through the service: a truncated payload, an edited manifest hash, wrong format, feature
+or numpy versions, an unreadable manifest, and a payload that would run code when unpickled.
+Each reload is a 422 naming the reason while the old model keeps serving, even under traffic;
+each start-up is exit 2 with the reason, before uvicorn runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+import threading
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+import yaml
+from starlette.exceptions import StarletteDeprecationWarning
+
+from serving import create_app, load_settings, serve
+from training.artifact import MANIFEST, PAYLOAD, file_sha256
+from training.catalog import load_catalog
+
+with warnings.catch_warnings():
+    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from fastapi.testclient import TestClient
+
+KEY = "refusal-admin-key"
+ADMIN = {"X-API-Key": KEY}
+
+
+class _RunsCode:
+    """Unpickling this creates the file `path`: proof that a payload was unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def _edit_manifest(art: Path, change: Callable[[dict], None]) -> None:
+    manifest = json.loads((art / MANIFEST).read_text())
+    change(manifest)
+    (art / MANIFEST).write_text(json.dumps(manifest))
+
+
+def _truncate(art: Path) -> None:
+    data = (art / PAYLOAD).read_bytes()
+    (art / PAYLOAD).write_bytes(data[: len(data) // 2])
+
+
+def _hash_edited(art: Path) -> None:
+    _edit_manifest(art, lambda m: m["payload"].update(sha256="0" * 64))
+
+
+def _format(art: Path) -> None:
+    _edit_manifest(art, lambda m: m.update(format_version=99))
+
+
+def _features(art: Path) -> None:
+    _edit_manifest(art, lambda m: m.update(feature_version="0"))
+
+
+def _numpy(art: Path) -> None:
+    major = int(np.__version__.split(".")[0]) + 1
+    _edit_manifest(art, lambda m: m["libraries"].update(numpy=f"{major}.0.0"))
+
+
+def _manifest_cut(art: Path) -> None:
+    text = (art / MANIFEST).read_text()
+    (art / MANIFEST).write_text(text[: len(text) // 2])
+
+
+def _manifest_gone(art: Path) -> None:
+    (art / MANIFEST).unlink()
+
+
+def _code_in_payload(art: Path) -> None:
+    (art / PAYLOAD).write_bytes(pickle.dumps(_RunsCode(art.parent / "pwned")))
+
+
+def _code_with_matching_hash_but_old_features(art: Path) -> None:
+    # Even a payload whose hash the manifest vouches for is not unpickled when the versions
+    # do not fit: the manifest is checked first.
+    _code_in_payload(art)
+    digest = file_sha256(art / PAYLOAD)
+
+    def vouch(manifest: dict) -> None:
+        manifest["payload"]["sha256"] = digest
+        manifest["feature_version"] = "0"
+
+    _edit_manifest(art, vouch)
+
+
+DAMAGE = [
+    pytest.param(
+        _truncate, "the file was changed or truncated — refusing to load it", id="truncated"
+    ),
+    pytest.param(_hash_edited, "does not match the manifest's 0000000000000000…", id="hash-edited"),
+    pytest.param(
+        _format, "artifact format 99, this promptroute reads format 1; retrain it", id="format"
+    ),
+    pytest.param(_features, "trained with feature version '0'", id="feature-version"),
+    pytest.param(_numpy, "numpy major versions differ, retrain it", id="numpy-major"),
+    pytest.param(_manifest_cut, "unreadable manifest", id="manifest-cut"),
+    pytest.param(_manifest_gone, "missing manifest", id="manifest-missing"),
+    pytest.param(_code_in_payload, "refusing to load it", id="code-in-payload"),
+    pytest.param(
+        _code_with_matching_hash_but_old_features,
+        "trained with feature version '0'",
+        id="code-with-matching-hash",
+    ),
+]
+
+
+@pytest.fixture
+def damaged(tiny_artifact, tmp_path) -> Callable[[Callable[[Path], None]], Path]:
+    def make(damage: Callable[[Path], None]) -> Path:
+        art = tmp_path / "models" / "bad"
+        shutil.copytree(tiny_artifact, art)
+        damage(art)
+        return art
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def catalog_path(tmp_path_factory, tiny_router) -> Path:
+    data = load_catalog().to_dict()
+    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def admin(tiny_artifact, catalog_path):
+    config = load_settings(artifact=str(tiny_artifact), catalog=str(catalog_path))
+    with TestClient(create_app(config, environ={"PROMPTROUTE_ADMIN_KEY": KEY})) as client:
+        yield client
+
+
+@pytest.mark.parametrize(("damage", "reason"), DAMAGE)
+def test_reload_refuses_and_the_old_model_serves_on(admin, damaged, damage, reason):
+    art = damaged(damage)
+    state = admin.app.state.service
+    before, version = state.model, state.model.version
+    response = admin.post("/admin/reload", json={"artifact": str(art)}, headers=ADMIN)
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("reload_failed", "artifact")
+    assert reason in error["message"]
+    assert error["message"].endswith(f"; still serving router {version}")
+    assert not (art.parent / "pwned").exists()  # nothing was unpickled
+    assert state.model is before and state.artifact_path != str(art)
+    routed = admin.post("/route", json={"prompt": "Is the old model still here?"})
+    assert (routed.status_code, routed.json()["router_version"]) == (200, version)
+    metrics = admin.get("/metrics").text
+    assert 'promptroute_reloads_total{result="failed"} 1.0' in metrics
+    # A reload without a body goes back to the configured artifact, not the refused one.
+    assert admin.post("/admin/reload", headers=ADMIN).json()["artifact"] == before.path
+
+
+def test_failing_reloads_under_traffic_never_interrupt_routing(admin, damaged):
+    art = damaged(_truncate)
+    version = admin.app.state.service.model.version
+    statuses: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            r = admin.post("/route", json={"prompt": "Write a limerick about cats."})
+            statuses.append((r.status_code, r.json().get("router_version")))
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        for _ in range(20):
+            response = admin.post("/admin/reload", json={"artifact": str(art)}, headers=ADMIN)
+            assert response.status_code == 422
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert statuses and set(statuses) == {(200, version)}
+
+
+@pytest.mark.parametrize(("damage", "reason"), DAMAGE)
+def test_start_up_refuses_before_serving(damaged, capsys, monkeypatch, tmp_path, damage, reason):
+    def refuse(*_args, **_kwargs):
+        pytest.fail("serve() started uvicorn with a refused artifact")
+
+    monkeypatch.setattr(uvicorn.Server, "run", refuse)
+    art = damaged(damage)
+    log = tmp_path / "decisions.jsonl"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"decision_log: {{path: {log}}}\n")
+    assert serve(config=str(config), model=str(art)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("promptroute: error: ") and reason in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (art.parent / "pwned").exists()
+    assert not log.exists()
