@@ -56,3 +56,17 @@ def tiny_router(tiny_artifact):
 
     router, _manifest = load_router(tiny_artifact)
     return router
+
+
+@pytest.fixture(scope="session")
+def catalog_path(tmp_path_factory, tiny_router) -> Path:
+    """The bundled catalog restricted to `tiny_router`'s models, as a YAML file."""
+    import yaml
+
+    from training.catalog import load_catalog
+
+    data = load_catalog().to_dict()
+    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path

@@ -21,12 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uvicorn
-import yaml
 from starlette.exceptions import StarletteDeprecationWarning
 
 from serving import create_app, load_settings, serve
 from training.artifact import MANIFEST, PAYLOAD, file_sha256
-from training.catalog import load_catalog
 
 with warnings.catch_warnings():
     # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
@@ -131,15 +129,6 @@ def damaged(tiny_artifact, tmp_path) -> Callable[[Callable[[Path], None]], Path]
         return art
 
     return make
-
-
-@pytest.fixture(scope="module")
-def catalog_path(tmp_path_factory, tiny_router) -> Path:
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
-    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 @pytest.fixture

@@ -12,10 +12,8 @@ import json
 import math
 import time
 import warnings
-from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.exceptions import StarletteDeprecationWarning
@@ -23,7 +21,6 @@ from starlette.exceptions import StarletteDeprecationWarning
 from serving import create_app, load_settings
 from serving.routes.route import MAX_MESSAGES_DEPTH
 from serving.schemas import ErrorResponse, RouteResponse
-from training.catalog import load_catalog
 
 with warnings.catch_warnings():
     # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
@@ -32,15 +29,6 @@ with warnings.catch_warnings():
 
 JSON = {"content-type": "application/json"}
 MB = 1_000_000
-
-
-@pytest.fixture(scope="module")
-def catalog_path(tmp_path_factory, tiny_router) -> Path:
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
-    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

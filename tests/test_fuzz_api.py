@@ -16,11 +16,9 @@ import contextlib
 import json
 import os
 import warnings
-from pathlib import Path
 
 import pytest
 import schemathesis
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -36,7 +34,6 @@ from starlette.exceptions import StarletteDeprecationWarning
 
 from serving import create_app, load_settings
 from serving.decision_log import read_log_lines
-from training.catalog import load_catalog
 
 with warnings.catch_warnings():
     # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
@@ -53,15 +50,6 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
-
-
-@pytest.fixture(scope="module")
-def catalog_path(tmp_path_factory, tiny_router) -> Path:
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
-    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from fake_upstream import ANSWER, FakeUpstream, chunks, completion
+from fakes import FakeClock
 from starlette.exceptions import StarletteDeprecationWarning
 
 from serving import create_app, load_settings
@@ -35,17 +36,6 @@ MESSAGES = [
 ]
 TEXT = "You are terse.\n\nSummarize the plot of Hamlet in three sentences."
 CATALOG = load_catalog()
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

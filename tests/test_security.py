@@ -24,12 +24,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import yaml
+from fakes import FakeClock
 from starlette.exceptions import StarletteDeprecationWarning
 
 from serving import create_app, load_settings
 from serving.decision_log import read_log_lines
-from training.catalog import load_catalog
 
 with warnings.catch_warnings():
     # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
@@ -38,23 +37,6 @@ with warnings.catch_warnings():
 
 KEY = "4dm1n-k3y-" + "s" * 22
 MB = 1_000_000
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def catalog_path(tmp_path_factory, tiny_router) -> Path:
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
-    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 @pytest.fixture

@@ -10,12 +10,11 @@ import warnings
 from pathlib import Path
 
 import pytest
-import yaml
+from fakes import FakeClock
 from starlette.exceptions import StarletteDeprecationWarning
 
 from serving import create_app, load_settings
 from serving.decision_log import read_log_lines
-from training.catalog import load_catalog
 from training.logs import load_records
 
 with warnings.catch_warnings():
@@ -26,26 +25,6 @@ with warnings.catch_warnings():
 PROMPT = "Summarize the plot of Hamlet in three sentences."
 SECRET = "my-account-number-12345 please keep this private"
 WALL = 1_700_000_000.0
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture(scope="module")
-def catalog_path(tmp_path_factory, tiny_router) -> Path:
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
-    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 @pytest.fixture

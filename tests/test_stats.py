@@ -2,23 +2,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fakes import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from serving import stats
 from serving.stats import ModelStats, StatsBoard, StatsSettings
 from training.errors import UnknownModelError
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make(**overrides) -> tuple[ModelStats, FakeClock]:
