@@ -368,3 +368,18 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("train", "eval", "route", "serve"):
         assert command in out
+
+
+def test_train_streaming_writes_a_loadable_artifact_that_routes(logs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "streamed"
+    argv = ["train", "--streaming", "--logs", str(logs), "--out", str(out), "--chunk-size", "25"]
+    code, stdout, err = _run(argv)
+    assert code == 0, err
+    summary = json.loads(stdout)
+    assert summary["artifact"] == str(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["method"] == "streaming"
+    assert manifest["default_strategy"] == "quality"
+    code, stdout, err = _run(["route", _prompts(logs)[0], "--model", str(out)])
+    assert code == 0, err
+    assert json.loads(stdout)["model"] in manifest["models"]

@@ -78,20 +78,20 @@ _MIN_CALIBRATION_ROWS = 10  # as the trainer: fewer held-out rows keep the ident
 class StreamingOptions:
     """Options of `train_streaming`; validated on construction, stored in the manifest."""
 
-    chunk_size: int = 20_000
-    epochs: int = 2
-    steps: tuple[float, ...] = (1.0, 4.0)
-    alpha: float = 1e-6
-    holdout_percent: int = 5
-    max_holdout: int = 10_000
-    scale_rows: int = 10_000
-    split: str = "all"
-    target_budget: float | None = None
+    chunk_size: int = 20_000  # records featurised and fitted at once: bounds the memory
+    epochs: int = 2  # passes over the files
+    steps: tuple[float, ...] = (1.0, 4.0)  # SGD step sizes × 1/R² tried; best per model wins
+    alpha: float = 1e-6  # L2 penalty of the SGD objective
+    holdout_percent: int = 5  # prompts held out by hash, never trained on
+    max_holdout: int = 10_000  # held-out records kept for validation and calibration
+    scale_rows: int = 10_000  # training records read for the dense scale and R²
+    split: str = "all"  # side of the 80/20 split to train on: train, test or all
+    target_budget: float | None = None  # default knob targets, as in `TrainOptions`
     target_strong_share: float | None = None
     knob: float | None = None
     n_hash_features: int = 2**17
-    random_state: int = 0
-    skip_invalid: bool = False
+    random_state: int = 0  # seeds the per-chunk shuffles
+    skip_invalid: bool = False  # skip bad lines (counted in the report) instead of raising
 
     def __post_init__(self) -> None:
         self.steps = tuple(float(a) for a in self.steps)

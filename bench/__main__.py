@@ -1,0 +1,191 @@
+"""`python -m bench COMMAND`: run benchmarks, write bench/results/NAME.json and SUMMARY.md.
+
+Commands: all, decision, long-inputs, http, footprint, training [--full], summary, and
+train-streaming (streaming training as a command, for the training benchmark's child process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench._common import REPO, child_env, machine_info
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_ARTIFACT = Path("/tmp/bench-art")
+FULL_SIZES = (1000, 10_000, 100_000)
+FULL_STREAM_SIZES = (100_000, 1_000_000)
+
+
+def _say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_artifact(path: Path) -> Path:
+    """`path` if it holds an artifact this code can read; else train it there (train side of
+    the bundled data, about two minutes)."""
+    from training.artifact import read_manifest
+    from training.errors import ArtifactError
+    from training.paths import bundled_data
+
+    try:
+        read_manifest(path)
+        return path
+    except ArtifactError as exc:
+        _say(f"training the benchmark artifact at {path} ({exc})")
+    cmd = [sys.executable, "-m", "training", "train", "--split", "train", "--out", str(path)]
+    cmd += ["--logs", *[str(p) for p in bundled_data()]]
+    subprocess.run(cmd, cwd=REPO, env=child_env(), check=True, stdout=subprocess.DEVNULL)
+    return path
+
+
+def _save(name: str, command: str, run: Callable[[], dict[str, Any]], out: Path) -> dict:
+    _say(f"{name}: running")
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    t0 = time.perf_counter()
+    machine = machine_info()
+    result = run()
+    result = {
+        "benchmark": name,
+        "command": command,
+        "started_at": started,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "machine": machine,
+        **result,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
+    for t in result.get("targets", []):
+        status = {True: "pass", False: "MISS", None: "-"}[t["pass"]]
+        _say(f"  {status:4s} {t['metric']}: {t['measured']} (target {t['target']})")
+    return result
+
+
+def _train_streaming(a: argparse.Namespace) -> int:
+    from training.artifact import save_router
+    from training.catalog import load_catalog
+    from training.streaming import StreamingOptions, train_streaming
+
+    catalog = load_catalog(a.catalog)
+    opts = StreamingOptions(
+        chunk_size=a.chunk_size, epochs=a.epochs, split=a.split, skip_invalid=a.skip_invalid
+    )
+    result = train_streaming(a.logs, catalog, opts, progress=_say)
+    manifest = save_router(
+        result.router,
+        a.out,
+        catalog=catalog.to_dict(),
+        training={
+            "files": [str(p) for p in a.logs],
+            "method": "streaming",
+            "split": a.split,
+            "records_used": result.report["n_records"],
+            "options": result.report["options"],
+        },
+        metrics={k: v for k, v in result.report.items() if k != "options"},
+    )
+    r = result.report
+    summary = {
+        "artifact": str(a.out),
+        "router_version": manifest["router_version"],
+        "records": r["n_records"],
+        "holdout": r["n_holdout"],
+        "default_knob": r["default_knob"],
+        "cv_routing": r["cv_routing"],
+        "calibration": r["calibration"],
+        "train_seconds": r["train_seconds"],
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (
+        ("all", "every benchmark at its default sizes, then the summary"),
+        ("decision", "decision latency in-process vs the hand-rule router"),
+        ("long-inputs", "decision time for 10 KB, 100 KB and 1 MB prompts"),
+        ("http", "HTTP throughput and latency of /route vs a no-op endpoint"),
+        ("footprint", "serving RSS after start and after 10k requests; artifact size"),
+        ("training", "training time and memory vs records; streaming training"),
+    ):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument(
+            "--artifact",
+            type=Path,
+            default=DEFAULT_ARTIFACT,
+            help="artifact to benchmark (trained there if missing; default %(default)s)",
+        )
+        sp.add_argument("--results", type=Path, default=RESULTS, help="where JSON results go")
+        if name == "training":
+            sp.add_argument(
+                "--full",
+                action="store_true",
+                help="also 100k records in memory and 1M streamed (long: tens of minutes)",
+            )
+    s = sub.add_parser("summary", help="rewrite SUMMARY.md from the JSON results")
+    s.add_argument("--results", type=Path, default=RESULTS)
+
+    t = sub.add_parser("train-streaming", help="train with training.streaming and save")
+    t.add_argument("--logs", nargs="+", required=True)
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--catalog")
+    t.add_argument("--split", choices=("train", "test", "all"), default="all")
+    t.add_argument("--chunk-size", type=int, default=20_000)
+    t.add_argument("--epochs", type=int, default=2)
+    t.add_argument("--skip-invalid", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    if a.command == "train-streaming":
+        return _train_streaming(a)
+    if a.command == "summary":
+        from bench.summary import write_summary
+
+        print(write_summary(a.results))
+        return 0
+
+    from bench import decision, footprint, http, long_inputs, training_scale
+    from bench.summary import write_summary
+
+    full = getattr(a, "full", False)
+    art = a.artifact
+    jobs: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+        "decision": ("python -m bench decision", lambda: decision.run(art)),
+        "long-inputs": ("python -m bench long-inputs", lambda: long_inputs.run(art)),
+        "http": ("python -m bench http", lambda: http.run(art)),
+        "footprint": ("python -m bench footprint", lambda: footprint.run(art)),
+        "training": (
+            "python -m bench training" + (" --full" if full else ""),
+            lambda: (
+                training_scale.run(sizes=FULL_SIZES, stream_sizes=FULL_STREAM_SIZES)
+                if full
+                else training_scale.run()
+            ),
+        ),
+    }
+    names = list(jobs) if a.command == "all" else [a.command]
+    if any(n != "training" for n in names):
+        ensure_artifact(art)
+    for name in names:
+        command, run = jobs[name]
+        file_name = name.replace("-", "_") + ("_full" if name == "training" and full else "")
+        if a.command == "all":
+            command = "python -m bench all"
+        _save(file_name, command, run, a.results)
+    _say(f"summary: {write_summary(a.results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Every benchmark runs end to end at tiny sizes, so the scripts cannot rot.
+
+No timing is asserted: these check the shape of each result, its counts and the bookkeeping
+(targets, pass/miss, the summary), never how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import decision, footprint, http, long_inputs, training_scale
+from bench.__main__ import ensure_artifact, main
+from bench._common import loglog_slope, percentiles_us, real_prompts
+from bench.summary import render_summary
+
+PERCENTILE_KEYS = {"n", "p50", "p95", "p99", "mean", "max"}
+
+
+def _ordered(s: dict[str, float]) -> bool:
+    return s["p50"] <= s["p95"] <= s["p99"] <= s["max"]
+
+
+def _json_ready(result: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(result, allow_nan=False))
+
+
+def _metrics(result: dict[str, Any]) -> list[str]:
+    return [t["metric"] for t in result["targets"]]
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, dict[str, Any]]:
+    """Filled by the tests below, rendered by the summary test at the end."""
+    return {}
+
+
+# --------------------------------------------------------------------------- helpers
+def test_percentiles_are_in_microseconds() -> None:
+    s = percentiles_us([1000, 2000, 3000, 4000, 5000])
+    assert s == {"n": 5, "p50": 3.0, "p95": 4.8, "p99": 4.96, "mean": 3.0, "max": 5.0}
+    assert percentiles_us([]) == {"n": 0}
+
+
+@pytest.mark.parametrize(
+    ("xs", "ys", "slope"),
+    [
+        pytest.param([1, 10, 100], [2, 20, 200], 1.0, id="linear"),
+        pytest.param([1, 10, 100], [1, 100, 10_000], 2.0, id="quadratic"),
+        pytest.param([10, 100], [5, 5], 0.0, id="flat"),
+        pytest.param([10], [5], None, id="one-point"),
+        pytest.param([10, 10], [5, 7], None, id="one-size"),
+    ],
+)
+def test_loglog_slope(xs: list[float], ys: list[float], slope: float | None) -> None:
+    assert loglog_slope(xs, ys) == slope
+
+
+def test_real_prompts_take_an_equal_share_of_each_dataset() -> None:
+    sample = real_prompts(7, seed=3)
+    sources = sorted(s for s, _ in sample)
+    # the first file (routellm) takes the remainder
+    assert sources == ["llmrouter_dcrouter"] * 2 + ["routellm"] * 3 + ["routerbench"] * 2
+    assert [p.text for _, p in real_prompts(7, seed=3)] == [p.text for _, p in sample]
+
+
+@pytest.mark.parametrize("chars", [pytest.param(n, id=str(n)) for n in (1, 99, 5000)])
+def test_long_text_is_exactly_the_size_asked(chars: int) -> None:
+    pool = ["alpha beta", "gamma", "delta epsilon zeta"]
+    assert len(long_inputs.build_text(pool, chars, random.Random(0))) == chars
+
+
+# --------------------------------------------------------------------------- benchmarks
+def test_decision(tiny_artifact: Path, results: dict) -> None:
+    r = _json_ready(decision.run(tiny_artifact, n_prompts=12, repeats=2))
+    for key in ("features_us", "head_us", "decision_us", "heuristic_us"):
+        assert set(r[key]) == PERCENTILE_KEYS and r[key]["n"] == 12 and _ordered(r[key])
+    assert set(r["ratio_learned_over_heuristic"]) == {"p50", "p99", "mean", "median_per_prompt"}
+    assert set(r["decision_p50_us_by_dataset"]) == {"llmrouter_dcrouter", "routellm", "routerbench"}
+    assert r["timer_overhead_ns"] >= 0
+    assert _metrics(r) == [
+        "decision p50",
+        "decision p99",
+        "learned / hand-rule decision time (p50 ratio)",
+    ]
+    assert all(isinstance(t["pass"], bool) for t in r["targets"])
+    results["decision"] = r
+
+
+def test_long_inputs(tiny_artifact: Path, results: dict) -> None:
+    r = _json_ready(long_inputs.run(tiny_artifact, sizes=(1024, 4000), repeats=2))
+    assert list(r["by_size_chars"]) == ["1024", "4000"]
+    for row in r["by_size_chars"].values():
+        assert set(row) == {"decision_ms", "features_ms", "heuristic_ms"}
+        assert all(0 < v["median"] <= v["max"] for v in row.values())
+    (target,) = r["targets"]
+    assert target["metric"] == "decision on a 4000-character prompt (median)"
+    assert target["pass"] is None  # the 5 ms target is for 1 MB prompts only
+    results["long_inputs"] = r
+
+
+def test_http_with_the_python_load_generator(tiny_artifact: Path, results: dict) -> None:
+    r = _json_ready(
+        http.run(
+            tiny_artifact,
+            concurrencies=(1, 2),
+            duration=0.2,
+            rounds=1,
+            warmup=0,
+            client="python",
+            n_bodies=5,
+        )
+    )
+    assert list(r["by_concurrency"]) == ["1", "2"]
+    for row in r["by_concurrency"].values():
+        for name in ("route", "noop"):
+            assert len(row[name]["rounds"]) == 1
+            assert row[name]["errors"] == 0
+            assert row[name]["rps"] > 0
+        assert row["route_fraction_of_noop"] > 0
+    assert _metrics(r) == [
+        "/route throughput as a fraction of GET /healthz at concurrency 2",
+        "error responses under load",
+    ]
+    assert [t["pass"] for t in r["targets"]] == [None, True]
+    results["http"] = r
+
+
+def test_http_rejects_an_unknown_client(tiny_artifact: Path) -> None:
+    with pytest.raises(ValueError, match="client: must be auto, wrk or python"):
+        http.run(tiny_artifact, client="ab")
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """Answers 200 to every POST and remembers (path, body) of the first few."""
+
+    seen: list[tuple[str, bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["content-length"]))
+        if len(self.seen) < 50:
+            self.seen.append((self.path, body))
+        self.send_response(200)
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_wrk_script_posts_every_body_in_turn(tmp_path: Path) -> None:
+    bodies = [json.dumps({"prompt": f"p{i}"}) for i in range(3)]
+    path = tmp_path / "bodies.jsonl"
+    path.write_text("".join(b + "\n" for b in bodies))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/route"
+        out = http.run_load("wrk", url, concurrency=1, bodies=path, duration=1)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out["requests"] > 3
+    assert sum(out["errors"].values()) == 0
+    assert set(out["latency_us"]) == {"p50", "p90", "p99", "max", "mean"}
+    seen = _Recorder.seen[:7]
+    assert {path for path, _ in seen} == {"/route"}
+    order = [bodies.index(body.decode()) for _, body in seen]
+    # the bodies in turn (wrk builds one request ahead, so the first seen may be any of them)
+    assert all((b - a) % 3 == 1 for a, b in zip(order, order[1:], strict=False))
+
+
+def test_footprint(tiny_artifact: Path, results: dict) -> None:
+    r = _json_ready(footprint.run(tiny_artifact, n_requests=20, settle_seconds=0))
+    assert r["requests_sent"] == 20 and r["request_errors"] == 0
+    files = {p.name: p.stat().st_size for p in tiny_artifact.iterdir() if p.is_file()}
+    assert r["artifact_files"] == files and r["artifact_bytes"] == sum(files.values())
+    assert 0 < r["rss_after_start_mb"] <= r["peak_rss_mb"]
+    assert _metrics(r) == ["serving RSS after 20 requests", "artifact size on disk"]
+    results["footprint"] = r
+
+
+def test_training_scale(tmp_path: Path, results: dict) -> None:
+    r = _json_ready(
+        training_scale.run(
+            sizes=(40,),
+            stream_sizes=(150,),
+            workdir=tmp_path,
+            train_args=["--c-grid", "1.0", "--cv-folds", "2", "--jobs", "1"],
+            stream_args=["--chunk-size", "50", "--epochs", "1"],
+            evaluate=False,
+        )
+    )
+    (batch,) = r["batch"]
+    (stream,) = r["stream"]
+    assert batch["records"] == 40 and stream["records"] == 150
+    for row in (batch, stream):
+        assert row["exit_code"] == 0 and row["peak_tree_pss_mb"] > 0
+    # the logs are written once and reused
+    assert (tmp_path / "resampled-40-seed0.jsonl.gz").is_file()
+    assert (tmp_path / "artifact-stream-150" / "manifest.json").is_file()
+    assert r["batch_growth"]["time_exponent"] is None  # one size: no slope
+    assert _metrics(r) == [
+        "batch training, 100k records",
+        "streaming training, 150 records",
+        "streaming training, 1M records: peak memory",
+    ]
+    assert [t["pass"] for t in r["targets"]] == [None, None, None]  # nothing at 100k or 1M
+    results["training"] = r
+
+
+def test_resampled_logs_are_reused(tmp_path: Path) -> None:
+    path = training_scale.resample_logs(25, tmp_path / "r.jsonl.gz", seed=1)
+    before = path.read_bytes()
+    assert training_scale.resample_logs(25, path, seed=2).read_bytes() == before
+    from training.logs import load_records
+    from training.split import is_test
+
+    records = load_records([path]).records
+    assert len(records) == 25 and not any(is_test(r.prompt.text) for r in records)
+
+
+# --------------------------------------------------------------------------- entry point
+def test_summary_renders_every_result(results: dict, tmp_path: Path) -> None:
+    assert set(results) == {"decision", "long_inputs", "http", "footprint", "training"}
+    for name, r in results.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps({"command": f"cmd {name}", **r}))
+    assert main(["summary", "--results", str(tmp_path)]) == 0
+    text = (tmp_path / "SUMMARY.md").read_text()
+    headings = [line for line in text.splitlines() if line.startswith("## ")]
+    assert headings == [
+        "## Decision latency (in-process)",
+        "## Long inputs",
+        "## HTTP throughput",
+        "## Serving footprint",
+        "## Training scale (default sizes)",
+    ]
+    assert "| decision p50 | ≤ 100 µs |" in text
+    assert "`cmd http`" in text
+    assert text == render_summary(
+        {k: json.loads(json.dumps({"command": f"cmd {k}", **v})) for k, v in results.items()}
+    )
+
+
+def test_main_runs_each_benchmark_and_writes_its_json(
+    results: dict, tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatch of `python -m bench all` and `training --full`, with every benchmark's
+    `run` replaced by one returning the tiny result measured above."""
+    calls: list[tuple[str, tuple, dict]] = []
+    for module, name in (
+        (decision, "decision"),
+        (long_inputs, "long_inputs"),
+        (http, "http"),
+        (footprint, "footprint"),
+        (training_scale, "training"),
+    ):
+
+        def fake(*args: Any, _name: str = name, **kwargs: Any) -> dict[str, Any]:
+            calls.append((_name, args, kwargs))
+            return results[_name]
+
+        monkeypatch.setattr(module, "run", fake)
+    out = tmp_path / "results"
+    assert main(["all", "--artifact", str(tiny_artifact), "--results", str(out)]) == 0
+    assert [c[0] for c in calls] == ["decision", "long_inputs", "http", "footprint", "training"]
+    assert all(c[1] == (tiny_artifact,) for c in calls[:4]) and calls[4][1:] == ((), {})
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "SUMMARY.md",
+        "decision.json",
+        "footprint.json",
+        "http.json",
+        "long_inputs.json",
+        "training.json",
+    ]
+    saved = json.loads((out / "http.json").read_text())
+    assert saved["command"] == "python -m bench all" and saved["benchmark"] == "http"
+    assert saved["by_concurrency"] == results["http"]["by_concurrency"]
+
+    calls.clear()
+    assert main(["training", "--full", "--results", str(out)]) == 0
+    assert calls == [
+        (
+            "training",
+            (),
+            {"sizes": (1000, 10_000, 100_000), "stream_sizes": (100_000, 1_000_000)},
+        )
+    ]
+    full = json.loads((out / "training_full.json").read_text())
+    assert full["command"] == "python -m bench training --full"
+    assert (
+        "## Training scale (`--full`: 100k batch, 1M streaming)" in (out / "SUMMARY.md").read_text()
+    )
+
+
+def test_ensure_artifact_keeps_a_readable_artifact(tiny_artifact: Path) -> None:
+    before = (tiny_artifact / "manifest.json").read_bytes()
+    assert ensure_artifact(tiny_artifact) == tiny_artifact
+    assert (tiny_artifact / "manifest.json").read_bytes() == before
