@@ -208,8 +208,13 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
         ) from None
     width = router.n_dense + int(router.featurizer.n_hash_features)
     for name, head in router.heads.items():
-        if head.dense_w.shape[0] != router.n_dense or head.dense_w.shape[0] + head.hashed_w.shape[0] != width:
-            raise ArtifactError(f"{folder}: head {name!r} does not fit the features of this promptroute; retrain it")
+        if (
+            head.dense_w.shape[0] != router.n_dense
+            or head.dense_w.shape[0] + head.hashed_w.shape[0] != width
+        ):
+            raise ArtifactError(
+                f"{folder}: head {name!r} does not fit the features of this promptroute; retrain it"
+            )
     if list(router.models) != list(manifest.get("models", [])):
         raise ArtifactError(f"{folder}: payload models differ from the manifest's")
     return router, manifest
