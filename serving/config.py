@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args, get_origin
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,6 +28,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import Self
 
 from training.errors import ConfigError
+from training.yamlfile import read_yaml_mapping
 
 if TYPE_CHECKING:
     from serving.breakers import BreakerSettings
@@ -402,66 +402,12 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     9000
     """
     source = str(path) if path is not None else None
-    raw = _read_yaml(Path(path)) if path is not None else {}
+    raw = read_yaml_mapping(Path(path), "config") if path is not None else {}
     raw.update({k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in overrides.items()})
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
         raise _config_error(exc, source) from None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    source = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("config", f"no such file: {source}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", f"cannot read {source}: {exc}") from None
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # safe: a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError("config", f"invalid YAML at {where}{problem}", source=source) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError("config", f"invalid YAML: {exc}", source=source) from None
-    if data is None:  # an empty file, or only comments
-        return {}
-    if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise ConfigError("config", f"top level must be a mapping, got {kind}", source=source)
-    return data
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """`yaml.safe_load`'s loader, except that a repeated key is an error, not last-one-wins."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            duplicate = key in seen
-        except TypeError:  # unhashable: construct_mapping reports it below
-            continue
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"found duplicate key {key!r}",
-                key_node.start_mark,
-            )
-        seen.add(key)
-    loader.flatten_mapping(node)
-    return loader.construct_mapping(node, deep=True)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _render_loc(loc: tuple[int | str, ...]) -> str:

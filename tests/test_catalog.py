@@ -186,8 +186,7 @@ def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
         load_catalog(path)
     assert info.value.field == "catalog"
     assert info.value.source == str(path)
-    assert info.value.reason.startswith("line 4, column ")
-    assert info.value.reason.endswith("invalid YAML")
+    assert info.value.reason.startswith("invalid YAML at line 4, column ")
 
 
 @pytest.mark.parametrize(
@@ -195,7 +194,6 @@ def test_bad_yaml_names_the_line(tmp_path: Path) -> None:
     [
         pytest.param("- a\n- b\n", id="list"),
         pytest.param("just a string\n", id="scalar"),
-        pytest.param("", id="empty"),
     ],
 )
 def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
@@ -204,6 +202,21 @@ def test_top_level_must_be_a_mapping(tmp_path: Path, text: str) -> None:
     with pytest.raises(ConfigError, match="top level must be a mapping") as info:
         load_catalog(path)
     assert info.value.field == "catalog"
+
+
+def test_empty_file_says_models_are_required(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text("# nothing yet\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_catalog(path)
+    assert (info.value.field, info.value.reason) == ("models", "Field required")
+
+
+def test_repeated_key_is_an_error_not_last_one_wins(tmp_path: Path) -> None:
+    path = tmp_path / "catalog.yaml"
+    path.write_text("version: 1\nversion: 1\nmodels: []\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="found duplicate key 'version'"):
+        load_catalog(path)
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from training.errors import ConfigError, UnknownModelError
 from training.paths import catalog_path
+from training.yamlfile import read_yaml_mapping
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -165,20 +165,5 @@ def _config_error(exc: ValidationError, data: Any, source: str | None) -> Config
 def load_catalog(path: str | Path | None = None) -> Catalog:
     """Read and validate a catalog YAML file (the bundled one when `path` is None)."""
     p = Path(path) if path is not None else catalog_path()
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("catalog", f"no such file: {p}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("catalog", f"cannot read {p}: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError("catalog", f"{where}invalid YAML", source=str(p)) from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(
-            "catalog", "the top level must be a mapping with a 'models' list", source=str(p)
-        )
+    data = read_yaml_mapping(p, "catalog")
     return Catalog.from_dict(data, source=str(p))
