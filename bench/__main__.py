@@ -107,6 +107,8 @@ def _train_streaming(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.streaming import StreamingOptions
+
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     for name, help_ in (
@@ -139,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--catalog")
     t.add_argument("--split", choices=("train", "test", "all"), default="all")
-    t.add_argument("--chunk-size", type=int, default=20_000)
-    t.add_argument("--epochs", type=int, default=2)
+    t.add_argument("--chunk-size", type=int, default=StreamingOptions.chunk_size)
+    t.add_argument("--epochs", type=int, default=StreamingOptions.epochs)
     t.add_argument("--skip-invalid", action="store_true")
     return p
 

@@ -37,9 +37,39 @@ def _metrics(result: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def results() -> dict[str, dict[str, Any]]:
-    """Filled by the tests below, rendered by the summary test at the end."""
-    return {}
+def scale_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("scale")
+
+
+@pytest.fixture(scope="module")
+def results(tiny_artifact: Path, scale_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every benchmark once, at tiny sizes, as the JSON it would write (~12 s in all)."""
+    return {
+        "decision": _json_ready(decision.run(tiny_artifact, n_prompts=12, repeats=2)),
+        "long_inputs": _json_ready(long_inputs.run(tiny_artifact, sizes=(1024, 4000), repeats=2)),
+        "http": _json_ready(
+            http.run(
+                tiny_artifact,
+                concurrencies=(1, 2),
+                duration=0.2,
+                rounds=1,
+                warmup=0,
+                client="python",
+                n_bodies=5,
+            )
+        ),
+        "footprint": _json_ready(footprint.run(tiny_artifact, n_requests=20, settle_seconds=0)),
+        "training": _json_ready(
+            training_scale.run(
+                sizes=(40,),
+                stream_sizes=(150,),
+                workdir=scale_dir,
+                train_args=["--c-grid", "1.0", "--cv-folds", "2", "--jobs", "1"],
+                stream_args=["--chunk-size", "50", "--epochs", "1"],
+                evaluate=False,
+            )
+        ),
+    }
 
 
 # --------------------------------------------------------------------------- helpers
@@ -78,8 +108,8 @@ def test_long_text_is_exactly_the_size_asked(chars: int) -> None:
 
 
 # --------------------------------------------------------------------------- benchmarks
-def test_decision(tiny_artifact: Path, results: dict) -> None:
-    r = _json_ready(decision.run(tiny_artifact, n_prompts=12, repeats=2))
+def test_decision(results: dict) -> None:
+    r = results["decision"]
     for key in ("features_us", "head_us", "decision_us", "heuristic_us"):
         assert set(r[key]) == PERCENTILE_KEYS and r[key]["n"] == 12 and _ordered(r[key])
     assert set(r["ratio_learned_over_heuristic"]) == {"p50", "p99", "mean", "median_per_prompt"}
@@ -91,11 +121,10 @@ def test_decision(tiny_artifact: Path, results: dict) -> None:
         "learned / hand-rule decision time (p50 ratio)",
     ]
     assert all(isinstance(t["pass"], bool) for t in r["targets"])
-    results["decision"] = r
 
 
-def test_long_inputs(tiny_artifact: Path, results: dict) -> None:
-    r = _json_ready(long_inputs.run(tiny_artifact, sizes=(1024, 4000), repeats=2))
+def test_long_inputs(results: dict) -> None:
+    r = results["long_inputs"]
     assert list(r["by_size_chars"]) == ["1024", "4000"]
     for row in r["by_size_chars"].values():
         assert set(row) == {"decision_ms", "features_ms", "heuristic_ms"}
@@ -103,21 +132,10 @@ def test_long_inputs(tiny_artifact: Path, results: dict) -> None:
     (target,) = r["targets"]
     assert target["metric"] == "decision on a 4000-character prompt (median)"
     assert target["pass"] is None  # the 5 ms target is for 1 MB prompts only
-    results["long_inputs"] = r
 
 
-def test_http_with_the_python_load_generator(tiny_artifact: Path, results: dict) -> None:
-    r = _json_ready(
-        http.run(
-            tiny_artifact,
-            concurrencies=(1, 2),
-            duration=0.2,
-            rounds=1,
-            warmup=0,
-            client="python",
-            n_bodies=5,
-        )
-    )
+def test_http_with_the_python_load_generator(results: dict) -> None:
+    r = results["http"]
     assert list(r["by_concurrency"]) == ["1", "2"]
     for row in r["by_concurrency"].values():
         for name in ("route", "noop"):
@@ -130,7 +148,6 @@ def test_http_with_the_python_load_generator(tiny_artifact: Path, results: dict)
         "error responses under load",
     ]
     assert [t["pass"] for t in r["targets"]] == [None, True]
-    results["http"] = r
 
 
 def test_http_rejects_an_unknown_client(tiny_artifact: Path) -> None:
@@ -161,6 +178,7 @@ def test_wrk_script_posts_every_body_in_turn(tmp_path: Path) -> None:
     bodies = [json.dumps({"prompt": f"p{i}"}) for i in range(3)]
     path = tmp_path / "bodies.jsonl"
     path.write_text("".join(b + "\n" for b in bodies))
+    _Recorder.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -174,41 +192,31 @@ def test_wrk_script_posts_every_body_in_turn(tmp_path: Path) -> None:
     assert sum(out["errors"].values()) == 0
     assert set(out["latency_us"]) == {"p50", "p90", "p99", "max", "mean"}
     seen = _Recorder.seen[:7]
-    assert {path for path, _ in seen} == {"/route"}
+    assert {where for where, _ in seen} == {"/route"}
     order = [bodies.index(body.decode()) for _, body in seen]
     # the bodies in turn (wrk builds one request ahead, so the first seen may be any of them)
     assert all((b - a) % 3 == 1 for a, b in zip(order, order[1:], strict=False))
 
 
 def test_footprint(tiny_artifact: Path, results: dict) -> None:
-    r = _json_ready(footprint.run(tiny_artifact, n_requests=20, settle_seconds=0))
+    r = results["footprint"]
     assert r["requests_sent"] == 20 and r["request_errors"] == 0
     files = {p.name: p.stat().st_size for p in tiny_artifact.iterdir() if p.is_file()}
     assert r["artifact_files"] == files and r["artifact_bytes"] == sum(files.values())
     assert 0 < r["rss_after_start_mb"] <= r["peak_rss_mb"]
     assert _metrics(r) == ["serving RSS after 20 requests", "artifact size on disk"]
-    results["footprint"] = r
 
 
-def test_training_scale(tmp_path: Path, results: dict) -> None:
-    r = _json_ready(
-        training_scale.run(
-            sizes=(40,),
-            stream_sizes=(150,),
-            workdir=tmp_path,
-            train_args=["--c-grid", "1.0", "--cv-folds", "2", "--jobs", "1"],
-            stream_args=["--chunk-size", "50", "--epochs", "1"],
-            evaluate=False,
-        )
-    )
+def test_training_scale(results: dict, scale_dir: Path) -> None:
+    r = results["training"]
     (batch,) = r["batch"]
     (stream,) = r["stream"]
     assert batch["records"] == 40 and stream["records"] == 150
     for row in (batch, stream):
         assert row["exit_code"] == 0 and row["peak_tree_pss_mb"] > 0
     # the logs are written once and reused
-    assert (tmp_path / "resampled-40-seed0.jsonl.gz").is_file()
-    assert (tmp_path / "artifact-stream-150" / "manifest.json").is_file()
+    assert (scale_dir / "resampled-40-seed0.jsonl.gz").is_file()
+    assert (scale_dir / "artifact-stream-150" / "manifest.json").is_file()
     assert r["batch_growth"]["time_exponent"] is None  # one size: no slope
     assert _metrics(r) == [
         "batch training, 100k records",
@@ -216,7 +224,6 @@ def test_training_scale(tmp_path: Path, results: dict) -> None:
         "streaming training, 1M records: peak memory",
     ]
     assert [t["pass"] for t in r["targets"]] == [None, None, None]  # nothing at 100k or 1M
-    results["training"] = r
 
 
 def test_resampled_logs_are_reused(tmp_path: Path) -> None:
@@ -232,7 +239,6 @@ def test_resampled_logs_are_reused(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- entry point
 def test_summary_renders_every_result(results: dict, tmp_path: Path) -> None:
-    assert set(results) == {"decision", "long_inputs", "http", "footprint", "training"}
     for name, r in results.items():
         (tmp_path / f"{name}.json").write_text(json.dumps({"command": f"cmd {name}", **r}))
     assert main(["summary", "--results", str(tmp_path)]) == 0

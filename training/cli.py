@@ -334,6 +334,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.streaming import StreamingOptions
     from training.trainer import TrainOptions
 
     p = argparse.ArgumentParser(
@@ -410,9 +411,17 @@ def build_parser() -> argparse.ArgumentParser:
         "head incrementally (SGD); memory is bounded by --chunk-size",
     )
     t.add_argument(
-        "--chunk-size", type=int, default=20_000, help="records per chunk with --streaming"
+        "--chunk-size",
+        type=int,
+        default=StreamingOptions.chunk_size,
+        help="records per chunk with --streaming",
     )
-    t.add_argument("--epochs", type=int, default=2, help="passes over the logs with --streaming")
+    t.add_argument(
+        "--epochs",
+        type=int,
+        default=StreamingOptions.epochs,
+        help="passes over the logs with --streaming",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a router offline on labelled logs")
