@@ -16,7 +16,8 @@ from serving.state import ServiceState
 __all__ = ["AdminDep", "StateDep", "get_state", "require_admin"]
 
 
-def get_state(request: Request) -> ServiceState:
+# async: a sync dependency would cost every request a hop to the threadpool and back.
+async def get_state(request: Request) -> ServiceState:
     """The app's state; 503 until the lifespan has loaded a model."""
     state = getattr(request.app.state, "service", None)
     if state is None:
@@ -37,7 +38,7 @@ def _presented_key(request: Request) -> str | None:
     return None
 
 
-def require_admin(request: Request, state: StateDep) -> None:
+async def require_admin(request: Request, state: StateDep) -> None:
     """Admin endpoints need the key from the configured environment variable.
 
     No key configured: 403 ``admin_disabled`` (disabled, never open). A missing or wrong key:

@@ -232,7 +232,7 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(tiny_artifact, catalog
         """A slow dependency: each request waits at the gate, holding its connection open."""
         inside.release()
         await asyncio.to_thread(gate.wait, 30)
-        return get_state(request)
+        return await get_state(request)
 
     app.dependency_overrides[get_state] = slow_state
     server = LiveServer(app)

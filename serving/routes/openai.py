@@ -109,7 +109,7 @@ class _OpenAIRoute(APIRoute):
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=_OpenAIRoute)
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
     """The app's gateway; 503 until the lifespan has started it."""
     gateway = getattr(request.app.state, "gateway", None)
     if gateway is None:
