@@ -24,8 +24,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 import yaml
+from fakes import LiveServer
 from fastapi import Request
 
 from serving import create_app, load_settings
@@ -182,32 +182,6 @@ def test_rotation_every_few_lines_loses_nothing_under_concurrent_writers(tmp_pat
 # Graceful shutdown
 
 
-class LiveServer:
-    """uvicorn serving `app` in a background thread on a free port."""
-
-    def __init__(self, app) -> None:
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=20,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-
 @pytest.fixture
 def catalog_path(tmp_path, tiny_router) -> Path:
     data = load_catalog().to_dict()
@@ -235,7 +209,7 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(tiny_artifact, catalog
         return await get_state(request)
 
     app.dependency_overrides[get_state] = slow_state
-    server = LiveServer(app)
+    server = LiveServer(app, graceful_shutdown_seconds=20)
     url = server.start()
     in_flight = 6
 

@@ -3,42 +3,16 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 import yaml
+from fakes import LiveServer
 
 from serving import create_app, load_settings
 from training.catalog import load_catalog
 
 PROMPT = "Write a Python function that checks whether a number is prime."
-
-
-class LiveServer:
-    """uvicorn serving `app` in a background thread on a free port."""
-
-    def __init__(self, app) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:  # a real server: wait for its socket, no fake clock here
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        """Graceful shutdown, as on SIGTERM: the lifespan drains pending decisions."""
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture

@@ -35,8 +35,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
+from fakes import LiveServer
 
 from serving import create_app, load_settings
 from serving.decision_log import read_log_lines
@@ -128,37 +128,6 @@ class RecordingState(ServiceState):
 
 # ---------------------------------------------------------------------------------------------
 # Server and clients
-
-
-class LiveServer:
-    """uvicorn serving `app` in a background thread on a free port."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:  # a real server: wait for its socket
-            assert self.thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive()
 
 
 @dataclasses.dataclass
