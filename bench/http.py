@@ -12,6 +12,7 @@ prompt from the bundled data. Any error response or socket error is counted and 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -165,8 +166,9 @@ def run(
         },
         "server": {
             "command": "promptroute serve --model ART --host 127.0.0.1 --port PORT",
-            "note": "one uvicorn process, default settings (access log on, no uvloop/httptools "
-            "unless installed)",
+            "note": "one uvicorn process, default settings (access log off)",
+            "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+            "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
             "log_tail": server_log,
         },
         "by_concurrency": by_c,

@@ -89,7 +89,8 @@ def _details(name: str, data: dict[str, Any]) -> list[str]:
             "",
             f"Load generator: {data['params']['client']}; "
             f"{data['params']['rounds']} × {data['params']['duration_s']} s per endpoint and "
-            "concurrency, interleaved.",
+            "concurrency, interleaved. Server: one uvicorn process, "
+            f"{data['server'].get('http', '?')} + {data['server'].get('loop', '?')}.",
             "",
             "| concurrency | /route req/s | /route p50 / p99 ms | /healthz req/s "
             "| /healthz p50 / p99 ms | /route ÷ /healthz |",

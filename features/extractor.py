@@ -139,6 +139,11 @@ from sklearn.utils.validation import check_is_fitted
 from features.signals import DENSE_FEATURE_NAMES, dense_signals
 from features.text import Prompt
 
+try:  # the compiled twin of `_hashed_python`; optional, see `_hashed_compiled`
+    from features import _hashing
+except ImportError:  # not built (no compiler at install time): the Python path is exact too
+    _hashing = None
+
 __all__ = ["FEATURE_VERSION", "PromptFeaturizer"]
 
 FEATURE_VERSION = "2"
@@ -167,6 +172,12 @@ _mix_of = itemgetter(1)
 
 # Per-thread scratch for de-duplicating columns without sorting (see `_merge`).
 _SCRATCH = threading.local()
+
+# np.log(k) for k < _LOG_TABLE_SIZE (entry 0 unused), for the compiled path's sublinear tf:
+# numpy's SIMD log differs from libm's in the last bit for some integers, and rows must be
+# identical whichever path built them. Larger counts are finished with numpy itself.
+_LOG_TABLE_SIZE = 8192
+_LOG_TABLE = np.concatenate(([0.0], np.log(np.arange(1.0, _LOG_TABLE_SIZE)))).tobytes()
 
 
 def _code(h: int, n: int) -> int:
@@ -377,6 +388,66 @@ def _merge(cols: np.ndarray, signs: np.ndarray, n: int) -> tuple[np.ndarray, np.
     return cols.take(keep), sums.take(keep)
 
 
+def _normalised_sublinear(counts: np.ndarray) -> np.ndarray:
+    """``sign(v) * (1 + ln|v|)`` of non-zero signed counts, L2-normalised."""
+    weights = np.abs(counts)
+    np.log(weights, out=weights)
+    weights += 1.0
+    np.copysign(weights, counts, out=weights)
+    return _normalise(weights)
+
+
+def _normalise(weights: np.ndarray) -> np.ndarray:
+    # Both paths end here: the dot product's summation order (BLAS, CPU-specific) is part of
+    # the value, so it is computed the same way, on the same order of columns, by both.
+    weights *= 1.0 / math.sqrt(weights @ weights)
+    return weights
+
+
+def _empty_hashed() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+
+
+def _hashed_python(
+    words: list[str], n: int, kmax: int, lo: int, hi: int, task_code: int | None, n_dense: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The hashed block of a row, as (columns offset by `n_dense`, values): the reference.
+
+    Columns are unique and ordered by their last occurrence in the token stream (see
+    `_token_columns` and `_merge`); callers may rely on no other order, but the order fixes
+    the rounding of the L2 norm, so the compiled path reproduces it exactly.
+    """
+    entries = _entries(words, n, lo, hi)
+    cols, signs = _token_columns(entries, n, kmax, task_code)
+    if cols.size == 0:
+        return _empty_hashed()
+    cols, counts = _merge(cols, signs, n)
+    if np.count_nonzero(counts) < counts.size:
+        kept = counts != 0
+        cols, counts = cols[kept], counts[kept]
+        if counts.size == 0:
+            return _empty_hashed()
+    cols += n_dense
+    return cols, _normalised_sublinear(counts)
+
+
+def _hashed_compiled(
+    words: list[str], n: int, kmax: int, lo: int, hi: int, task_code: int | None, n_dense: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_hashed_python`, value for value, with the hashing and merging in C (features/_hashing.c)."""
+    cols, values, raw = _hashing.hashed_row(words, n, kmax, lo, hi, task_code, n_dense, _LOG_TABLE)
+    if not cols:
+        return _empty_hashed()
+    # bytearrays: the arrays are writable and own their memory, like the Python path's.
+    counts_or_weights = np.frombuffer(values, dtype=np.float64)
+    if raw:
+        return np.frombuffer(cols, dtype=np.int64), _normalised_sublinear(counts_or_weights)
+    return np.frombuffer(cols, dtype=np.int64), _normalise(counts_or_weights)
+
+
+_hashed = _hashed_python if _hashing is None else _hashed_compiled
+
+
 class PromptFeaturizer(TransformerMixin, BaseEstimator):
     """Dense named signals plus hashed word and character n-grams of a prompt.
 
@@ -508,23 +579,7 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
         dense = np.array(values, dtype=np.float64)
 
         task_code = None if task_type is None else _task_type_code(task_type, n)
-        entries = _entries(words, n, lo, hi)
-        cols, signs = _token_columns(entries, n, kmax, task_code)
-        if cols.size == 0:
-            return dense, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-
-        cols, counts = _merge(cols, signs, n)
-        if np.count_nonzero(counts) < counts.size:
-            kept = counts != 0
-            cols, counts = cols[kept], counts[kept]
-            if counts.size == 0:
-                return dense, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        weights = np.abs(counts)
-        np.log(weights, out=weights)
-        weights += 1.0
-        np.copysign(weights, counts, out=weights)
-        weights *= 1.0 / math.sqrt(weights @ weights)
-        cols += self.n_dense_
+        cols, weights = _hashed(words, n, kmax, lo, hi, task_code, self.n_dense_)
         return dense, cols, weights
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

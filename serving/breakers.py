@@ -188,6 +188,10 @@ class CircuitBreaker:
         With no slot free (another thread took the last one since `available()`), the call is
         not counted as a probe, so the limit holds.
         """
+        if self._state is BreakerState.CLOSED:
+            # Nothing to take or refresh (only OPEN and HALF_OPEN change with time): the hot path
+            # for every healthy model skips the lock. A concurrent trip is ordered after this.
+            return
         with self._lock:
             now = self._clock()
             events = self._refresh(now)

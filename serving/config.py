@@ -335,6 +335,7 @@ class Settings(_Section):
     degraded_mode: bool = False
     admin_api_key_env: _NonEmpty = "PROMPTROUTE_ADMIN_KEY"
     log_prompts: bool = False
+    access_log: bool = False
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     breakers: BreakersConfig = Field(default_factory=BreakersConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)

@@ -82,6 +82,7 @@ def serve(
             lifespan="on",
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
             log_config=log_config,
+            access_log=settings.access_log,
         )
     )
     try:

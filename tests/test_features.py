@@ -55,6 +55,22 @@ def assembled_row(f: PromptFeaturizer, prompt, task_type=None) -> np.ndarray:
     return row
 
 
+@pytest.fixture(params=["python", "compiled"])
+def hashing(request, monkeypatch) -> str:
+    """Run a test on the Python reference and on the compiled hashing (features/_hashing.c)."""
+    if request.param == "compiled" and extractor._hashing is None:
+        pytest.skip("features._hashing is not built (see tests/test_features_compiled.py)")
+    path = extractor._hashed_compiled if request.param == "compiled" else extractor._hashed_python
+    monkeypatch.setattr(extractor, "_hashed", path)
+    return request.param
+
+
+@pytest.fixture
+def python_hashing(monkeypatch) -> None:
+    """The Python path, for tests of its word cache and vectorised batches."""
+    monkeypatch.setattr(extractor, "_hashed", extractor._hashed_python)
+
+
 def messages_prompt() -> Prompt:
     return from_messages(
         [
@@ -280,7 +296,7 @@ EQUALITY_CASES = [
 
 
 @pytest.mark.parametrize(("prompt", "task_type"), EQUALITY_CASES)
-def test_transform_one_is_the_transform_row(prompt, task_type):
+def test_transform_one_is_the_transform_row(prompt, task_type, hashing):
     f = fitted(word_ngram_max=3)
     batch = f.transform([prompt], task_types=[task_type]).toarray()[0]
     assert np.array_equal(batch, assembled_row(f, prompt, task_type))
@@ -313,7 +329,7 @@ def test_string_input_equals_its_normalized_prompt():
     assert np.array_equal(assembled_row(f, text), assembled_row(f, normalize(prompt=text)))
 
 
-def test_task_type_adds_exactly_one_normalised_token():
+def test_task_type_adds_exactly_one_normalised_token(hashing):
     f = fitted(n_hash_features=2**17)
     _, plain_cols, _ = f.transform_one("Hello")
     _, cols, _ = f.transform_one("Hello", task_type="  Coding ")
@@ -324,7 +340,7 @@ def test_task_type_adds_exactly_one_normalised_token():
     assert np.array_equal(assembled_row(f, "Hello", ""), assembled_row(f, "Hello"))
 
 
-def test_concurrent_threads_get_the_same_rows():
+def test_concurrent_threads_get_the_same_rows(hashing):
     f = fitted()
     prompts = [f"Question {i}: why is {i} * {i + 1} even?" for i in range(40)]
     expected = [assembled_row(f, p) for p in prompts]
@@ -545,7 +561,7 @@ def test_script_ranges_do_not_overlap():
     assert np.all(np.diff(signals._CLASS_STARTS.astype(np.int64)) > 0)
 
 
-def test_a_lone_surrogate_is_featurised_not_an_error():
+def test_a_lone_surrogate_is_featurised_not_an_error(hashing):
     check_row(fitted(), "abc \ud800 def \udfff")
 
 
@@ -562,7 +578,7 @@ def megabyte_prompt() -> str:
     return (block * (1_000_000 // len(block) + 1))[:1_000_000]
 
 
-def test_a_huge_prompt_has_the_non_length_features_of_its_window():
+def test_a_huge_prompt_has_the_non_length_features_of_its_window(hashing):
     big = megabyte_prompt()
     window = big[:16384] + "\n" + big[-2048:]
     f = fitted(n_hash_features=2**17)
@@ -589,7 +605,7 @@ PATHOLOGICAL = [
 
 
 @pytest.mark.parametrize("text", PATHOLOGICAL)
-def test_megabyte_prompts_stay_fast(text):
+def test_megabyte_prompts_stay_fast(text, hashing):
     f = fitted()
     f.transform_one(text[:100])
     start = time.perf_counter()
@@ -602,7 +618,7 @@ def test_megabyte_prompts_stay_fast(text):
 # Stable hashing
 
 
-def test_hash_columns_are_pinned():
+def test_hash_columns_are_pinned(hashing):
     f = PromptFeaturizer(word_ngram_max=1, char_ngrams=(3, 3)).fit([])
     _, cols, values = f.transform_one("hello")
     got = sorted(
@@ -614,7 +630,7 @@ def test_hash_columns_are_pinned():
     assert (h & 0x7FFFFFFF) % 2**17 == 17547 and h >= 2**31  # the unigram, sign -1
 
 
-def test_word_bigram_columns_are_pinned():
+def test_word_bigram_columns_are_pinned(hashing):
     f = PromptFeaturizer(word_ngram_max=2, char_ngrams=(3, 3)).fit([])
     unigrams = PromptFeaturizer(word_ngram_max=1, char_ngrams=(3, 3)).fit([])
     _, with_bigram, _ = f.transform_one("hello world")
@@ -647,7 +663,7 @@ def test_hashing_is_identical_in_a_fresh_process_with_another_hash_seed():
     assert out.strip() == str(sorted(zip(cols.tolist(), values.tolist(), strict=True)))
 
 
-def test_tokens_that_cancel_are_dropped():
+def test_tokens_that_cancel_are_dropped(hashing):
     f = PromptFeaturizer(n_hash_features=1, word_ngram_max=1, char_ngrams=(1, 1)).fit([])
     # with one column, "b" (+1) and its char n-grams " ", "b", " " (-1, +1, -1)... sum to 0
     _, cols, values = f.transform_one("b")
@@ -656,7 +672,7 @@ def test_tokens_that_cancel_are_dropped():
     assert cols.tolist() == [f.n_dense_] and values.tolist() == [-1.0]
 
 
-def test_word_cache_is_bounded_and_does_not_change_results(monkeypatch):
+def test_word_cache_is_bounded_and_does_not_change_results(monkeypatch, python_hashing):
     f = fitted()
     text = " ".join(f"w{i}" for i in range(50))
     monkeypatch.setattr(extractor, "_CACHES", {})
@@ -670,7 +686,9 @@ def test_word_cache_is_bounded_and_does_not_change_results(monkeypatch):
     assert 0 < len(cache) <= 10
 
 
-def test_batched_hashing_of_unseen_words_matches_the_cache_and_the_per_word_path(monkeypatch):
+def test_batched_hashing_of_unseen_words_matches_the_cache_and_the_per_word_path(
+    monkeypatch, python_hashing
+):
     f = fitted(n_hash_features=2**17)
     text = " ".join(f"token{i:04d}" for i in range(200)) + " " + "x9" * 100 + " 你好世界" * 3
     monkeypatch.setattr(extractor, "_CACHES", {})
