@@ -30,7 +30,7 @@ def _say(msg: str) -> None:
 
 def ensure_artifact(path: Path) -> Path:
     """`path` if it holds an artifact this code can read; else train it there (train side of
-    the bundled data, about two minutes)."""
+    the bundled data, about half a minute)."""
     from training.artifact import read_manifest
     from training.errors import ArtifactError
     from training.paths import bundled_data

@@ -168,7 +168,7 @@ def run(
             "command": "promptroute serve --model ART --host 127.0.0.1 --port PORT",
             "note": "one uvicorn process, default settings (access log off)",
             "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
-            "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+            "loop": "asyncio",  # serving/server.py pins it
             "log_tail": server_log,
         },
         "by_concurrency": by_c,

@@ -193,7 +193,7 @@ def _targets(
                 f"≤ {SECONDS_PER_100K_TARGET:g} s per 100k",
                 f"{r['seconds']:.0f} s ({per_100k:.0f} s per 100k)",
                 None if small else per_100k <= SECONDS_PER_100K_TARGET,
-                "below 100k records, start-up and the scale pass (fixed costs) dominate"
+                "below 100k records, start-up and the held-out sample (fixed costs) dominate"
                 if small
                 else "",
             ).to_dict()

@@ -24,6 +24,7 @@ REPORT_KEYS = {
     "n_records",
     "models",
     "cv_folds",
+    "cv_sample",
     "calibration",
     "cv_routing",
     "default_strategy",
@@ -111,6 +112,7 @@ def routellm_records(sample_records: list) -> list:
         pytest.param({"knob": float("inf")}, "knob: must be a finite number", id="knob-inf"),
         pytest.param({"n_hash_features": 2**7}, "n_hash_features: must be between", id="hash-lo"),
         pytest.param({"n_hash_features": 2**23}, "n_hash_features: must be between", id="hash-hi"),
+        pytest.param({"cv_max_prompts": 99}, "cv_max_prompts: must be at least 100", id="cv-cap"),
     ],
 )
 def test_options_validation_names_the_option(kwargs: dict, message: str) -> None:
@@ -337,8 +339,59 @@ def test_budget_point_and_target_flag_are_reported(sample_records: list, catalog
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [pytest.param("cv_folds", 2.5, id="folds"), pytest.param("n_hash_features", 4096.0, id="hash")],
+    [
+        pytest.param("cv_folds", 2.5, id="folds"),
+        pytest.param("n_hash_features", 4096.0, id="hash"),
+        pytest.param("cv_max_prompts", 1000.0, id="cv-cap"),
+    ],
 )
 def test_whole_number_options_reject_floats(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"^{field}: must be a whole number"):
         TrainOptions(**{field: value})
+
+
+# --------------------------------------------------------------------------- repeats, CV sample
+def test_repeated_records_train_the_same_router(
+    trained: tuple, sample_records: list, catalog: Catalog
+) -> None:
+    """A prompt logged twice is one example with its mean outcome: logging everything twice
+    changes nothing but the counts (and, within the optimiser's tolerance, the calibration)."""
+    first = trained[0]
+    twice = train(sample_records * 2, catalog, TrainOptions(**SMALL))
+    assert twice.report["n_records"] == 2 * first.report["n_records"]
+    assert (
+        twice.report["cv_sample"]["distinct_prompts"]
+        == first.report["cv_sample"]["distinct_prompts"]
+    )
+    assert twice.report["best_c"] == first.report["best_c"]
+    assert twice.router.default_strategy == first.router.default_strategy
+    for name, head in first.router.heads.items():
+        other = twice.router.heads[name]
+        np.testing.assert_allclose(other.hashed_w, head.hashed_w, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(other.dense_w, head.dense_w, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(other.bias, head.bias, rtol=1e-4, atol=1e-6)
+
+
+def test_cross_validation_runs_on_a_capped_sample(sample_records: list, catalog: Catalog) -> None:
+    capped, routing = _train_capturing(sample_records, catalog, cv_max_prompts=200)
+    sample = capped.report["cv_sample"]
+    assert sample["prompts"] == 200 < sample["distinct_prompts"]
+    assert 200 <= sample["records"] < capped.report["n_records"]
+    # calibration and the policy choices see only the sample's out-of-fold scores
+    assert routing["n"] <= sample["records"]
+    for head in capped.report["cv_routing"].values():
+        assert head["n"] <= sample["records"]
+    # the final fits still use every record: models only in the unsampled part would be
+    # missing otherwise, and the weights differ from a router trained on the sample alone
+    assert set(capped.router.heads) == {"quality", "classifier"}
+
+
+def test_cv_sample_is_independent_of_record_order(sample_records: list) -> None:
+    a = trainer_mod._distinct_prompts(sample_records, 3, 150)
+    b = trainer_mod._distinct_prompts(sample_records[::-1], 3, 150)
+    chosen_a = {sample_records[i].prompt.text for i in a.first[a.in_cv]}
+    chosen_b = {sample_records[::-1][i].prompt.text for i in b.first[b.in_cv]}
+    assert chosen_a == chosen_b and len(chosen_a) == 150
+    # folds are those of `fold_ids`, so the sample never changes which fold a prompt is in
+    texts = [sample_records[i].prompt.text for i in a.first]
+    np.testing.assert_array_equal(a.folds, fold_ids(texts, 3))

@@ -106,7 +106,7 @@ def ensure_default_artifact(path: Path = DEFAULT_ARTIFACT) -> Path:
     except ArtifactError as exc:
         why = str(exc)
     _progress(
-        f"default model unusable ({why}); training it from the bundled data (about two minutes)"
+        f"default model unusable ({why}); training it from the bundled data (about half a minute)"
     )
     train_and_save([str(p) for p in BUNDLED_DATA], path, split="train")
     return path

@@ -12,9 +12,11 @@ per-model predicted quality, Platt-calibrated) with memory bounded by `chunk_siz
    the validation loss, Platt calibration and the default knob;
 3. the dense block's scale (1 / max |value| per column, the trainer's conditioning trick) and
    the largest squared row norm R² are taken from the first `scale_rows` training records, a
-   fixed number so that the chunk size cannot change them;
-4. for every epoch, each chunk is shuffled (a permutation seeded by `random_state`, the epoch
-   and the chunk's number), featurised with `PromptFeaturizer.transform` and fed by
+   fixed number so that the chunk size cannot change them; the first epoch's first chunks
+   wait, featurised, until those rows are in, so no record is read or featurised twice;
+4. for every epoch, each chunk is featurised with `PromptFeaturizer.transform` (each distinct
+   prompt of the chunk once: logs repeat prompts), shuffled (a permutation seeded by
+   `random_state`, the epoch and the chunk's number) and fed by
    `partial_fit` to one `SGDClassifier(loss="log_loss", average=True)` per (model, step).
    Logs are often sorted by task, and SGD in file order fits them much worse (held-out loss
    0.605 against 0.551 for liblinear and 0.551 shuffled, on claude-v1 in the bundled data);
@@ -29,8 +31,9 @@ per-model predicted quality, Platt-calibrated) with memory bounded by `chunk_siz
    the cost reference (the trainer's rules) come from running statistics of the first epoch,
    and the default knob from the held-out routing curve (the trainer's rule, on the sample).
 
-Memory is the chunk's records and feature rows, the held-out sample and its features, and the
-weights (models × steps × columns); it does not grow with the number of records.
+Memory is the chunk's records and feature rows (at the start, the first `scale_rows` records'
+when that is more than a chunk), the held-out sample and its features, and the weights
+(models × steps × columns); it does not grow with the number of records.
 """
 
 from __future__ import annotations
@@ -297,9 +300,7 @@ class _Heads:
         return fits
 
     def partial_fit(self, X: sparse.csr_matrix, records: Sequence[Record]) -> None:
-        names = sorted({m for r in records for m in r.labelled_models})
-        for name in names:
-            rows, y = _quality_rows(records, name)
+        for name, (rows, y) in sorted(_rows_by_model(records).items()):
             take, labels, weights = expand_soft_targets(y)
             Xj = X[rows[take]]
             for clf in self._for(name):
@@ -307,6 +308,20 @@ class _Heads:
 
     def logits(self, model: str, X: sparse.csr_matrix) -> list[np.ndarray]:
         return [np.asarray(clf.decision_function(X), dtype=np.float64) for clf in self.fits[model]]
+
+
+def _rows_by_model(records: Sequence[Record]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`_quality_rows` of every labelled model, in one pass over the records."""
+    rows: dict[str, list[int]] = {}
+    ys: dict[str, list[float]] = {}
+    for i, r in enumerate(records):
+        for m, o in r.outcomes.items():
+            if o.quality is not None:
+                rows.setdefault(m, []).append(i)
+                ys.setdefault(m, []).append(o.quality)
+    return {
+        m: (np.asarray(rows[m], dtype=np.int64), np.asarray(ys[m], dtype=np.float64)) for m in rows
+    }
 
 
 def _quality_rows(records: Sequence[Record], model: str) -> tuple[np.ndarray, np.ndarray]:
@@ -359,17 +374,32 @@ def train_streaming(
     t0 = time.perf_counter()
     featurizer = PromptFeaturizer(n_hash_features=opts.n_hash_features).fit([])
     n_dense = featurizer.n_dense_
-    col_scale, r2 = _column_scale(files, opts, catalog, featurizer)
+    col_scale = np.ones(n_dense + opts.n_hash_features)
+    heads: _Heads | None = None
+    # Epoch 1 featurises its first chunks before the scale is known (it comes from the first
+    # `scale_rows` training records); they wait here, unscaled, and are fitted once it is.
+    pending: list[tuple[int, list[Record], sparse.csr_matrix]] = []
 
     def features(records: Sequence[Record]) -> sparse.csr_matrix:
-        X = featurizer.transform(
-            [r.prompt for r in records], task_types=[r.task_type for r in records]
-        )
+        X = _featurise(featurizer, records)
         X.data *= col_scale[X.indices]
         return X
 
+    def fit_chunk(epoch: int, number: int, chunk: list[Record], X: sparse.csr_matrix) -> None:
+        assert heads is not None
+        order = np.random.default_rng([opts.random_state, epoch, number]).permutation(len(chunk))
+        heads.partial_fit(X[order], [chunk[i] for i in order])
+
+    def start(blocks: list[sparse.csr_matrix]) -> None:
+        nonlocal col_scale, heads
+        col_scale, r2 = _column_scale(blocks, opts.scale_rows, n_dense, opts.n_hash_features)
+        heads = _Heads(opts, r2)
+        for number, chunk, X in pending:
+            X.data *= col_scale[X.indices]
+            fit_chunk(0, number, chunk, X)
+        pending.clear()
+
     stats = _Stats()
-    heads = _Heads(opts, r2)
     epoch_loss: list[dict[str, Any]] = []
     hold_records: list[Record] = []
     X_hold: sparse.csr_matrix | None = None
@@ -380,14 +410,20 @@ def train_streaming(
         stream = _labelled_stream(files, opts, catalog, stats if first else None)
         train_rows = _train_side(stream, opts, stats if first else None)
         for number, chunk in enumerate(_chunks(train_rows, opts.chunk_size)):
-            rng = np.random.default_rng([opts.random_state, epoch, number])
-            shuffled = [chunk[i] for i in rng.permutation(len(chunk))]
-            heads.partial_fit(features(shuffled), shuffled)
+            if heads is None:
+                pending.append((number, chunk, _featurise(featurizer, chunk)))
+                if sum(len(c) for _n, c, _X in pending) >= opts.scale_rows:
+                    start([X for _n, _c, X in pending])
+            else:
+                fit_chunk(epoch, number, chunk, features(chunk))
             seen += len(chunk)
             if first:
                 stats.observe(chunk + stats.unobserved, catalog)
                 stats.unobserved.clear()
             say(f"epoch {epoch + 1}/{opts.epochs}: {seen} records")
+        if heads is None:  # fewer training records than `scale_rows`
+            start([X for _n, _c, X in pending])
+        assert heads is not None
         if first:
             stats.observe(stats.unobserved, catalog)
             stats.unobserved.clear()
@@ -531,30 +567,40 @@ def _train_side(
 
 
 def _column_scale(
-    files: Sequence[Path], opts: StreamingOptions, catalog: Catalog, featurizer: PromptFeaturizer
+    blocks: Sequence[sparse.csr_matrix], scale_rows: int, n_dense: int, n_hashed: int
 ) -> tuple[np.ndarray, float]:
-    """Per-column factors — 1 / max |dense value| over the first `scale_rows` training records
-    (1 for all-zero columns), 1 for every hashed column — and R²: the largest squared norm of
-    those rows once scaled, plus 1 for the intercept."""
-    n_dense = featurizer.n_dense_
-    scale = np.ones(n_dense + opts.n_hash_features)
-    stream = _train_side(_labelled_stream(files, opts, catalog, None), opts, None)
-    head = list(islice(stream, opts.scale_rows))
-    if not head:
+    """Per-column factors — 1 / max |dense value| over the first `scale_rows` rows of `blocks`
+    (unscaled features of the first training records, in file order; 1 for all-zero columns),
+    1 for every hashed column — and R²: the largest squared norm of those rows once scaled,
+    plus 1 for the intercept. `blocks` are left as they are."""
+    scale = np.ones(n_dense + n_hashed)
+    if not blocks:
         return scale, 1.0
-    blocks = [
-        featurizer.transform([r.prompt for r in chunk]).tocsr()
-        for chunk in _chunks(head, opts.chunk_size)
-    ]
-    peak = np.zeros(n_dense)
-    for X in blocks:
-        np.maximum(peak, abs(X[:, :n_dense]).max(axis=0).toarray().ravel(), out=peak)
+    X = sparse.vstack(blocks, format="csr")[:scale_rows]
+    if X.shape[0] == 0:
+        return scale, 1.0
+    peak = abs(X[:, :n_dense]).max(axis=0).toarray().ravel()
     scale[:n_dense] = np.where(peak > 0, 1.0 / np.where(peak > 0, peak, 1.0), 1.0)
-    r2 = 0.0
-    for X in blocks:
-        X.data *= scale[X.indices]
-        r2 = max(r2, float(X.multiply(X).sum(axis=1).max()))
-    return scale, r2 + 1.0
+    X.data = X.data * scale[X.indices]
+    return scale, float(X.multiply(X).sum(axis=1).max()) + 1.0
+
+
+def _featurise(featurizer: PromptFeaturizer, records: Sequence[Record]) -> sparse.csr_matrix:
+    """Unscaled feature rows of `records`, each distinct (prompt, task type) computed once:
+    logs repeat prompts, and a repeated prompt's row is copied rather than recomputed."""
+    index: dict[tuple[Any, str | None], int] = {}
+    inverse = [index.setdefault((r.prompt, r.task_type), len(index)) for r in records]
+    if len(index) == len(records):
+        distinct: Sequence[Record] = records
+    else:
+        first: dict[int, Record] = {}
+        for r, i in zip(records, inverse, strict=True):
+            first.setdefault(i, r)
+        distinct = [first[i] for i in range(len(index))]
+    X = featurizer.transform(
+        [r.prompt for r in distinct], task_types=[r.task_type for r in distinct]
+    ).tocsr()
+    return X if distinct is records else X[np.asarray(inverse, dtype=np.int64)]
 
 
 def _check_data(stats: _Stats, files: Sequence[Path]) -> None:
