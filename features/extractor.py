@@ -140,9 +140,9 @@ from features.signals import DENSE_FEATURE_NAMES, dense_signals
 from features.text import Prompt
 
 try:  # the compiled twin of `_hashed_python`; optional, see `_hashed_compiled`
-    from features import _hashing
+    from features import _compiled
 except ImportError:  # not built (no compiler at install time): the Python path is exact too
-    _hashing = None
+    _compiled = None
 
 __all__ = ["FEATURE_VERSION", "PromptFeaturizer"]
 
@@ -434,8 +434,8 @@ def _hashed_python(
 def _hashed_compiled(
     words: list[str], n: int, kmax: int, lo: int, hi: int, task_code: int | None, n_dense: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`_hashed_python`, value for value, with the hashing and merging in C (features/_hashing.c)."""
-    cols, values, raw = _hashing.hashed_row(words, n, kmax, lo, hi, task_code, n_dense, _LOG_TABLE)
+    """`_hashed_python`, value for value, with the hashing and merging in C (features/_compiled.c)."""
+    cols, values, raw = _compiled.hashed_row(words, n, kmax, lo, hi, task_code, n_dense, _LOG_TABLE)
     if not cols:
         return _empty_hashed()
     # bytearrays: the arrays are writable and own their memory, like the Python path's.
@@ -445,7 +445,7 @@ def _hashed_compiled(
     return np.frombuffer(cols, dtype=np.int64), _normalise(counts_or_weights)
 
 
-_hashed = _hashed_python if _hashing is None else _hashed_compiled
+_hashed = _hashed_python if _compiled is None else _hashed_compiled
 
 
 class PromptFeaturizer(TransformerMixin, BaseEstimator):

@@ -57,9 +57,9 @@ def assembled_row(f: PromptFeaturizer, prompt, task_type=None) -> np.ndarray:
 
 @pytest.fixture(params=["python", "compiled"])
 def hashing(request, monkeypatch) -> str:
-    """Run a test on the Python reference and on the compiled hashing (features/_hashing.c)."""
-    if request.param == "compiled" and extractor._hashing is None:
-        pytest.skip("features._hashing is not built (see tests/test_features_compiled.py)")
+    """Run a test on the Python reference and on the compiled hashing (features/_compiled.c)."""
+    if request.param == "compiled" and extractor._compiled is None:
+        pytest.skip("features._compiled is not built (see tests/test_features_compiled.py)")
     path = extractor._hashed_compiled if request.param == "compiled" else extractor._hashed_python
     monkeypatch.setattr(extractor, "_hashed", path)
     return request.param
@@ -522,6 +522,13 @@ def test_ascii_fast_paths_agree_with_the_general_paths(text):
     lower = text.lower()
     assert signals.tokenize(lower) == signals._TOKEN_RE.findall(lower)
     assert signals._class_counts_ascii(text) == signals._class_counts_unicode(text)
+
+
+def test_ascii_tokenisation_splits_on_exactly_the_regex_separators():
+    # Every ASCII character between two letters: the bytes.translate fast path and the regex
+    # agree on which ones split a word.
+    text = "".join(f"a{chr(b)}b" for b in range(128))
+    assert signals.tokenize(text) == signals._TOKEN_RE.findall(text)
 
 
 ROLES = st.sampled_from(["system", "developer", "user", "assistant"])
