@@ -617,6 +617,25 @@ PyDoc_STRVAR(char_classes_doc,
 "Code points of `text` per character class, exactly as features.signals._class_counts_python\n"
 "counts them.");
 
+/* A list of Python ints from `n` counts (what the Python references return). */
+static PyObject *
+count_list(const Py_ssize_t *counts, Py_ssize_t n)
+{
+    PyObject *out = PyList_New(n);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *v = PyLong_FromSsize_t(counts[k]);
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, k, v);
+    }
+    return out;
+}
+
 static PyObject *
 char_classes(PyObject *module, PyObject *text)
 {
@@ -642,19 +661,7 @@ char_classes(PyObject *module, PyObject *text)
         class_counts_kind(PyUnicode_4BYTE_KIND, data, n, counts);
         break;
     }
-    PyObject *out = PyList_New(N_CLASSES);
-    if (out == NULL) {
-        return NULL;
-    }
-    for (int k = 0; k < N_CLASSES; k++) {
-        PyObject *v = PyLong_FromSsize_t(counts[k]);
-        if (v == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, k, v);
-    }
-    return out;
+    return count_list(counts, N_CLASSES);
 }
 
 /* `re`'s \d and \s for str patterns (Py_UNICODE_ISDECIMAL has no ASCII shortcut of its own). */
@@ -1042,19 +1049,7 @@ keyword_counts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (count_keywords(args[2], args[0], n_counters, counts) < 0) {
         return NULL;
     }
-    PyObject *out = PyList_New(n_counters);
-    if (out == NULL) {
-        return NULL;
-    }
-    for (Py_ssize_t k = 0; k < n_counters; k++) {
-        PyObject *v = PyLong_FromSsize_t(counts[k]);
-        if (v == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, k, v);
-    }
-    return out;
+    return count_list(counts, n_counters);
 }
 
 static PyMethodDef methods[] = {

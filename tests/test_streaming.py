@@ -259,9 +259,9 @@ def test_chunk_sizes_that_cut_the_data_the_same_way_give_the_same_model(logs: Pa
     assert _heads_equal(one, other)
 
 
-def test_features_are_computed_in_bounded_chunks(
-    logs: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def transform_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of prompts of every `PromptFeaturizer.transform` call, in order."""
     sizes: list[int] = []
     real = PromptFeaturizer.transform
 
@@ -270,6 +270,11 @@ def test_features_are_computed_in_bounded_chunks(
         return real(self, X, task_types=task_types)
 
     monkeypatch.setattr(PromptFeaturizer, "transform", spy)
+    return sizes
+
+
+def test_features_are_computed_in_bounded_chunks(logs: Path, transform_sizes: list[int]) -> None:
+    sizes = transform_sizes
     opts = StreamingOptions(**{**SMALL, "chunk_size": 40, "max_holdout": 30, "scale_rows": 100})
     result = train_streaming(logs, CATALOG, opts)
     n_train = result.report["n_records"]
@@ -281,19 +286,12 @@ def test_features_are_computed_in_bounded_chunks(
 
 
 def test_repeated_prompts_are_featurised_once_per_chunk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, transform_sizes: list[int]
 ) -> None:
     doubled = _write(
         tmp_path / "doubled.jsonl.gz", [r for r in _synthetic_rows(700, 1) for _ in "ab"]
     )
-    sizes: list[int] = []
-    real = PromptFeaturizer.transform
-
-    def spy(self: PromptFeaturizer, X: Any, task_types: Any = None) -> Any:
-        sizes.append(len(X))
-        return real(self, X, task_types=task_types)
-
-    monkeypatch.setattr(PromptFeaturizer, "transform", spy)
+    sizes = transform_sizes
     opts = StreamingOptions(**{**SMALL, "epochs": 1, "chunk_size": 10**6})
     result = train_streaming(doubled, CATALOG, opts)
     assert result.report["n_records"] == 2 * sizes[0]
