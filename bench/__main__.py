@@ -1,6 +1,6 @@
 """`python -m bench COMMAND`: run benchmarks, write bench/results/NAME.json and SUMMARY.md.
 
-Commands: all, decision, long-inputs, http, footprint, training [--full], summary, and
+Commands: all, decision, long-inputs, http, breakdown, footprint, training [--full], summary, and
 train-streaming (streaming training as a command, for the training benchmark's child process).
 """
 
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("decision", "decision latency in-process vs the hand-rule router"),
         ("long-inputs", "decision time for 10 KB, 100 KB and 1 MB prompts"),
         ("http", "HTTP throughput and latency of /route vs a no-op endpoint"),
+        ("breakdown", "where a /route request's time goes, the app called in-process"),
         ("footprint", "serving RSS after start and after 10k requests; artifact size"),
         ("training", "training time and memory vs records; streaming training"),
     ):
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         print(write_summary(a.results))
         return 0
 
-    from bench import decision, footprint, http, long_inputs, training_scale
+    from bench import breakdown, decision, footprint, http, long_inputs, training_scale
     from bench.summary import write_summary
 
     full = getattr(a, "full", False)
@@ -166,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "decision": ("python -m bench decision", lambda: decision.run(art)),
         "long-inputs": ("python -m bench long-inputs", lambda: long_inputs.run(art)),
         "http": ("python -m bench http", lambda: http.run(art)),
+        "breakdown": ("python -m bench breakdown", lambda: breakdown.run(art)),
         "footprint": ("python -m bench footprint", lambda: footprint.run(art)),
         "training": (
             "python -m bench training" + (" --full" if full else ""),

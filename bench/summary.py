@@ -9,11 +9,12 @@ from typing import Any
 
 __all__ = ["ORDER", "render_summary", "write_summary"]
 
-ORDER = ("decision", "long_inputs", "http", "footprint", "training", "training_full")
+ORDER = ("decision", "long_inputs", "http", "breakdown", "footprint", "training", "training_full")
 _TITLES = {
     "decision": "Decision latency (in-process)",
     "long_inputs": "Long inputs",
     "http": "HTTP throughput",
+    "breakdown": "Where a /route request's time goes (in-process, no server)",
     "footprint": "Serving footprint",
     "training": "Training scale (default sizes)",
     "training_full": "Training scale (`--full`: 100k batch, 1M streaming)",
@@ -44,10 +45,9 @@ def render_summary(results: dict[str, dict[str, Any]]) -> str:
             f"`{data.get('command', '')}` — {data.get('started_at', '')}, "
             f"{data.get('seconds', '?')} s, {machine.get('cpus', '?')} CPUs "
             f"(load average at start {machine.get('load_avg_at_start', '?')})",
-            "",
-            "| metric | target | measured | status |",
-            "|---|---|---|---|",
         ]
+        if data.get("targets"):
+            lines += ["", "| metric | target | measured | status |", "|---|---|---|---|"]
         for t in data.get("targets", []):
             measured = t["measured"] + (f" — {t['note']}" if t.get("note") else "")
             lines.append(
@@ -102,6 +102,23 @@ def _details(name: str, data: dict[str, Any]) -> list[str]:
                 f"| {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {n['rps']:.0f} "
                 f"| {n['p50_ms']:.2f} / {n['p99_ms']:.2f} | {row['route_fraction_of_noop']:.0%} |"
             )
+    elif name == "breakdown":
+        us = data["median_us"]
+        out += ["", "| µs (median) | |", "|---|---|"]
+        for key, label in (
+            ("noop_get", "GET /healthz (the HTTP benchmark's no-op)"),
+            ("noop_post", "POST with /route's body and signature, doing nothing"),
+            ("route", "POST /route"),
+            ("pipeline", "/route's work alone, in a loop (validate, normalise, 8 stages, render)"),
+            ("features", "of which feature extraction"),
+            ("head", "of which the linear head"),
+        ):
+            out.append(f"| {label} | {us[key]:.1f} |")
+        out += [
+            "",
+            f"/route's own work inside the app (route − no-op POST): {data['route_own_work_us']:.1f} µs; "
+            f"/route ÷ GET /healthz: {data['route_over_noop_get']}×.",
+        ]
     elif name in ("training", "training_full"):
         out += [
             "",

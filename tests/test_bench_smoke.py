@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench import decision, footprint, http, long_inputs, training_scale
+from bench import breakdown, decision, footprint, http, long_inputs, training_scale
 from bench.__main__ import ensure_artifact, main
 from bench._common import loglog_slope, percentiles_us, real_prompts
 from bench.summary import render_summary
@@ -58,6 +58,7 @@ def results(tiny_artifact: Path, scale_dir: Path) -> dict[str, dict[str, Any]]:
                 n_bodies=5,
             )
         ),
+        "breakdown": _json_ready(breakdown.run(tiny_artifact, n_prompts=4, rounds=2)),
         "footprint": _json_ready(footprint.run(tiny_artifact, n_requests=20, settle_seconds=0)),
         "training": _json_ready(
             training_scale.run(
@@ -148,6 +149,24 @@ def test_http_with_the_python_load_generator(results: dict) -> None:
         "error responses under load",
     ]
     assert [t["pass"] for t in r["targets"]] == [None, True]
+
+
+def test_breakdown(results: dict) -> None:
+    r = results["breakdown"]
+    assert r["params"] == {"n_prompts": 4, "rounds": 2, "seed": 0}
+    us = r["median_us"]
+    assert set(us) == {"noop_get", "noop_post", "route", "pipeline", "features", "head"}
+    assert all(v > 0 for v in us.values())
+    assert r["route_own_work_us"] == round(us["route"] - us["noop_post"], 1)
+    assert r["targets"] == []
+
+
+def test_breakdown_noop_endpoint_is_not_in_the_product(tiny_artifact: Path) -> None:
+    from serving.app import create_app
+    from serving.config import load_settings
+
+    app = create_app(load_settings(None, artifact=str(tiny_artifact)))
+    assert "/__bench_noop" not in {getattr(r, "path", None) for r in app.routes}
 
 
 def test_http_rejects_an_unknown_client(tiny_artifact: Path) -> None:
@@ -248,6 +267,7 @@ def test_summary_renders_every_result(results: dict, tmp_path: Path) -> None:
         "## Decision latency (in-process)",
         "## Long inputs",
         "## HTTP throughput",
+        "## Where a /route request's time goes (in-process, no server)",
         "## Serving footprint",
         "## Training scale (default sizes)",
     ]
@@ -268,6 +288,7 @@ def test_main_runs_each_benchmark_and_writes_its_json(
         (decision, "decision"),
         (long_inputs, "long_inputs"),
         (http, "http"),
+        (breakdown, "breakdown"),
         (footprint, "footprint"),
         (training_scale, "training"),
     ):
@@ -279,11 +300,19 @@ def test_main_runs_each_benchmark_and_writes_its_json(
         monkeypatch.setattr(module, "run", fake)
     out = tmp_path / "results"
     assert main(["all", "--artifact", str(tiny_artifact), "--results", str(out)]) == 0
-    assert [c[0] for c in calls] == ["decision", "long_inputs", "http", "footprint", "training"]
-    assert all(c[1] == (tiny_artifact,) for c in calls[:4]) and calls[4][1:] == ((), {})
+    assert [c[0] for c in calls] == [
+        "decision",
+        "long_inputs",
+        "http",
+        "breakdown",
+        "footprint",
+        "training",
+    ]
+    assert all(c[1] == (tiny_artifact,) for c in calls[:5]) and calls[5][1:] == ((), {})
     files = sorted(p.name for p in out.iterdir())
     assert files == [
         "SUMMARY.md",
+        "breakdown.json",
         "decision.json",
         "footprint.json",
         "http.json",
