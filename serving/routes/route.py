@@ -43,8 +43,8 @@ async def route_request(
 ) -> Response:
     """Choose the model that should answer this prompt, with fallbacks and the reason."""
     decision = route(state, build_query(body, state.settings.limits))
-    # orjson: a tenth of json.dumps's time on this hot path; the body holds only str, float,
-    # int, bool, None, lists and dicts, which both encode the same way.
+    # orjson: a tenth of json.dumps's time on this hot path. The answer holds only str, finite
+    # float, int, bool, None, lists and dicts, which both encode as the same JSON.
     return Response(orjson.dumps(decision.to_response()), media_type="application/json")
 
 
