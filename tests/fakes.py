@@ -1,10 +1,20 @@
-"""Test doubles shared by several test files (imported as `from fakes import FakeClock`)."""
+"""Test doubles and helpers shared by several test files (`from fakes import FakeClock`)."""
 
 from __future__ import annotations
 
 import threading
 import time
+import warnings
 from typing import Any
+
+from starlette.exceptions import StarletteDeprecationWarning
+
+with warnings.catch_warnings():
+    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
+    warnings.simplefilter("ignore", StarletteDeprecationWarning)
+    from fastapi.testclient import TestClient
+
+__all__ = ["FakeClock", "LiveServer", "TestClient"]
 
 
 class FakeClock:

@@ -14,22 +14,16 @@ import json
 import pickle
 import shutil
 import threading
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import uvicorn
-from starlette.exceptions import StarletteDeprecationWarning
+from fakes import TestClient
 
 from serving import create_app, load_settings, serve
 from training.artifact import MANIFEST, PAYLOAD, file_sha256
-
-with warnings.catch_warnings():
-    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 KEY = "refusal-admin-key"
 ADMIN = {"X-API-Key": KEY}

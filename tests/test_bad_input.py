@@ -11,21 +11,15 @@ import contextlib
 import json
 import math
 import time
-import warnings
 
 import pytest
+from fakes import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.exceptions import StarletteDeprecationWarning
 
 from serving import create_app, load_settings
 from serving.routes.route import MAX_MESSAGES_DEPTH
 from serving.schemas import ErrorResponse, RouteResponse
-
-with warnings.catch_warnings():
-    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 JSON = {"content-type": "application/json"}
 MB = 1_000_000

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from fakes import LiveServer
 from fastapi import Request
 
@@ -32,7 +31,6 @@ from serving import create_app, load_settings
 from serving.decision_log import DecisionLog, DecisionLogSettings, read_log_lines
 from serving.deps import get_state
 from serving.state import ServiceState
-from training.catalog import load_catalog
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,15 +178,6 @@ def test_rotation_every_few_lines_loses_nothing_under_concurrent_writers(tmp_pat
 
 # ---------------------------------------------------------------------------------------------
 # Graceful shutdown
-
-
-@pytest.fixture
-def catalog_path(tmp_path, tiny_router) -> Path:
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
-    path = tmp_path / "catalog.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 def test_graceful_shutdown_lets_in_flight_requests_finish(tiny_artifact, catalog_path, tmp_path):

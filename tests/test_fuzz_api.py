@@ -15,10 +15,10 @@ import collections
 import contextlib
 import json
 import os
-import warnings
 
 import pytest
 import schemathesis
+from fakes import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
@@ -30,15 +30,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from starlette.exceptions import StarletteDeprecationWarning
 
 from serving import create_app, load_settings
 from serving.decision_log import read_log_lines
-
-with warnings.catch_warnings():
-    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 EXAMPLES = int(os.environ.get("PROMPTROUTE_FUZZ_EXAMPLES", "100"))
 KEY = "fuzz-admin-key"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,17 +16,11 @@ from typing import Any
 import pytest
 import yaml
 from fake_upstream import ANSWER, FakeUpstream, chunks, completion
-from fakes import FakeClock
-from starlette.exceptions import StarletteDeprecationWarning
+from fakes import FakeClock, TestClient
 
 from serving import create_app, load_settings
 from training.catalog import estimate_tokens, load_catalog
 from training.errors import ConfigError
-
-with warnings.catch_warnings():
-    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 WALL = 1_700_000_000.0
 MESSAGES = [

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import warnings
 
 import httpx
 import pytest
+from fakes import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from starlette.exceptions import StarletteDeprecationWarning
 
 import serving.gateway as gateway_package
 from serving import create_app, load_settings
@@ -20,10 +19,6 @@ from serving.gateway.completions import _forward, _retry_after, _SseEvents, _Str
 from serving.gateway.upstreams import Upstreams, resolve_upstreams
 from serving.routes import openai as openai_routes
 from training.errors import ConfigError
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 WALL = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 

@@ -20,20 +20,13 @@ import logging
 import stat
 import tracemalloc
 import uuid
-import warnings
 from pathlib import Path
 
 import pytest
-from fakes import FakeClock
-from starlette.exceptions import StarletteDeprecationWarning
+from fakes import FakeClock, TestClient
 
 from serving import create_app, load_settings
 from serving.decision_log import read_log_lines
-
-with warnings.catch_warnings():
-    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 KEY = "4dm1n-k3y-" + "s" * 22
 MB = 1_000_000

@@ -6,21 +6,14 @@ import contextlib
 import hashlib
 import json
 import logging
-import warnings
 from pathlib import Path
 
 import pytest
-from fakes import FakeClock
-from starlette.exceptions import StarletteDeprecationWarning
+from fakes import FakeClock, TestClient
 
 from serving import create_app, load_settings
 from serving.decision_log import read_log_lines
 from training.logs import load_records
-
-with warnings.catch_warnings():
-    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 PROMPT = "Summarize the plot of Hamlet in three sentences."
 SECRET = "my-account-number-12345 please keep this private"

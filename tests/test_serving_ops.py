@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import pytest
 import yaml
-from starlette.exceptions import StarletteDeprecationWarning
+from fakes import TestClient
 
 import serving
 from serving import create_app, load_settings, serve
@@ -18,11 +17,6 @@ from serving.state import ServiceState
 from training.artifact import PAYLOAD
 from training.catalog import load_catalog
 from training.errors import ArtifactError, ConfigError
-
-with warnings.catch_warnings():
-    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 KEY = "s3cret-admin-key"
 PROMPT = "Translate 'good morning' into French."

@@ -5,26 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from fakes import FakeClock
+from fakes import FakeClock, TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.exceptions import StarletteDeprecationWarning
 
 from features.text import normalize
 from serving import create_app, load_settings
 from serving.schemas import RouteResponse
 from training.catalog import estimate_tokens, load_catalog
-
-with warnings.catch_warnings():
-    # starlette asks for the httpx2 fork and warns once on import; plain httpx works the same.
-    warnings.simplefilter("ignore", StarletteDeprecationWarning)
-    from fastapi.testclient import TestClient
 
 VISION = "gpt-4-1106-preview"
 PROMPT = "Explain step by step why the sky is blue, and compare it with sunsets."

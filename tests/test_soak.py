@@ -30,19 +30,15 @@ import random
 import re
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import yaml
 from fakes import LiveServer
 
 from serving import create_app, load_settings
 from serving.decision_log import read_log_lines
 from serving.metrics import Metrics
 from serving.state import ServiceState
-from training.catalog import load_catalog
 
 SOAK_SECONDS = max(float(os.environ.get("PROMPTROUTE_SOAK_SECONDS", "30")), 20.0)
 CLIENTS = 8
@@ -290,15 +286,6 @@ def _replay(events: Events, model: str) -> BreakerStory:
 
 # ---------------------------------------------------------------------------------------------
 # The soak
-
-
-@pytest.fixture
-def catalog_path(tmp_path, tiny_router) -> Path:
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
-    path = tmp_path / "catalog.yaml"
-    path.write_text(yaml.safe_dump(data), encoding="utf-8")
-    return path
 
 
 def test_soak_with_a_failing_upstream(tiny_artifact, catalog_path, tmp_path):
