@@ -31,8 +31,8 @@ def _say(msg: str) -> None:
 def ensure_artifact(path: Path) -> Path:
     """`path` if it holds an artifact this code can read; else train it there (train side of
     the bundled data, about half a minute)."""
-    from training.artifact import read_manifest
-    from training.errors import ArtifactError
+    from models.artifact import read_manifest
+    from models.errors import ArtifactError
     from training.paths import bundled_data
 
     try:
@@ -40,7 +40,7 @@ def ensure_artifact(path: Path) -> Path:
         return path
     except ArtifactError as exc:
         _say(f"training the benchmark artifact at {path} ({exc})")
-    cmd = [sys.executable, "-m", "training", "train", "--split", "train", "--out", str(path)]
+    cmd = [sys.executable, "-m", "promptroute", "train", "--split", "train", "--out", str(path)]
     cmd += ["--logs", *[str(p) for p in bundled_data()]]
     subprocess.run(cmd, cwd=REPO, env=child_env(), check=True, stdout=subprocess.DEVNULL)
     return path
@@ -69,8 +69,8 @@ def _save(name: str, command: str, run: Callable[[], dict[str, Any]], out: Path)
 
 
 def _train_streaming(a: argparse.Namespace) -> int:
-    from training.artifact import save_router
-    from training.catalog import load_catalog
+    from models.artifact import save_router
+    from models.catalog import load_catalog
     from training.streaming import StreamingOptions, train_streaming
 
     catalog = load_catalog(a.catalog)

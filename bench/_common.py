@@ -281,7 +281,7 @@ class Server:
         self.command = [
             sys.executable,
             "-m",
-            "training",
+            "promptroute",
             "serve",
             "--model",
             str(self.artifact),

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from bench._common import Target, percentiles_us, real_prompts
-from training.artifact import load_router
-from training.catalog import Catalog
+from models.artifact import load_router
+from models.catalog import Catalog
 from training.heuristic import HeuristicRouter
 
 __all__ = ["run"]

@@ -18,8 +18,8 @@ import numpy as np
 
 from bench._common import Target, real_prompts
 from features.text import normalize
-from training.artifact import load_router
-from training.catalog import Catalog
+from models.artifact import load_router
+from models.catalog import Catalog
 from training.heuristic import HeuristicRouter
 
 __all__ = ["build_text", "run"]

@@ -2,7 +2,7 @@
 
 Logs of n records are resampled with replacement (seeded) from the train side of the bundled
 data and written once as .jsonl.gz under `workdir`. Each training is a child process —
-`python -m training train` (in memory, `training/trainer.py`) or `python -m bench
+`python -m promptroute train` (in memory, `training/trainer.py`) or `python -m bench
 train-streaming` (`training/streaming.py`) — timed by wall clock, with its memory polled every
 50 ms (every 0.5 s after the first 5 s): the summed PSS of the process and its workers (shared
 pages counted once), their summed RSS, and the kernel's peak RSS of the main process. The
@@ -68,8 +68,8 @@ def resample_logs(n: int, path: Path, *, seed: int = 0) -> Path:
 
 def _evaluate(artifact: Path) -> dict[str, Any] | None:
     """AIQ of an artifact on the test side of the bundled data (None if it cannot be read)."""
-    from training.artifact import load_router
-    from training.catalog import Catalog
+    from models.artifact import load_router
+    from models.catalog import Catalog
     from training.evaluate import evaluate
     from training.logs import load_records
     from training.split import split_records
@@ -86,7 +86,7 @@ def _evaluate(artifact: Path) -> dict[str, Any] | None:
 
 def _run(kind: str, n: int, logs: Path, out: Path, extra: Sequence[str]) -> dict[str, Any]:
     if kind == "batch":
-        cmd = [sys.executable, "-m", "training", "train", "--logs", str(logs), "--out", str(out)]
+        cmd = [sys.executable, "-m", "promptroute", "train", "--logs", str(logs), "--out", str(out)]
     else:
         cmd = [sys.executable, "-m", "bench", "train-streaming", "--logs", str(logs)]
         cmd += ["--out", str(out)]

@@ -25,7 +25,7 @@ DATA = ROOT / "data"
 
 def run(args: list[str]) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "training", *args], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-m", "promptroute", *args], check=True, cwd=ROOT)
     return time.perf_counter() - t0
 
 

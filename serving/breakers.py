@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
-from training.errors import UnknownModelError
+from models.errors import UnknownModelError
 
 __all__ = ["BreakerBoard", "BreakerSettings", "BreakerState", "CircuitBreaker", "TransitionHook"]
 

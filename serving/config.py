@@ -27,8 +27,8 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from typing_extensions import Self
 
-from training.errors import ConfigError
-from training.yamlfile import read_yaml_mapping
+from models.errors import ConfigError
+from models.yamlfile import read_yaml_mapping
 
 if TYPE_CHECKING:
     from serving.breakers import BreakerSettings

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from training.errors import DataError
+from models.errors import DataError
 
 __all__ = ["DecisionLog", "DecisionLogSettings", "read_log_lines"]
 

@@ -58,8 +58,8 @@ from serving.filters import (
 )
 from serving.metrics import Metrics
 from serving.state import LiveStats, LoadedModel, ServiceState
-from training.catalog import estimate_tokens
-from training.router import Router, Scored
+from models.catalog import estimate_tokens
+from models.router import Router, Scored
 
 __all__ = ["Decision", "RouteQuery", "route"]
 

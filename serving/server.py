@@ -10,6 +10,7 @@ import copy
 import logging.config
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ def serve(
     model: str | Path | None = None,
     host: str | None = None,
     port: int | None = None,
+    default_model: Callable[[], Path] | None = None,
 ) -> int:
     """Run the HTTP service until interrupted; returns the process exit code.
 
@@ -30,15 +32,17 @@ def serve(
     ----------
     config : a YAML config file (defaults when None)
     model : an artifact folder, overriding the config's `artifact`; with neither, the bundled
-        default model (trained from the bundled data the first time, about half a minute)
+        default model
     host, port : override the config's
+    default_model : called for the default model's folder when neither names an artifact (the
+        CLI passes one that trains it from the bundled data the first time)
     """
     import uvicorn
 
     from serving.app import create_app
     from serving.config import load_settings
     from serving.state import ServiceState
-    from training.errors import PromptrouteError
+    from models.errors import PromptrouteError
 
     overrides = {
         key: value
@@ -47,10 +51,8 @@ def serve(
     }
     try:
         settings = load_settings(config, **overrides)
-        if settings.artifact is None:
-            from training.cli import ensure_default_artifact
-
-            artifact = ensure_default_artifact()
+        if settings.artifact is None and default_model is not None:
+            artifact = default_model()
             settings = settings.model_copy(update={"artifact": str(artifact)})
         state = ServiceState(settings)
         # Upstream API keys are read again in the lifespan; checking them here turns a missing

@@ -38,10 +38,10 @@ from serving.metrics import Metrics
 from serving.pending import PendingDecisions
 from serving.rules import RuleSet
 from serving.stats import StatsBoard
-from training.artifact import load_router
-from training.catalog import Catalog, load_catalog
-from training.errors import ArtifactError, ConfigError
-from training.router import Router
+from models.artifact import load_router
+from models.catalog import Catalog, load_catalog
+from models.errors import ArtifactError, ConfigError
+from models.router import Router
 
 __all__ = [
     "Feedback",
@@ -516,9 +516,9 @@ class ServiceState:
 
 
 def _default_artifact() -> Path:
-    from training.cli import DEFAULT_ARTIFACT
+    from models.paths import default_artifact_path
 
-    return DEFAULT_ARTIFACT
+    return default_artifact_path()
 
 
 def _service_catalog(settings: Settings, manifest: Mapping[str, Any], artifact: str) -> Catalog:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from training.errors import UnknownModelError
+from models.errors import UnknownModelError
 
 __all__ = ["ModelStats", "StatsBoard", "StatsSettings"]
 

@@ -26,7 +26,7 @@ def sample_records() -> list:
 
 @pytest.fixture(scope="session")
 def catalog():
-    from training.catalog import load_catalog
+    from models.catalog import load_catalog
 
     return load_catalog()
 
@@ -34,7 +34,7 @@ def catalog():
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory, sample_records, catalog) -> Path:
     """A real artifact folder trained on `sample_records` with small settings (a few seconds)."""
-    from training.artifact import save_router
+    from models.artifact import save_router
     from training.trainer import TrainOptions, train
 
     opts = TrainOptions(c_grid=(0.3, 1.0), cv_folds=2, n_hash_features=2**12, n_jobs=1)
@@ -52,7 +52,7 @@ def tiny_artifact(tmp_path_factory, sample_records, catalog) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_router(tiny_artifact):
-    from training.artifact import load_router
+    from models.artifact import load_router
 
     router, _manifest = load_router(tiny_artifact)
     return router
@@ -63,7 +63,7 @@ def catalog_path(tmp_path_factory, tiny_router) -> Path:
     """The bundled catalog restricted to `tiny_router`'s models, as a YAML file."""
     import yaml
 
-    from training.catalog import load_catalog
+    from models.catalog import load_catalog
 
     data = load_catalog().to_dict()
     data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]

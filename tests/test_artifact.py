@@ -14,10 +14,10 @@ import joblib
 import numpy as np
 import pytest
 
-import training.artifact as artifact_mod
+import models.artifact as artifact_mod
 from features.extractor import FEATURE_VERSION, PromptFeaturizer
 from features.text import normalize
-from training.artifact import (
+from models.artifact import (
     FORMAT_VERSION,
     MANIFEST,
     PAYLOAD,
@@ -26,8 +26,8 @@ from training.artifact import (
     read_manifest,
     save_router,
 )
-from training.errors import ArtifactError
-from training.router import LinearHead, Router
+from models.errors import ArtifactError
+from models.router import LinearHead, Router
 
 MODELS = ("small", "large")
 PROMPTS = [

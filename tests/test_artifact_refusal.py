@@ -23,7 +23,7 @@ import uvicorn
 from fakes import TestClient
 
 from serving import create_app, load_settings, serve
-from training.artifact import MANIFEST, PAYLOAD, file_sha256
+from models.artifact import MANIFEST, PAYLOAD, file_sha256
 
 KEY = "refusal-admin-key"
 ADMIN = {"X-API-Key": KEY}

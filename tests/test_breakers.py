@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from serving import breakers
 from serving.breakers import BreakerBoard, BreakerSettings, BreakerState, CircuitBreaker
-from training.errors import UnknownModelError
+from models.errors import UnknownModelError
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

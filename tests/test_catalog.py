@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from training.catalog import CHARS_PER_TOKEN, Catalog, ModelSpec, estimate_tokens, load_catalog
-from training.errors import ConfigError, UnknownModelError
+from models.catalog import CHARS_PER_TOKEN, Catalog, ModelSpec, estimate_tokens, load_catalog
+from models.errors import ConfigError, UnknownModelError
 
 GOOD = {
     "version": 1,

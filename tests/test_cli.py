@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-import training.cli as cli
-from training.artifact import PAYLOAD, file_sha256
-from training.cli import main
+import promptroute.cli as cli
+from models.artifact import PAYLOAD, file_sha256
+from promptroute.cli import main
 from training.split import is_test
 
 DATA = Path(__file__).resolve().parents[1] / "data"

@@ -19,7 +19,7 @@ from serving.config import (
     StatsConfig,
     load_settings,
 )
-from training.errors import ConfigError
+from models.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "serving" / "example-config.yaml"

@@ -17,7 +17,7 @@ import uvicorn
 import yaml
 
 from serving import serve
-from training.catalog import load_catalog
+from models.catalog import load_catalog
 
 
 @pytest.fixture(autouse=True)

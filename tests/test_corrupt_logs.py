@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from training.errors import DataError
+from models.errors import DataError
 from training.logs import iter_records, load_records
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from serving import decision_log
 from serving.decision_log import DecisionLog, DecisionLogSettings, read_log_lines
-from training.errors import DataError
+from models.errors import DataError
 
 PROMPT = "Summarise the secret merger memo for ACME\u2028Corp, line two\nand three"
 

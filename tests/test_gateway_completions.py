@@ -19,8 +19,8 @@ from fake_upstream import ANSWER, FakeUpstream, chunks, completion
 from fakes import FakeClock, TestClient
 
 from serving import create_app, load_settings
-from training.catalog import estimate_tokens, load_catalog
-from training.errors import ConfigError
+from models.catalog import estimate_tokens, load_catalog
+from models.errors import ConfigError
 
 WALL = 1_700_000_000.0
 MESSAGES = [

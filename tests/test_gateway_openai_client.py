@@ -16,7 +16,7 @@ import yaml
 from fake_upstream import ANSWER, FakeUpstream, serve_in_thread
 
 from serving import create_app, load_settings
-from training.catalog import load_catalog
+from models.catalog import load_catalog
 
 MESSAGES = [{"role": "user", "content": "Summarize the plot of Hamlet in three sentences."}]
 

@@ -18,7 +18,7 @@ from serving.gateway import completions, upstreams
 from serving.gateway.completions import _forward, _retry_after, _SseEvents, _StreamTally
 from serving.gateway.upstreams import Upstreams, resolve_upstreams
 from serving.routes import openai as openai_routes
-from training.errors import ConfigError
+from models.errors import ConfigError
 
 WALL = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 

@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.text import normalize
-from training.catalog import Catalog
-from training.errors import UnknownModelError
+from models.catalog import Catalog
+from models.errors import UnknownModelError
 from training.heuristic import HeuristicRouter, heuristic_tier
 
 

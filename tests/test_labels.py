@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from features.text import normalize
-from training.catalog import Catalog
+from models.catalog import Catalog
 from training.labels import best_model_index, build_targets, outcome_cost
 from training.records import Outcome, Record
 
@@ -218,7 +218,7 @@ def test_tolerance_moves_the_label_to_the_cheaper_model() -> None:
 
 
 def test_unknown_model_without_cost_needs_the_catalog() -> None:
-    from training.errors import UnknownModelError
+    from models.errors import UnknownModelError
 
     rec = _rec(a=Outcome(quality=1.0), zz=Outcome(quality=1.0))
     with pytest.raises(UnknownModelError, match="'zz'"):

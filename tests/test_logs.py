@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from features.text import Prompt
-from training.errors import DataError
+from models.errors import DataError
 from training.logs import FORMS, LoadReport, iter_records, load_records, parse_line
 from training.records import Outcome, Record
 

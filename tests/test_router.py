@@ -8,8 +8,8 @@ from scipy import sparse
 
 from features.extractor import PromptFeaturizer
 from features.text import normalize
-from training.errors import UnknownModelError
-from training.router import STRATEGIES, LinearHead, Router, Scored
+from models.errors import UnknownModelError
+from models.router import STRATEGIES, LinearHead, Router, Scored
 
 N_HASH = 256
 MODELS = ("cheap", "mid", "strong")

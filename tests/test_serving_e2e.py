@@ -10,7 +10,7 @@ import yaml
 from fakes import LiveServer
 
 from serving import create_app, load_settings
-from training.catalog import load_catalog
+from models.catalog import load_catalog
 
 PROMPT = "Write a Python function that checks whether a number is prime."
 

@@ -14,9 +14,9 @@ from fakes import TestClient
 import serving
 from serving import create_app, load_settings, serve
 from serving.state import ServiceState
-from training.artifact import PAYLOAD
-from training.catalog import load_catalog
-from training.errors import ArtifactError, ConfigError
+from models.artifact import PAYLOAD
+from models.catalog import load_catalog
+from models.errors import ArtifactError, ConfigError
 
 KEY = "s3cret-admin-key"
 PROMPT = "Translate 'good morning' into French."
@@ -284,7 +284,7 @@ def test_reload_failure_keeps_the_old_model(admin, tiny_artifact, tmp_path, prob
 
 def test_reload_refuses_an_artifact_the_rules_cannot_use(tiny_artifact, catalog_path, tmp_path):
     # Config whose rule names a model; an artifact without that model must not be swapped in.
-    from training.artifact import load_router, save_router
+    from models.artifact import load_router, save_router
 
     router, manifest = load_router(tiny_artifact)
     keep = [i for i, m in enumerate(router.models) if m != "claude-v1"]

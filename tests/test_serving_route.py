@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from features.text import normalize
 from serving import create_app, load_settings
 from serving.schemas import RouteResponse
-from training.catalog import estimate_tokens, load_catalog
+from models.catalog import estimate_tokens, load_catalog
 
 VISION = "gpt-4-1106-preview"
 PROMPT = "Explain step by step why the sky is blue, and compare it with sunsets."

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from serving import stats
 from serving.stats import ModelStats, StatsBoard, StatsSettings
-from training.errors import UnknownModelError
+from models.errors import UnknownModelError
 
 
 def make(**overrides) -> tuple[ModelStats, FakeClock]:

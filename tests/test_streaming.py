@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from features.extractor import PromptFeaturizer
 from features.text import normalize
-from training.artifact import load_router, save_router
-from training.catalog import Catalog
-from training.errors import DataError
+from models.artifact import load_router, save_router
+from models.catalog import Catalog
+from models.errors import DataError
 from training.split import is_test
 from training.streaming import (
     StreamingOptions,

@@ -11,10 +11,10 @@ import pytest
 
 import training.trainer as trainer_mod
 from features.text import normalize
-from training.catalog import Catalog
-from training.errors import DataError
+from models.catalog import Catalog
+from models.errors import DataError
 from training.records import Outcome, Record
-from training.router import Router
+from models.router import Router
 from training.split import is_test
 from training.trainer import TrainOptions, TrainResult, fold_ids, train
 

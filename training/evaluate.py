@@ -25,12 +25,12 @@ from sklearn.metrics import f1_score
 
 from features.text import Prompt
 from training import metrics
-from training.catalog import Catalog
+from models.catalog import Catalog
 from training.curves import KNOB_GRID, choose, sweep
 from training.heuristic import HeuristicRouter
 from training.labels import Targets, build_targets
 from training.records import Record
-from training.router import Router
+from models.router import Router
 from training.trainer import TrainOptions
 
 __all__ = ["cross_val_evaluate", "evaluate"]

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 
 from features.text import Prompt
-from training.catalog import Catalog
+from models.catalog import Catalog
 
 __all__ = ["HeuristicRouter", "heuristic_tier"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.catalog import Catalog, estimate_tokens
+from models.catalog import Catalog, estimate_tokens
 from training.records import Outcome, Record
 
 __all__ = ["Targets", "best_model_index", "build_targets", "outcome_cost"]

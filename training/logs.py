@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from features.text import Prompt, PromptError, normalize
-from training.errors import DataError
+from models.errors import DataError
 from training.records import Outcome, Record
 
 __all__ = ["FORMS", "LoadReport", "iter_records", "load_records", "parse_line"]

@@ -1,37 +1,12 @@
-"""Where the bundled catalog, datasets and default model live.
-
-The product runs from a checkout (``pip install -e .``), so these are found next to the
-packages; ``PROMPTROUTE_HOME`` points elsewhere (e.g. a deployment folder with its own
-``models/`` and ``data/``).
-"""
+"""Where the bundled training data lives (``data/`` of the checkout, or of PROMPTROUTE_HOME)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-__all__ = ["bundled_data", "catalog_path", "default_artifact_path", "project_root"]
+from models.paths import project_root
 
-_PACKAGE_PARENT = Path(__file__).resolve().parent.parent
-
-
-def project_root() -> Path:
-    """PROMPTROUTE_HOME if set, else the checkout that holds these packages, else the cwd."""
-    env = os.environ.get("PROMPTROUTE_HOME")
-    if env:
-        return Path(env)
-    for candidate in (_PACKAGE_PARENT, Path.cwd()):
-        if (candidate / "models" / "catalog.yaml").is_file():
-            return candidate
-    return _PACKAGE_PARENT
-
-
-def catalog_path() -> Path:
-    return project_root() / "models" / "catalog.yaml"
-
-
-def default_artifact_path() -> Path:
-    return project_root() / "models" / "artifacts" / "default"
+__all__ = ["bundled_data"]
 
 
 def bundled_data() -> tuple[Path, ...]:

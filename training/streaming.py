@@ -53,12 +53,12 @@ from sklearn.linear_model import SGDClassifier
 
 from features.extractor import PromptFeaturizer
 from training import metrics
-from training.catalog import Catalog, estimate_tokens
-from training.errors import DataError, UnknownModelError
+from models.catalog import Catalog, estimate_tokens
+from models.errors import DataError, UnknownModelError
 from training.labels import build_targets
 from training.logs import iter_records
 from training.records import Record
-from training.router import LinearHead, Router
+from models.router import LinearHead, Router
 from training.split import SPLIT_SIDES, is_test
 from training.trainer import (
     TrainOptions,
@@ -355,7 +355,7 @@ def train_streaming(
     Returns
     -------
     TrainResult
-        ``router`` saves with `training.artifact.save_router`; ``report`` has the keys the
+        ``router`` saves with `models.artifact.save_router`; ``report`` has the keys the
         CLI prints for `train` (``n_records``, ``default_strategy``, ``default_knob``,
         ``cv_routing`` — on the held-out sample here —, ``calibration``, ``train_seconds``)
         plus the per-epoch held-out loss and the chosen step per model.

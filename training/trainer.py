@@ -48,12 +48,12 @@ from sklearn.linear_model import LogisticRegression
 
 from features.extractor import PromptFeaturizer
 from training import metrics
-from training.catalog import Catalog
+from models.catalog import Catalog
 from training.curves import KNOB_GRID, sweep
-from training.errors import DataError, UnknownModelError
+from models.errors import DataError, UnknownModelError
 from training.labels import Targets, build_targets
 from training.records import Record
-from training.router import LinearHead, Router
+from models.router import LinearHead, Router
 
 __all__ = ["TrainOptions", "TrainResult", "fold_ids", "train"]
 

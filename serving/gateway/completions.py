@@ -37,7 +37,7 @@ from serving.config import GatewayConfig
 from serving.errors import ApiError
 from serving.gateway.upstreams import Upstream, Upstreams
 from serving.state import Feedback, ServiceState
-from training.catalog import estimate_tokens
+from models.catalog import estimate_tokens
 
 __all__ = ["CLIENT_ERRORS", "ChatPlan", "Gateway", "GatewayReply", "Sleep"]
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import httpx
 
 from serving.config import Settings, UpstreamConfig
-from training.errors import ConfigError
+from models.errors import ConfigError
 
 __all__ = ["Upstream", "Upstreams", "resolve_upstreams"]
 

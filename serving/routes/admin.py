@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from serving.deps import AdminDep, StateDep
 from serving.errors import ApiError
 from serving.schemas import ErrorResponse, ReloadRequest, ReloadResponse
-from training.errors import ArtifactError, ConfigError
+from models.errors import ArtifactError, ConfigError
 
 __all__ = ["router"]
 

@@ -41,7 +41,7 @@ from serving.pipeline import route
 from serving.routes.route import build_query, check_json
 from serving.schemas import RouteRequest, Text
 from serving.state import ServiceState
-from training.catalog import estimate_tokens
+from models.catalog import estimate_tokens
 
 __all__ = [
     "ChatCompletionRequest",

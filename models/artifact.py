@@ -28,8 +28,8 @@ import numpy as np
 import sklearn
 
 from features.extractor import FEATURE_VERSION, PromptFeaturizer
-from training.errors import ArtifactError
-from training.router import LinearHead, Router
+from models.errors import ArtifactError
+from models.router import LinearHead, Router
 
 __all__ = [
     "FORMAT_VERSION",

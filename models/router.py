@@ -29,8 +29,8 @@ from scipy.special import expit
 
 from features.extractor import PromptFeaturizer
 from features.text import Prompt
-from training.catalog import estimate_tokens
-from training.errors import UnknownModelError
+from models.catalog import estimate_tokens
+from models.errors import UnknownModelError
 
 __all__ = ["HeadKind", "LinearHead", "Router", "Scored", "STRATEGIES"]
 

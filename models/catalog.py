@@ -16,9 +16,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from training.errors import ConfigError, UnknownModelError
-from training.paths import catalog_path
-from training.yamlfile import read_yaml_mapping
+from models.errors import ConfigError, UnknownModelError
+from models.paths import catalog_path
+from models.yamlfile import read_yaml_mapping
 
 __all__ = [
     "CHARS_PER_TOKEN",

@@ -1,7 +1,8 @@
 """The `promptroute` command: a thin layer over the library (parse, call one function, print).
 
 Errors the user can fix (bad log lines, bad config, bad artifacts) become one message on stderr
-and exit code 2; a traceback means a bug.
+and exit code 2; a traceback means a bug. Parsing imports nothing heavy: `--help` and argument
+errors answer before scikit-learn or the server are loaded.
 """
 
 from __future__ import annotations
@@ -9,16 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from training.paths import bundled_data, default_artifact_path
+__all__ = ["build_parser", "main"]
 
-__all__ = ["DEFAULT_ARTIFACT", "BUNDLED_DATA", "build_parser", "ensure_default_artifact", "main"]
-
-DEFAULT_ARTIFACT = default_artifact_path()
-BUNDLED_DATA = bundled_data()
+# Defaults shown in --help; tests/test_cli.py checks they equal TrainOptions' and
+# StreamingOptions' (importing those here would load scikit-learn before parsing).
+C_GRID_DEFAULT = (0.1, 0.3, 1.0)
+CV_FOLDS_DEFAULT = 3
+CHUNK_SIZE_DEFAULT = 20_000
+EPOCHS_DEFAULT = 2
 
 
 def _err(msg: str) -> None:
@@ -26,100 +28,22 @@ def _err(msg: str) -> None:
 
 
 def _progress(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    from training.build import log_progress
+
+    log_progress(msg)
 
 
 def _load(paths: list[str], split: str, skip_invalid: bool):
-    from training.logs import load_records
-    from training.split import split_records
+    from training.build import load_split
 
-    report = load_records(paths, skip_invalid=skip_invalid)
-    if report.skipped:
-        _progress(f"skipped {len(report.skipped)} invalid line(s):")
-        for reason, count in sorted(report.skipped_by_reason().items(), key=lambda kv: -kv[1]):
-            _progress(f"  {count} × {reason}")
-        for where, reason in report.skipped[:5]:
-            _progress(f"  e.g. {where}: {reason}")
-    records = split_records(report.records, split)
-    _progress(
-        f"loaded {len(report.records)} records from {len(paths)} file(s); using {len(records)} ({split} side)"
-    )
-    return records, report
+    return load_split(paths, split, skip_invalid, _progress)
 
 
-def _data_sha256(paths: list[str]) -> str:
-    import hashlib
-
-    from training.artifact import file_sha256
-
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(file_sha256(p).encode())
-    return h.hexdigest()
-
-
-def train_and_save(
-    logs: list[str],
-    out: str | Path,
-    *,
-    split: str = "all",
-    catalog_path: str | None = None,
-    skip_invalid: bool = False,
-    options: Any = None,
-) -> dict[str, Any]:
-    """Load logs, train, save the artifact; returns the manifest."""
-    from training.artifact import save_router
-    from training.catalog import load_catalog
-    from training.trainer import TrainOptions, train
-
-    catalog = load_catalog(catalog_path)
-    records, report = _load(logs, split, skip_invalid)
-    result = train(records, catalog, options or TrainOptions(), progress=_progress)
-    training = {
-        "files": [str(p) for p in logs],
-        "data_sha256": _data_sha256(logs),
-        "split": split,
-        "lines_read": report.lines_read,
-        "records_loaded": len(report.records),
-        "records_used": result.report["n_records"],
-        "skipped_lines": len(report.skipped),
-        "options": result.report["options"],
-    }
-    manifest = save_router(
-        result.router,
-        out,
-        catalog=catalog.to_dict(),
-        training=training,
-        metrics={k: v for k, v in result.report.items() if k != "options"},
-    )
-    return manifest
-
-
-def ensure_default_artifact(path: Path = DEFAULT_ARTIFACT) -> Path:
-    """Train the bundled default model (train side of the bundled data) when it is missing."""
-    from training.artifact import read_manifest
-    from training.errors import ArtifactError
-
-    try:
-        read_manifest(path)
-        return path
-    except ArtifactError as exc:
-        why = str(exc)
-    _progress(
-        f"default model unusable ({why}); training it from the bundled data (about half a minute)"
-    )
-    train_and_save([str(p) for p in BUNDLED_DATA], path, split="train")
-    return path
-
-
-# ----------------------------------------------------------------------------- commands
 def _train_streaming(a: argparse.Namespace) -> dict[str, Any]:
     """`train --streaming`: logs read chunk by chunk, memory bounded by --chunk-size."""
-    from training.artifact import save_router
-    from training.catalog import load_catalog
-    from training.streaming import StreamingOptions, train_streaming
+    from training.build import train_streaming_and_save
+    from training.streaming import StreamingOptions
 
-    catalog = load_catalog(a.catalog)
     opts = StreamingOptions(
         chunk_size=a.chunk_size,
         epochs=a.epochs,
@@ -129,21 +53,10 @@ def _train_streaming(a: argparse.Namespace) -> dict[str, Any]:
         target_strong_share=a.target_strong_share,
         knob=a.knob,
     )
-    result = train_streaming(a.logs, catalog, opts, progress=_progress)
-    training = {
-        "files": [str(p) for p in a.logs],
-        "data_sha256": _data_sha256(a.logs),
-        "method": "streaming",
-        "split": a.split,
-        "records_used": result.report["n_records"],
-        "options": result.report["options"],
-    }
-    metrics = {k: v for k, v in result.report.items() if k != "options"}
-    return save_router(
-        result.router, a.out, catalog=catalog.to_dict(), training=training, metrics=metrics
-    )
+    return train_streaming_and_save(a.logs, a.out, opts, catalog_path=a.catalog, progress=_progress)
 
 
+# ----------------------------------------------------------------------------- commands
 def cmd_train(a: argparse.Namespace) -> int:
     from training.trainer import TrainOptions
 
@@ -175,6 +88,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         knob=a.knob,
         n_jobs=a.jobs,
     )
+    from training.build import train_and_save
+
     manifest = train_and_save(
         a.logs,
         a.out,
@@ -182,6 +97,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         catalog_path=a.catalog,
         skip_invalid=a.skip_invalid,
         options=opts,
+        progress=_progress,
     )
     m = manifest["metrics"]
     print(
@@ -204,7 +120,11 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _resolve_artifact(path: str | None) -> Path:
-    return Path(path) if path else ensure_default_artifact()
+    if path:
+        return Path(path)
+    from training.build import ensure_default_artifact
+
+    return ensure_default_artifact(progress=_progress)
 
 
 def _print_table(report: dict[str, Any]) -> None:
@@ -248,7 +168,7 @@ def _print_table(report: dict[str, Any]) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from training.catalog import load_catalog
+    from models.catalog import load_catalog
     from training.evaluate import cross_val_evaluate, evaluate
 
     records, _ = _load(a.logs, a.split, a.skip_invalid)
@@ -260,10 +180,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
             records, catalog, TrainOptions(n_jobs=a.jobs), folds=a.cv, progress=_progress
         )
     else:
-        from training.artifact import load_router
+        from models.artifact import load_router
 
         router, manifest = load_router(_resolve_artifact(a.model))
-        from training.catalog import Catalog
+        from models.catalog import Catalog
 
         catalog = load_catalog(a.catalog) if a.catalog else Catalog.from_dict(manifest["catalog"])
         report = evaluate(router, records, catalog, strategy=a.strategy)
@@ -284,7 +204,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def cmd_route(a: argparse.Namespace) -> int:
     from features.text import normalize
-    from training.artifact import load_router
+    from models.artifact import load_router
 
     router, manifest = load_router(_resolve_artifact(a.model))
     if a.messages:
@@ -330,13 +250,19 @@ def cmd_route(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from serving.server import serve
 
-    return serve(config=a.config, model=a.model, host=a.host, port=a.port)
+    return serve(
+        config=a.config, model=a.model, host=a.host, port=a.port, default_model=_default_model
+    )
+
+
+def _default_model() -> Path:
+    """The bundled default model, trained from the bundled data the first time it is needed."""
+    from training.build import ensure_default_artifact
+
+    return ensure_default_artifact(progress=_progress)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from training.streaming import StreamingOptions
-    from training.trainer import TrainOptions
-
     p = argparse.ArgumentParser(
         prog="promptroute", description="A learned LLM router: train, evaluate, route, serve."
     )
@@ -382,10 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--c-grid",
         type=float,
         nargs="+",
-        default=list(TrainOptions.c_grid),
+        default=list(C_GRID_DEFAULT),
         help="inverse regularisation values C to cross-validate (default: %(default)s)",
     )
-    t.add_argument("--cv-folds", type=int, default=3)
+    t.add_argument("--cv-folds", type=int, default=CV_FOLDS_DEFAULT)
     t.add_argument(
         "--strategy",
         choices=("auto", "quality", "classifier"),
@@ -413,13 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--chunk-size",
         type=int,
-        default=StreamingOptions.chunk_size,
+        default=CHUNK_SIZE_DEFAULT,
         help="records per chunk with --streaming",
     )
     t.add_argument(
         "--epochs",
         type=int,
-        default=StreamingOptions.epochs,
+        default=EPOCHS_DEFAULT,
         help="passes over the logs with --streaming",
     )
     t.set_defaults(func=cmd_train)
@@ -468,10 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from features.text import PromptError
-    from training.errors import PromptrouteError
-
     args = build_parser().parse_args(argv)
+    from features.text import PromptError
+    from models.errors import PromptrouteError
+
     try:
         return int(args.func(args) or 0)
     except (PromptrouteError, PromptError) as exc:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from training.errors import ConfigError
+from models.errors import ConfigError
 
 __all__ = ["read_yaml_mapping"]
 

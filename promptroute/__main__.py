@@ -1,0 +1,5 @@
+import sys
+
+from promptroute.cli import main
+
+sys.exit(main())

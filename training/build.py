@@ -1,0 +1,144 @@
+"""Build artifacts from labelled logs: load, train (batch or streaming), save with provenance.
+
+The functions the CLI and the bundled default model share; each returns the saved manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from models.artifact import file_sha256, read_manifest, save_router
+from models.catalog import load_catalog
+from models.errors import ArtifactError
+from models.paths import default_artifact_path
+from training.logs import LoadReport, load_records
+from training.paths import bundled_data
+from training.records import Record
+from training.split import split_records
+
+__all__ = [
+    "Progress",
+    "data_sha256",
+    "ensure_default_artifact",
+    "load_split",
+    "log_progress",
+    "train_and_save",
+    "train_streaming_and_save",
+]
+
+Progress = Callable[[str], None]
+
+
+def log_progress(msg: str) -> None:
+    """Timestamped phase lines on stderr (the CLI's default progress sink)."""
+    import sys
+
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def load_split(
+    paths: Sequence[str], split: str, skip_invalid: bool, progress: Progress = log_progress
+) -> tuple[list[Record], LoadReport]:
+    """Read labelled logs and keep one side of the 80/20 split; says what was skipped and why."""
+    report = load_records(list(paths), skip_invalid=skip_invalid)
+    if report.skipped:
+        progress(f"skipped {len(report.skipped)} invalid line(s):")
+        for reason, count in sorted(report.skipped_by_reason().items(), key=lambda kv: -kv[1]):
+            progress(f"  {count} × {reason}")
+        for where, reason in report.skipped[:5]:
+            progress(f"  e.g. {where}: {reason}")
+    records = split_records(report.records, split)
+    progress(
+        f"loaded {len(report.records)} records from {len(paths)} file(s); "
+        f"using {len(records)} ({split} side)"
+    )
+    return records, report
+
+
+def data_sha256(paths: Sequence[str | Path]) -> str:
+    """One hash over the training files' hashes, in order (the manifest's data provenance)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()
+
+
+def train_and_save(
+    logs: Sequence[str],
+    out: str | Path,
+    *,
+    split: str = "all",
+    catalog_path: str | None = None,
+    skip_invalid: bool = False,
+    options: Any = None,
+    progress: Progress = log_progress,
+) -> dict[str, Any]:
+    """Load logs, train in memory, save the artifact; returns the manifest."""
+    from training.trainer import TrainOptions, train
+
+    catalog = load_catalog(catalog_path)
+    records, report = load_split(logs, split, skip_invalid, progress)
+    result = train(records, catalog, options or TrainOptions(), progress=progress)
+    training = {
+        "files": [str(p) for p in logs],
+        "data_sha256": data_sha256(logs),
+        "split": split,
+        "lines_read": report.lines_read,
+        "records_loaded": len(report.records),
+        "records_used": result.report["n_records"],
+        "skipped_lines": len(report.skipped),
+        "options": result.report["options"],
+    }
+    return save_router(
+        result.router,
+        out,
+        catalog=catalog.to_dict(),
+        training=training,
+        metrics={k: v for k, v in result.report.items() if k != "options"},
+    )
+
+
+def train_streaming_and_save(
+    logs: Sequence[str],
+    out: str | Path,
+    options: Any,
+    *,
+    catalog_path: str | None = None,
+    progress: Progress = log_progress,
+) -> dict[str, Any]:
+    """Train chunk by chunk (memory bounded by the chunk size), save; returns the manifest."""
+    from training.streaming import train_streaming
+
+    catalog = load_catalog(catalog_path)
+    result = train_streaming(list(logs), catalog, options, progress=progress)
+    training = {
+        "files": [str(p) for p in logs],
+        "data_sha256": data_sha256(logs),
+        "method": "streaming",
+        "split": options.split,
+        "records_used": result.report["n_records"],
+        "options": result.report["options"],
+    }
+    metrics = {k: v for k, v in result.report.items() if k != "options"}
+    return save_router(
+        result.router, out, catalog=catalog.to_dict(), training=training, metrics=metrics
+    )
+
+
+def ensure_default_artifact(
+    path: Path | None = None, progress: Progress = log_progress
+) -> Path:
+    """Train the bundled default model (train side of the bundled data) when it is missing."""
+    path = default_artifact_path() if path is None else Path(path)
+    try:
+        read_manifest(path)
+        return path
+    except ArtifactError as exc:
+        why = str(exc)
+    progress(f"default model unusable ({why}); training it from the bundled data")
+    train_and_save([str(p) for p in bundled_data()], path, split="train", progress=progress)
+    return path
