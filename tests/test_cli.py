@@ -37,7 +37,9 @@ def _never_the_default_model(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_a: Any, **_k: Any) -> None:
         pytest.fail("a test reached ensure_default_artifact (pass --model)")
 
-    monkeypatch.setattr(cli, "ensure_default_artifact", refuse)
+    import training.build
+
+    monkeypatch.setattr(training.build, "ensure_default_artifact", refuse)
 
 
 @pytest.fixture(scope="module")
