@@ -120,11 +120,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _resolve_artifact(path: str | None) -> Path:
-    if path:
-        return Path(path)
-    from training.build import ensure_default_artifact
-
-    return ensure_default_artifact(progress=_progress)
+    return Path(path) if path else _default_model()
 
 
 def _print_table(report: dict[str, Any]) -> None:

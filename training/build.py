@@ -6,6 +6,7 @@ The functions the CLI and the bundled default model share; each returns the save
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,8 +36,6 @@ Progress = Callable[[str], None]
 
 def log_progress(msg: str) -> None:
     """Timestamped phase lines on stderr (the CLI's default progress sink)."""
-    import sys
-
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
