@@ -98,6 +98,16 @@ Free-form copies (``ff.*``)
     makes a question hard differs between the two formats, and a linear head can express that
     only with separate weights per format.
 
+Conversation context (``ctx.*``)
+    A conversation (a system prompt, or more than one turn) is split in two: every feature above
+    and the hashed n-grams read the last user turn alone (with the images of the whole
+    conversation), and ``ctx.<name>`` repeats the features above that are not ``ff.*`` copies
+    for the context: the system prompt and the earlier turns, with ``ctx.len.turns_log`` the
+    user turns of the whole conversation and ``ctx.len.has_system`` its system flag. A single
+    prompt has no context: its ``ctx.*`` columns are all 0, so a model trained on single prompts
+    learns no weight for them, and context moves a conversation's scores exactly by the
+    ``ctx.*`` weights a model did learn.
+
 Tokenisation
     The window is lower-cased; ASCII punctuation except ``_`` and common Unicode punctuation
     become spaces; tokens are the whitespace-separated runs (``"Don't"`` → ``don``, ``t``).
@@ -144,9 +154,19 @@ try:  # the compiled twin of `_hashed_python`; optional, see `_hashed_compiled`
 except ImportError:  # not built (no compiler at install time): the Python path is exact too
     _compiled = None
 
-__all__ = ["FEATURE_VERSION", "PromptFeaturizer"]
+__all__ = ["CONTEXT_FEATURE_NAMES", "FEATURE_NAMES", "FEATURE_VERSION", "PromptFeaturizer"]
 
-FEATURE_VERSION = "2"
+FEATURE_VERSION = "3"
+
+# The context block: the signals that are not free-form copies, read on the context.
+_CONTEXT_BASE = np.array(
+    [i for i, name in enumerate(DENSE_FEATURE_NAMES) if not name.startswith("ff.")],
+    dtype=np.int64,
+)
+CONTEXT_FEATURE_NAMES: tuple[str, ...] = tuple(
+    f"ctx.{DENSE_FEATURE_NAMES[i]}" for i in _CONTEXT_BASE
+)
+FEATURE_NAMES: tuple[str, ...] = DENSE_FEATURE_NAMES + CONTEXT_FEATURE_NAMES
 
 _MAX_HASH_FEATURES = 2**24  # bounds the per-thread scratch array (8 bytes per column)
 _WORD_SEED = zlib.crc32(b"w:")  # crc32(data, crc32(prefix)) == crc32(prefix + data)
@@ -511,8 +531,8 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
         hi = _check_int("char_ngrams[1]", sizes[1], lo, 8)
         scan = _check_int("max_scan_chars", self.max_scan_chars, 1, None)
         self._spec = (n, kmax, lo, hi, scan)
-        self.n_dense_ = len(DENSE_FEATURE_NAMES)
-        self.dense_feature_names_ = np.asarray(DENSE_FEATURE_NAMES, dtype=object)
+        self.n_dense_ = len(FEATURE_NAMES)
+        self.dense_feature_names_ = np.asarray(FEATURE_NAMES, dtype=object)
         self.feature_version_ = FEATURE_VERSION
         return self
 
@@ -575,8 +595,12 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
             )
         if not isinstance(prompt, Prompt):
             prompt = _as_prompt(prompt, 0)
-        values, words = dense_signals(prompt, scan)
-        dense = np.array(values, dtype=np.float64)
+        if prompt.turns <= 1 and not prompt.has_system and prompt.text == prompt.last_user:
+            values, words = dense_signals(prompt, scan)
+            dense = np.zeros(self.n_dense_, dtype=np.float64)
+            dense[: len(values)] = values
+        else:
+            dense, words = _conversation_signals(prompt, scan, self.n_dense_)
 
         task_code = None if task_type is None else _task_type_code(task_type, n)
         cols, weights = _hashed(words, n, kmax, lo, hi, task_code, self.n_dense_)
@@ -586,13 +610,34 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
         """Dense feature names, then ``hash:0`` … ``hash:{n_hash_features - 1}``."""
         check_is_fitted(self)
         hashed = [f"hash:{i}" for i in range(self._spec[0])]
-        return np.asarray(list(DENSE_FEATURE_NAMES) + hashed, dtype=object)
+        return np.asarray(list(FEATURE_NAMES) + hashed, dtype=object)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.string = True
         tags.input_tags.two_d_array = False
         return tags
+
+
+def _conversation_signals(prompt: Prompt, scan: int, n_dense: int) -> tuple[np.ndarray, list[str]]:
+    """Dense row and hashed words of a conversation: the last user turn, then its context."""
+    last = prompt.last_user
+    at = prompt.text.rfind(last) if last else -1
+    context = prompt.text if at < 0 else prompt.text[:at] + prompt.text[at + len(last) :]
+    values, words = dense_signals(Prompt(text=last, last_user=last, images=prompt.images), scan)
+    ctx_values, _ = dense_signals(
+        Prompt(
+            text=context.strip(),
+            last_user="",
+            turns=prompt.turns,
+            has_system=prompt.has_system,
+        ),
+        scan,
+    )
+    dense = np.zeros(n_dense, dtype=np.float64)
+    dense[: len(values)] = values
+    dense[len(values) :] = np.asarray(ctx_values, dtype=np.float64)[_CONTEXT_BASE]
+    return dense, words
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None) -> int:

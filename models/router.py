@@ -19,6 +19,7 @@ on model m and c_ref is the typical cost of the most expensive model on the trai
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -32,7 +33,16 @@ from features.text import Prompt
 from models.catalog import estimate_tokens
 from models.errors import UnknownModelError
 
-__all__ = ["HeadKind", "LinearHead", "Router", "Scored", "STRATEGIES"]
+__all__ = [
+    "DomainPrior",
+    "HeadKind",
+    "KnobMix",
+    "LinearHead",
+    "Router",
+    "Scored",
+    "STRATEGIES",
+    "mixture_draw",
+]
 
 HeadKind = Literal["sigmoid", "softmax"]
 STRATEGIES = ("quality", "classifier")
@@ -40,29 +50,111 @@ _HEAD_KIND: dict[str, HeadKind] = {"quality": "sigmoid", "classifier": "softmax"
 
 
 @dataclass
+class DomainPrior:
+    """Per-domain mean quality of each model, and how strongly a prompt's scores lean on it.
+
+    The domain head (columns of the owning `LinearHead` after the score and gain columns) gives
+    p(d | x) over `names`; `means[d, m]` is model m's mean quality on the training prompts of
+    domain d and `measured[d, m]` whether m was measured there. A score s_m becomes
+
+        s_m + strength_m · (Σ_d p_d measured_dm means_dm − s_m · Σ_d p_d measured_dm)
+
+    i.e. a convex mix of the prompt's own prediction and the domain mean, weighted by how
+    likely the prompt is to come from domains where m was measured. `strength` (per model) was
+    chosen by cross-validation on the training side.
+    """
+
+    names: list[str]
+    means: np.ndarray  # (D, K)
+    measured: np.ndarray  # (D, K) bool
+    strength: np.ndarray  # (K,)
+
+    def __post_init__(self) -> None:
+        self.means = np.asarray(self.means, dtype=np.float64)
+        self.measured = np.asarray(self.measured, dtype=bool)
+        self.strength = np.asarray(self.strength, dtype=np.float64)
+        # precomputed at load: two (D, K) mat-vecs per request
+        self._num = np.where(self.measured, self.means, 0.0)
+        self._den = self.measured.astype(np.float64)
+
+    def apply(self, score: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Shrunk scores; `p` is (D,) or (n, D) domain probabilities, `score` (K,) or (n, K)."""
+        return score + self.strength * (p @ self._num - score * (p @ self._den))
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "means": self.means,
+            "measured": self.measured,
+            "strength": self.strength,
+        }
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any]) -> DomainPrior:
+        return cls(
+            names=[str(x) for x in data["names"]],
+            means=np.asarray(data["means"], dtype=np.float64),
+            measured=np.asarray(data["measured"], dtype=bool),
+            strength=np.asarray(data["strength"], dtype=np.float64),
+        )
+
+
+@dataclass
 class LinearHead:
     """w·x + b for every model at once, split into the dense and the hashed block.
 
-    dense_w: (n_dense, K) float64; hashed_w: (n_hash, K) float32 (the big block, kept compact);
-    bias: (K,). `kind` says how logits become scores.
+    dense_w: (n_dense, C) float64; hashed_w: (n_hash, C) float32 (the big block, kept compact);
+    bias: (C,). `kind` says how logits become scores. The first K = `n_scores` columns are the
+    per-model logits; a sigmoid head may carry more columns in the same matrices, so that one
+    gather over the hashed rows serves them all:
+
+    - a gain block (`gain_models`, `gain_ref`): for model `gain_models[i]`, column K + i
+      predicts (1 + q_ref − q_m) / 2, the calibrated expected gain of its reference model
+      `gain_ref[i]` over it; its score becomes s_ref − (2·sigmoid − 1);
+    - a domain block (`domain`): the last D columns are domain logits, softmax → p(d | x),
+      and `DomainPrior.apply` shrinks the scores toward the domain means.
     """
 
     kind: HeadKind
     dense_w: np.ndarray
     hashed_w: np.ndarray
     bias: np.ndarray
+    n_scores: int | None = None
+    gain_models: np.ndarray | None = None
+    gain_ref: np.ndarray | None = None
+    domain: DomainPrior | None = None
+    # The default knob calibrated on this head's scores, when it is a two-knob mix.
+    knob_mix: KnobMix | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_scores is None:
+            self.n_scores = int(self.bias.shape[0])
+        k = self.n_scores
+        self.gain_models = np.asarray(
+            [] if self.gain_models is None else self.gain_models, dtype=np.int64
+        )
+        self.gain_ref = np.asarray([] if self.gain_ref is None else self.gain_ref, dtype=np.int64)
+        g = self.gain_models.size
+        d = 0 if self.domain is None else len(self.domain.names)
+        if self.gain_ref.size != g or self.bias.shape[0] != k + g + d:
+            raise ValueError(
+                f"head has {self.bias.shape[0]} columns; expected {k} scores + {g} gains + {d} domains"
+            )
+        self._gain_cols = slice(k, k + g)
+        self._domain_cols = slice(k + g, k + g + d)
 
     @classmethod
     def from_coef(
-        cls, kind: HeadKind, coef: np.ndarray, bias: np.ndarray, n_dense: int
+        cls, kind: HeadKind, coef: np.ndarray, bias: np.ndarray, n_dense: int, **extras: Any
     ) -> LinearHead:
-        """From an sklearn-style (K, n_features) coefficient matrix."""
+        """From an sklearn-style (C, n_features) coefficient matrix."""
         coef = np.asarray(coef, dtype=np.float64)
         return cls(
             kind=kind,
             dense_w=np.ascontiguousarray(coef[:, :n_dense].T),
             hashed_w=np.ascontiguousarray(coef[:, n_dense:].T, dtype=np.float32),
             bias=np.asarray(bias, dtype=np.float64).copy(),
+            **extras,
         )
 
     def logits_one(
@@ -81,13 +173,37 @@ class LinearHead:
         z += np.asarray(X[:, n_dense:] @ self.hashed_w, dtype=np.float64)
         return z
 
+    def scores(
+        self, z: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores (…, K) from all logits (…, C), and the domain probabilities (or None)."""
+        k = self.n_scores
+        if self.kind == "softmax":
+            return _softmax(z[..., :k], mask), None
+        s = _sigmoid(z[..., :k])
+        if self.gain_models.size:
+            gain = 2.0 * _sigmoid(z[..., self._gain_cols]) - 1.0
+            s[..., self.gain_models] = s[..., self.gain_ref] - gain
+        if self.domain is None:
+            return s, None
+        p = _softmax(z[..., self._domain_cols])
+        return self.domain.apply(s, p), p
+
     def to_payload(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "kind": self.kind,
             "dense_w": self.dense_w,
             "hashed_w": self.hashed_w,
             "bias": self.bias,
+            "n_scores": int(self.n_scores or 0),
+            "gain_models": self.gain_models,
+            "gain_ref": self.gain_ref,
         }
+        if self.domain is not None:
+            out["domain"] = self.domain.to_payload()
+        if self.knob_mix is not None:
+            out["knob_mix"] = self.knob_mix.to_payload()
+        return out
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> LinearHead:
@@ -96,6 +212,11 @@ class LinearHead:
             dense_w=np.asarray(data["dense_w"], dtype=np.float64),
             hashed_w=np.asarray(data["hashed_w"], dtype=np.float32),
             bias=np.asarray(data["bias"], dtype=np.float64),
+            n_scores=int(data["n_scores"]) if "n_scores" in data else None,
+            gain_models=data.get("gain_models"),
+            gain_ref=data.get("gain_ref"),
+            domain=DomainPrior.from_payload(data["domain"]) if "domain" in data else None,
+            knob_mix=KnobMix.from_payload(data["knob_mix"]) if "knob_mix" in data else None,
         )
 
 
@@ -112,12 +233,48 @@ def _softmax(z: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
+def mixture_draw(prompt: Prompt) -> float:
+    """A number in [0, 1) fixed by the prompt's text: which side of a knob mixture it takes.
+
+    Deterministic, so that a prompt is routed the same way every time (and evaluation sees the
+    draws the service makes); CRC-32 of the first 4 KiB of the last user turn is C-speed.
+    """
+    return zlib.crc32(prompt.last_user[:4096].encode("utf-8", "surrogatepass")) / 2.0**32
+
+
+@dataclass(frozen=True)
+class KnobMix:
+    """A default knob that is a mixture of two: `high` for a share `p_high` of prompts.
+
+    A random mix of two routers is a router whose cost and calls are the same mix of theirs, so
+    a target that falls between two knob points is met in expectation by mixing them. The draw
+    per prompt is `mixture_draw`, so the mix is deterministic per prompt.
+    """
+
+    low: float
+    high: float
+    p_high: float
+
+    def knob(self, draw: float) -> float:
+        return self.high if draw < self.p_high else self.low
+
+    def to_payload(self) -> list[float]:
+        return [float(self.low), float(self.high), float(self.p_high)]
+
+    @classmethod
+    def from_payload(cls, data: Sequence[float]) -> KnobMix:
+        low, high, p_high = (float(x) for x in data)
+        return cls(low, high, p_high)
+
+
 @dataclass(frozen=True)
 class Scored:
     """What the router knows about one request, before any policy is applied.
 
     `score` is predicted quality (quality head) or P(best) (classifier head) per model, in
-    `Router.models` order; `cost_usd` the estimated cost of this request per model.
+    `Router.models` order; `cost_usd` the estimated cost of this request per model;
+    `domain_p` the domain probabilities when the head has a domain prior; `draw` the prompt's
+    `mixture_draw`.
     """
 
     score: np.ndarray
@@ -125,11 +282,17 @@ class Scored:
     input_tokens: int
     strategy: str
     features: tuple[np.ndarray, np.ndarray, np.ndarray] = field(repr=False)
+    domain_p: np.ndarray | None = field(default=None, repr=False)
+    draw: float = 0.0
 
 
 @dataclass
 class Router:
-    """A trained router. Build with `Router.from_payload` (see training/artifact.py)."""
+    """A trained router. Build with `Router.from_payload` (see models/artifact.py).
+
+    `knob_mix`, when set, is the calibrated default policy: `rank` with no knob (or with
+    `default_knob`, which is its low side) uses it.
+    """
 
     models: tuple[str, ...]
     featurizer: PromptFeaturizer
@@ -141,12 +304,55 @@ class Router:
     default_strategy: str = "quality"
     default_knob: float = 0.0
     version: str = ""
+    knob_mix: KnobMix | None = None
 
     def __post_init__(self) -> None:
         if self.default_strategy not in self.heads:
             raise ValueError(f"default_strategy {self.default_strategy!r} has no head")
         self.index = {m: i for i, m in enumerate(self.models)}
         self.n_dense = int(self.featurizer.n_dense_)
+        if self.knob_mix is None:
+            # Artifacts written by the joblib format keep the mix with the head it was
+            # calibrated on (see LinearHead.knob_mix).
+            self.knob_mix = self.heads[self.default_strategy].knob_mix
+        if self.knob_mix is not None:
+            self.default_knob = self.knob_mix.low
+
+    # ----------------------------------------------------------------- payload
+    def to_payload(self) -> dict[str, Any]:
+        """Everything a router is, as numpy arrays and plain JSON values (no objects)."""
+        return {
+            "models": list(self.models),
+            "featurizer_params": self.featurizer.get_params(),
+            "heads": {name: head.to_payload() for name, head in self.heads.items()},
+            "input_price": self.input_price,
+            "output_price": self.output_price,
+            "output_tokens": self.output_tokens,
+            "cost_ref": float(self.cost_ref),
+            "default_strategy": self.default_strategy,
+            "default_knob": float(self.default_knob),
+            "knob_mix": None if self.knob_mix is None else self.knob_mix.to_payload(),
+        }
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any], *, version: str = "") -> Router:
+        params = dict(data["featurizer_params"])
+        if "char_ngrams" in params:
+            params["char_ngrams"] = tuple(params["char_ngrams"])
+        mix = data.get("knob_mix")
+        return cls(
+            models=tuple(str(m) for m in data["models"]),
+            featurizer=PromptFeaturizer(**params).fit([]),
+            heads={k: LinearHead.from_payload(v) for k, v in data["heads"].items()},
+            input_price=np.asarray(data["input_price"], dtype=np.float64),
+            output_price=np.asarray(data["output_price"], dtype=np.float64),
+            output_tokens=np.asarray(data["output_tokens"], dtype=np.float64),
+            cost_ref=float(data["cost_ref"]),
+            default_strategy=str(data["default_strategy"]),
+            default_knob=float(data["default_knob"]),
+            version=version,
+            knob_mix=None if mix is None else KnobMix.from_payload(mix),
+        )
 
     # ----------------------------------------------------------------- hot path
     def score(
@@ -164,11 +370,16 @@ class Router:
         if head is None:
             raise ValueError(f"strategy: unknown {strategy!r}; available: {sorted(self.heads)}")
         feats = self.featurizer.transform_one(prompt, task_type)
-        z = head.logits_one(*feats, self.n_dense)
-        score = _sigmoid(z) if head.kind == "sigmoid" else _softmax(z, mask)
+        score, domain_p = head.scores(head.logits_one(*feats, self.n_dense), mask)
         in_tok = estimate_tokens(len(prompt.text))
         return Scored(
-            score, self.estimate_cost(in_tok, expected_output_tokens), in_tok, strategy, feats
+            score,
+            self.estimate_cost(in_tok, expected_output_tokens),
+            in_tok,
+            strategy,
+            feats,
+            domain_p,
+            mixture_draw(prompt) if self.knob_mix is not None else 0.0,
         )
 
     def estimate_cost(
@@ -188,14 +399,21 @@ class Router:
     def rank(
         self, scored: Scored, knob: float | None = None, mask: np.ndarray | None = None
     ) -> np.ndarray:
-        """Model indices, best first, restricted to `mask` (a boolean vector) when given."""
-        knob = self.default_knob if knob is None else knob
+        """Model indices, best first, restricted to `mask` (a boolean vector) when given.
+
+        No knob, or the default knob, means the default policy (the calibrated mix, if any).
+        """
+        knob = self.policy_knob(scored.draw) if knob is None or knob == self.default_knob else knob
         u = self.utility(scored.score, scored.cost_usd, knob)
         # Ties (equal utility) go to the cheaper model: lexsort's last key is the primary one.
         order = np.lexsort((scored.cost_usd, -u))
         if mask is not None:
             order = order[mask[order]]
         return order
+
+    def policy_knob(self, draw: float) -> float:
+        """The default policy's knob for a prompt with this `mixture_draw`."""
+        return self.default_knob if self.knob_mix is None else self.knob_mix.knob(draw)
 
     # ----------------------------------------------------------------- helpers
     def mask_for(self, candidates: Sequence[str] | None) -> np.ndarray:
@@ -221,13 +439,15 @@ class Router:
         masks: np.ndarray | None = None,
         X: sparse.csr_matrix | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, estimated costs), each (n, K), for many prompts at once (evaluation)."""
+        """(scores, estimated costs), each (n, K), for many prompts at once (evaluation).
+
+        The same scores as `score` per prompt: gain block and domain prior included.
+        """
         strategy = strategy or self.default_strategy
         head = self.heads[strategy]
         if X is None:
             X = self.featurizer.transform(prompts, task_types=task_types)
-        z = head.logits_batch(X, self.n_dense)
-        score = _sigmoid(z) if head.kind == "sigmoid" else _softmax(z, masks)
+        score, _p = head.scores(head.logits_batch(X, self.n_dense), masks)
         in_tok = np.array([estimate_tokens(len(p.text)) for p in prompts], dtype=np.float64)
         cost = in_tok[:, None] * self.input_price + self.output_price * self.output_tokens
         return score, cost
@@ -261,4 +481,29 @@ class Router:
                     "contribution": round(float(vals @ hc), 4),
                 }
             )
+        dom = self.domain_of(scored, chosen)
+        if dom is not None:
+            # The domain prior's pull on the final scores (score units, not logits).
+            prior = head.domain
+            assert prior is not None and scored.domain_p is not None
+            p = scored.domain_p
+            pull = prior.strength * (p @ prior._num - scored.score * (p @ prior._den))
+            delta = pull[chosen] - (pull[against] if against is not None else 0.0)
+            out.append({"feature": "domain prior", **dom, "contribution": round(float(delta), 4)})
+        return out
+
+    def domain_of(self, scored: Scored, model: int | None = None) -> dict[str, Any] | None:
+        """The prompt's most likely domain, its probability, and (for `model`) the weight of
+        the domain means in that model's score; None when the head has no domain prior."""
+        prior = self.heads[scored.strategy].domain
+        if prior is None or scored.domain_p is None:
+            return None
+        d = int(np.argmax(scored.domain_p))
+        out: dict[str, Any] = {
+            "domain": prior.names[d],
+            "probability": round(float(scored.domain_p[d]), 4),
+        }
+        if model is not None:
+            w = prior.strength[model] * float(scored.domain_p @ prior._den[:, model])
+            out["weight"] = round(w, 4)
         return out

@@ -44,7 +44,7 @@ def fitted(**params) -> PromptFeaturizer:
 
 def dense_of(text: str | Prompt, **params) -> dict[str, float]:
     dense, _, _ = fitted(**params).transform_one(text)
-    return dict(zip(DENSE_FEATURE_NAMES, dense.tolist(), strict=True))
+    return dict(zip(extractor.FEATURE_NAMES, dense.tolist(), strict=True))
 
 
 def assembled_row(f: PromptFeaturizer, prompt, task_type=None) -> np.ndarray:
@@ -104,8 +104,13 @@ def test_package_exports_exactly_the_documented_api():
             "from_messages",
         ]
     )
-    assert FEATURE_VERSION == "2"
-    assert extractor.__all__ == ["FEATURE_VERSION", "PromptFeaturizer"]
+    assert FEATURE_VERSION == "3"
+    assert extractor.__all__ == [
+        "CONTEXT_FEATURE_NAMES",
+        "FEATURE_NAMES",
+        "FEATURE_VERSION",
+        "PromptFeaturizer",
+    ]
 
 
 def test_every_dense_feature_is_named_once_and_documented():
@@ -133,8 +138,9 @@ def test_docstring_examples_run(module):
 def test_fit_returns_self_and_sets_learned_attributes():
     f = PromptFeaturizer(n_hash_features=SMALL)
     assert f.fit(["anything"]) is f
-    assert f.n_dense_ == len(DENSE_FEATURE_NAMES)
-    assert list(f.dense_feature_names_) == list(DENSE_FEATURE_NAMES)
+    assert f.n_dense_ == len(extractor.FEATURE_NAMES)
+    assert list(f.dense_feature_names_) == list(extractor.FEATURE_NAMES)
+    assert extractor.FEATURE_NAMES[: len(DENSE_FEATURE_NAMES)] == DENSE_FEATURE_NAMES
     assert f.feature_version_ == FEATURE_VERSION
 
 
@@ -196,8 +202,8 @@ def test_feature_names_cover_every_column():
     f = fitted(n_hash_features=64)
     names = f.get_feature_names_out()
     X = f.transform(["a prompt"])
-    assert names.shape == (X.shape[1],) == (len(DENSE_FEATURE_NAMES) + 64,)
-    assert list(names[: f.n_dense_]) == list(DENSE_FEATURE_NAMES)
+    assert names.shape == (X.shape[1],) == (len(extractor.FEATURE_NAMES) + 64,)
+    assert list(names[: f.n_dense_]) == list(extractor.FEATURE_NAMES)
     assert names[f.n_dense_] == "hash:0" and names[-1] == "hash:63"
 
 
@@ -359,11 +365,11 @@ SIGNAL_CASES = [
     pytest.param("one two, three", "len.words_log", L(3), id="words"),
     pytest.param("abcde", "len.tokens_est_log", L(2), id="tokens-ceil"),
     pytest.param("a\nb\nc", "len.lines_log", L(3), id="lines"),
-    pytest.param(messages_prompt(), "len.turns_log", L(2), id="turns"),
+    pytest.param(messages_prompt(), "ctx.len.turns_log", L(2), id="turns"),
     pytest.param(messages_prompt(), "len.images_log", L(2), id="images"),
-    pytest.param(messages_prompt(), "len.has_system", 1.0, id="system"),
+    pytest.param(messages_prompt(), "ctx.len.has_system", 1.0, id="system"),
     pytest.param(messages_prompt(), "len.last_user_chars_log", L(30), id="last-user"),
-    pytest.param(Prompt("abcd" * 5, "abcd"), "len.last_user_share", 0.2, id="last-user-share"),
+    pytest.param(Prompt("abcd" * 5, "abcd"), "ctx.len.chars_log", L(16), id="context-chars"),
     pytest.param("```py\nx = 1\n```", "re.code_fence", L(2), id="fence"),
     pytest.param("def add(a, b):\n    return a + b", "re.code_keyword", L(1), id="py-def"),
     pytest.param("function f(a) { return a; }", "re.code_keyword", L(1), id="js-function"),
@@ -443,8 +449,10 @@ def test_signal_is_silent_on_neutral_text(name):
 
 
 def test_every_signal_has_a_targeted_example():
-    base = {n for n in DENSE_FEATURE_NAMES if not n.startswith("ff.")}
-    assert base <= {c.values[1] for c in SIGNAL_CASES}
+    # Since the main block reads the last user turn alone, len.last_user_share is 1 for every
+    # prompt; turns and the system flag move with the context block.
+    base = {n for n in DENSE_FEATURE_NAMES if not n.startswith("ff.")} - {"len.last_user_share"}
+    assert base <= {c.values[1].removeprefix("ctx.") for c in SIGNAL_CASES}
 
 
 def test_free_form_copies_are_zero_for_multiple_choice():
@@ -452,7 +460,7 @@ def test_free_form_copies_are_zero_for_multiple_choice():
     assert mc["re.multiple_choice"] > 0 and mc["num.count_log"] > 0
     assert all(v == 0.0 for k, v in mc.items() if k.startswith("ff."))
     free = dense_of("Which is larger, 3 or 12?")
-    base = [k for k in free if not k.startswith("ff.")]
+    base = [k for k in free if not k.startswith(("ff.", "ctx."))]
     assert [free[f"ff.{k}"] for k in base] == [free[k] for k in base]
 
 
@@ -477,8 +485,35 @@ def test_near_misses_do_not_fire(text, name):
 def test_messages_length_features_come_from_the_prompt_fields():
     p = messages_prompt()
     d = dense_of(p)
-    assert d["len.chars_log"] == L(len(p.text))
-    assert d["len.last_user_share"] == len(p.last_user) / len(p.text)
+    # the last user turn alone, with the conversation's images ...
+    assert d["len.chars_log"] == L(len(p.last_user))
+    assert d["len.last_user_share"] == 1.0
+    assert d["len.images_log"] == L(2)
+    assert d["len.turns_log"] == L(1) and d["len.has_system"] == 0.0
+    # ... and the context (system prompt and earlier turns) in its own block
+    context = "You are a careful math tutor.\n\nSolve x^2 = 4.\n\nx = 2 or x = -2."
+    assert d["ctx.len.chars_log"] == L(len(context))
+    assert d["ctx.len.turns_log"] == L(2) and d["ctx.len.has_system"] == 1.0
+    assert d["ctx.re.arithmetic"] > 0.0 and d["ctx.len.lines_log"] == L(5)
+
+
+def test_a_single_prompt_has_no_context_and_the_last_turn_reads_as_a_single_prompt():
+    conversation = from_messages(
+        [
+            {"role": "system", "content": "You are a maths tutor. Solve equations step by step."},
+            {"role": "user", "content": "Solve 3x + 4 = 10."},
+            {"role": "assistant", "content": "x = 2"},
+            {"role": "user", "content": "What is the capital of France?"},
+        ]
+    )
+    f = fitted()
+    alone_dense, alone_cols, alone_values = f.transform_one("What is the capital of France?")
+    dense, cols, values = f.transform_one(conversation)
+    n_main = len(DENSE_FEATURE_NAMES)
+    assert np.all(alone_dense[n_main:] == 0.0)
+    assert np.array_equal(dense[:n_main], alone_dense[:n_main])
+    assert np.array_equal(cols, alone_cols) and np.array_equal(values, alone_values)
+    assert np.any(dense[n_main:] > 0)
 
 
 def test_words_past_the_window_are_extrapolated_from_its_density():
@@ -550,7 +585,7 @@ def test_messages_from_random_parts_give_a_valid_row(messages, last):
     prompt = from_messages(messages)
     f = fitted(n_hash_features=101)
     check_row(f, prompt)
-    d = dict(zip(DENSE_FEATURE_NAMES, f.transform_one(prompt)[0].tolist(), strict=True))
+    d = dict(zip(extractor.FEATURE_NAMES, f.transform_one(prompt)[0].tolist(), strict=True))
     users = sum(m["role"] == "user" for m in messages)
     images = sum(
         part.get("type") == "image_url"
@@ -558,9 +593,13 @@ def test_messages_from_random_parts_give_a_valid_row(messages, last):
         if isinstance(m["content"], list)
         for part in m["content"]
     )
-    assert d["len.turns_log"] == L(users)
+    system = any(m["role"] in ("system", "developer") for m in messages)
+    if users > 1 or system or prompt.text != prompt.last_user:
+        assert d["ctx.len.turns_log"] == L(users)
+        assert d["ctx.len.has_system"] == float(system)
+    else:
+        assert d["len.turns_log"] == L(1)
     assert d["len.images_log"] == L(images)
-    assert d["len.has_system"] == float(any(m["role"] in ("system", "developer") for m in messages))
     assert 0.0 < d["len.last_user_share"] <= 1.0
 
 

@@ -24,13 +24,13 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from features.text import Prompt
-from training import metrics
 from models.catalog import Catalog
+from models.router import Router, mixture_draw
+from training import metrics
 from training.curves import KNOB_GRID, choose, sweep
 from training.heuristic import HeuristicRouter
 from training.labels import Targets, build_targets
 from training.records import Record
-from models.router import Router
 from training.trainer import TrainOptions
 
 __all__ = ["cross_val_evaluate", "evaluate"]
@@ -51,6 +51,8 @@ class _Scored:
     scores: dict[str, np.ndarray]  # strategy -> (n, K)
     rel_cost: np.ndarray  # estimated cost / c_ref, (n, K): what the knob multiplies
     default_knob: float
+    # the default policy's choice per prompt (a knob mix applied with each prompt's draw)
+    default_pick: np.ndarray
 
 
 def _kept(records: Sequence[Record], known: set[str]) -> list[Record]:
@@ -77,16 +79,20 @@ def evaluate(
     scores, est = {}, None
     for s in router.heads:
         scores[s], est = router.score_batch(prompts, X=X, strategy=s, masks=t.labelled)
+    strategy = strategy or router.default_strategy
+    rel = est / router.cost_ref
     sc = _Scored(
         router.models,
         t,
         prompts,
         np.array([r.task or "" for r in kept]),
         scores,
-        est / router.cost_ref,
+        rel,
         router.default_knob,
+        _policy_pick(router, prompts, scores[strategy], rel, t.labelled),
     )
-    report = _report(sc, catalog, strategy or router.default_strategy, knobs, min_task_size)
+    report = _report(sc, catalog, strategy, knobs, min_task_size)
+    report["default_policy_knobs"] = _mix_of(router)
     report["n_skipped"] = len(records) - len(kept)
     return report
 
@@ -123,6 +129,8 @@ def cross_val_evaluate(
     scores: dict[str, np.ndarray] = {}
     rel = np.zeros((n, k))
     knob_sum = 0.0
+    pick = np.zeros(n, dtype=np.int64)
+    mixes = []
     for f in range(folds):
         tr = [kept[i] for i in np.flatnonzero(fid != f)]
         te = np.flatnonzero(fid == f)
@@ -146,16 +154,58 @@ def cross_val_evaluate(
             m = t.labelled[te]
             cs = np.where(m, np.nan_to_num(cs), 0.0)
             scores["classifier"][te] = cs / np.maximum(cs.sum(axis=1, keepdims=True), 1e-12)
+        s_def = scores[router.default_strategy][te]
+        pick[te] = _policy_pick(
+            router,
+            te_prompts,
+            np.where(t.labelled[te], np.nan_to_num(s_def, nan=-1.0), -np.inf),
+            rel[te],
+            t.labelled[te],
+        )
+        mixes.append(_mix_of(router))
     strategy = options.strategy if options.strategy != "auto" else "quality"
     sc = _Scored(
-        models, t, prompts, np.array([r.task or "" for r in kept]), scores, rel, knob_sum / folds
+        models,
+        t,
+        prompts,
+        np.array([r.task or "" for r in kept]),
+        scores,
+        rel,
+        knob_sum / folds,
+        pick,
     )
     report = _report(
         sc, catalog, strategy if strategy in scores else next(iter(scores)), knobs, min_task_size
     )
     report["n_skipped"] = len(records) - len(kept)
     report["cv_folds"] = folds
+    report["default_policy_knobs"] = mixes
     return report
+
+
+def _mix_of(router: Router) -> dict[str, Any]:
+    mix = router.knob_mix
+    if mix is None:
+        return {"knob": router.default_knob}
+    return {"knob": mix.low, "knob_high": mix.high, "p_high": round(mix.p_high, 4)}
+
+
+def _policy_pick(
+    router: Router,
+    prompts: Sequence[Prompt],
+    score: np.ndarray,
+    rel: np.ndarray,
+    masks: np.ndarray,
+) -> np.ndarray:
+    """The model the router's default policy picks per prompt, with the service's draws."""
+    s = np.where(masks, np.nan_to_num(score, nan=-1.0), -np.inf)
+    mix = router.knob_mix
+    low = choose(s, rel, 1.0, router.default_knob, masks)
+    if mix is None:
+        return low
+    draws = np.array([mixture_draw(p) for p in prompts])
+    high = choose(s, rel, 1.0, mix.high, masks)
+    return np.where(draws < mix.p_high, high, low)
 
 
 def _report(
@@ -249,8 +299,8 @@ def _summary(
     )
     zero = metrics.zero_router_aiq(scost, sq) if spread else None
 
-    # Accuracy of the decision at the default knob against the derived best-model label.
-    pick = choose(s, rel, 1.0, sc.default_knob, mask)
+    # Accuracy of the decision at the default policy against the derived best-model label.
+    pick = sc.default_pick[rows]
     lab = t.label[rows]
     has = lab >= 0
     acc = f1 = None
@@ -290,6 +340,12 @@ def _summary(
             "macro_f1": _r(f1, 4),
             "quality_at_heuristic_cost": _r(at_h_cost),
             "beats_heuristic": bool(at_h_cost is not None and at_h_cost > heur["quality"]),
+        },
+        "default_policy": {
+            "quality": _r(q[idx, pick].mean()),
+            "cost": _r(c[idx, pick].mean(), 9),
+            "budget_share": _r(c[idx, pick].mean() / best_c, 4) if best_c > 0 else None,
+            "strong_share": _r(float(np.mean(pick == present[best_j])), 4),
         },
         "zero_router": {"aiq": _r(zero)},
         "best_single": {"model": models[best_j], "quality": _r(best_q), "cost": _r(best_c, 9)},

@@ -47,13 +47,23 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from features.extractor import PromptFeaturizer
-from training import metrics
 from models.catalog import Catalog
-from training.curves import KNOB_GRID, sweep
 from models.errors import DataError, UnknownModelError
+from models.router import DomainPrior, KnobMix, LinearHead, Router, mixture_draw
+from training import metrics
+from training.curves import KNOB_GRID, choose, sweep
+from training.domains import (
+    DomainFit,
+    choose_strength,
+    domain_labels,
+    domain_means,
+    fit_domains,
+    shrink,
+)
+from training.gain import choose_gain, model_groups, references
 from training.labels import Targets, build_targets
+from training.policy import choose_policy
 from training.records import Record
-from models.router import LinearHead, Router
 
 __all__ = ["TrainOptions", "TrainResult", "fold_ids", "train"]
 
@@ -218,11 +228,23 @@ def _distinct_prompts(records: Sequence[Record], k: int, cv_max_prompts: int) ->
     return _Prompts(inverse, first, folds, in_cv)
 
 
-def _targets_for(head: str, t: Targets, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows and soft targets of model j for `head`."""
+def _targets_for(
+    head: str, t: Targets, j: int, refs: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and soft targets of model j for `head`.
+
+    The gain head of model j learns (1 + q_ref − q_j) / 2 on the records where both j and its
+    reference model `refs[j]` were measured: the expected gain of the reference over j.
+    """
     if head == "quality":
         rows = np.flatnonzero(t.labelled[:, j])
         return rows, t.quality[rows, j]
+    if head == "gain":
+        ref = -1 if refs is None else int(refs[j])
+        if ref < 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        rows = np.flatnonzero(t.labelled[:, j] & t.labelled[:, ref])
+        return rows, (1.0 + t.quality[rows, ref] - t.quality[rows, j]) / 2.0
     rows = np.flatnonzero(t.label >= 0)
     avail = t.labelled[rows, j] | (t.label[rows] == j)
     rows = rows[avail]
@@ -230,7 +252,7 @@ def _targets_for(head: str, t: Targets, j: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _prompt_weights(
-    head: str, t: Targets, j: int, prompts: _Prompts
+    head: str, t: Targets, j: int, prompts: _Prompts, refs: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per distinct prompt, the mean soft target (pos) of model j's records for `head` and its
     complement (neg); both 0 where the prompt has no such record.
@@ -240,7 +262,7 @@ def _prompt_weights(
     instead would give it C × count (liblinear slows down several-fold as C grows) and let
     resampled or retried logs regularise differently from the same prompts logged once.
     """
-    rows, y = _targets_for(head, t, j)
+    rows, y = _targets_for(head, t, j, refs)
     u = len(prompts.first)
     at = prompts.inverse[rows]
     count = np.bincount(at, minlength=u).astype(np.float64)
@@ -251,13 +273,26 @@ def _prompt_weights(
 _Job = tuple[str, int, np.ndarray, np.ndarray, np.ndarray]  # head, model, rows, pos, neg
 
 
-def _fit_jobs(heads: Sequence[str], t: Targets, prompts: _Prompts, *, cv_only: bool) -> list[_Job]:
+def _fit_jobs(
+    heads: Sequence[str],
+    t: Targets,
+    prompts: _Prompts,
+    *,
+    cv_only: bool,
+    refs: np.ndarray | None = None,
+    only: dict[str, np.ndarray] | None = None,
+) -> list[_Job]:
     """Every (head, model) fit: the distinct prompts it trains on (those of the CV sample if
-    `cv_only`) and their positive and negative weights."""
+    `cv_only`) and their positive and negative weights. Gain fits exist only for models with
+    a reference; `only` restricts a head to the models it names (bool per model)."""
     jobs = []
     for head in heads:
         for j in range(t.quality.shape[1]):
-            pos, neg = _prompt_weights(head, t, j, prompts)
+            if head == "gain" and (refs is None or refs[j] < 0):
+                continue
+            if only is not None and head in only and not only[head][j]:
+                continue
+            pos, neg = _prompt_weights(head, t, j, prompts, refs)
             used = pos + neg > 0
             rows = np.flatnonzero(used & prompts.in_cv if cv_only else used)
             jobs.append((head, j, rows, pos[rows], neg[rows]))
@@ -301,17 +336,26 @@ def _cross_validate(
     t: Targets,
     prompts: _Prompts,
     opts: TrainOptions,
+    refs: np.ndarray | None = None,
+    c_by_model: Sequence[float] | None = None,
 ) -> dict[str, _HeadFit]:
     """Cross-validate every (head, model) on the CV sample of prompts; X has one row per
-    distinct prompt. OOF logits are spread back to the records of the sample."""
+    distinct prompt. OOF logits are spread back to the records of the sample. With
+    `c_by_model`, model j is cross-validated at that one C only (no search)."""
     n, k = t.quality.shape
-    jobs = _fit_jobs(heads, t, prompts, cv_only=True)
+    jobs = _fit_jobs(heads, t, prompts, cv_only=True, refs=refs)
     # One job per (head, model), largest first so that the two workers finish together; each
     # worker receives that model's rows once and does every fold and C.
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)
     done = Parallel(n_jobs=opts.n_jobs, max_nbytes=None)(
         delayed(_cv_one_model)(
-            X[rows], pos, neg, prompts.folds[rows], opts.cv_folds, opts.c_grid, opts.random_state
+            X[rows],
+            pos,
+            neg,
+            prompts.folds[rows],
+            opts.cv_folds,
+            opts.c_grid if c_by_model is None else (float(c_by_model[_j]),),
+            opts.random_state,
         )
         for _h, _j, rows, pos, neg in (jobs[i] for i in order)
     )
@@ -319,6 +363,8 @@ def _cross_validate(
     fits: dict[str, _HeadFit] = {}
     for head in heads:
         fits[head] = _HeadFit(np.full((n, k), np.nan), [], {})
+    for head in heads:
+        fits[head].best_c = [opts.c_grid[len(opts.c_grid) // 2]] * k
     for i, (head, j, rows, pos, neg) in enumerate(jobs):
         fit, by_c = fits[head], results[i]
         losses = {
@@ -327,14 +373,13 @@ def _cross_validate(
             if rows.size and not np.isnan(z).any()
         }
         if not losses:
-            fit.best_c.append(opts.c_grid[len(opts.c_grid) // 2])
             continue
         c_star = min(losses, key=lambda c: (losses[c], c))
-        fit.best_c.append(c_star)
+        fit.best_c[j] = c_star
         # every record of model j whose prompt is in the sample gets its prompt's OOF logit
         z_prompt = np.full(len(prompts.first), np.nan)
         z_prompt[rows] = by_c[c_star]
-        rec_rows, _y = _targets_for(head, t, j)
+        rec_rows, _y = _targets_for(head, t, j, refs)
         fit.oof[rec_rows, j] = z_prompt[prompts.inverse[rec_rows]]
         fit.cv_loss[t.models[j]] = {f"C={c:g}": round(v, 5) for c, v in losses.items()}
     return fits
@@ -462,6 +507,7 @@ def train(
 
     # Calibration on out-of-fold logits, and OOF scores for the policy choices below.
     in_sample = distinct.in_cv[distinct.inverse]
+    rec_fold = distinct.folds[distinct.inverse]
     report: dict[str, Any] = {
         "n_records": n,
         "models": list(models),
@@ -474,74 +520,105 @@ def train(
     }
     calib: dict[str, Any] = {}
     oof_scores: dict[str, np.ndarray] = {}
+    ab: list[tuple[float, float]] = []
+    gain_ab: dict[int, tuple[float, float]] = {}
+    refs = np.full(k, -1, dtype=np.int64)
+    gain_keep = np.zeros(k, dtype=bool)
+    prior: DomainPrior | None = None
+    domain_fit: DomainFit | None = None
     if "quality" in fits:
-        oof = fits["quality"].oof
-        ab = []
-        before, after = [], []
-        q_scores = np.full((n, k), np.nan)
-        for j in range(k):
-            rows = np.flatnonzero(~np.isnan(oof[:, j]))
-            if rows.size < 10:
-                ab.append((1.0, 0.0))
-                q_scores[rows, j] = 1 / (1 + np.exp(-oof[rows, j]))
-                continue
-            y = targets.quality[rows, j]
-            a, b = _platt(oof[rows, j], y)
-            ab.append((a, b))
-            raw = 1 / (1 + np.exp(-oof[rows, j]))
-            cal = 1 / (1 + np.exp(-(a * oof[rows, j] + b)))
-            q_scores[rows, j] = cal
-            before.append(metrics.brier_binary(raw, y) * rows.size)
-            after.append(metrics.brier_binary(cal, y) * rows.size)
-        total = int(np.sum(~np.isnan(oof)))
-        calib["quality"] = {
-            "method": "platt per model",
-            "brier_before": round(sum(before) / max(total, 1), 5),
-            "brier_after": round(sum(after) / max(total, 1), 5),
-        }
+        ab, q_scores, calib["quality"] = _calibrate_sigmoid(fits["quality"].oof, targets.quality)
+        # Gain heads, at the C each model's quality head chose (a search would triple the cost).
+        refs = references(targets)
+        if (refs >= 0).any():
+            t_g = time.perf_counter()
+            gain_fit = _cross_validate(
+                ["gain"], X, targets, distinct, opts, refs=refs, c_by_model=fits["quality"].best_c
+            )["gain"]
+            y_gain = np.full((n, k), np.nan)
+            for j in np.flatnonzero(refs >= 0):
+                y_gain[:, j] = (1.0 + targets.quality[:, refs[j]] - targets.quality[:, j]) / 2.0
+            g_ab, g_p, _ = _calibrate_sigmoid(gain_fit.oof, y_gain)
+            gain_keep, report["gain_heads"] = choose_gain(q_scores, 2.0 * g_p - 1.0, targets, refs)
+            for j in np.flatnonzero(gain_keep):
+                gain_ab[int(j)] = g_ab[j]
+                q_scores[:, j] = q_scores[:, refs[j]] - (2.0 * g_p[:, j] - 1.0)
+            fits["gain"] = gain_fit
+            say(
+                f"cv gain heads: {time.perf_counter() - t_g:.1f}s; kept for "
+                f"{int(gain_keep.sum())} of {int((refs >= 0).sum())} models"
+            )
         oof_scores["quality"] = q_scores
     if "classifier" in fits:
-        oof = fits["classifier"].oof
-        rows = np.flatnonzero((targets.label >= 0) & np.isfinite(oof).any(axis=1))
-        mask = np.isfinite(oof[rows])
-        z = np.where(mask, oof[rows], 0.0)
-        y = targets.label[rows]
-        ok = mask[np.arange(len(rows)), y]
-        rows, z, mask, y = rows[ok], z[ok], mask[ok], y[ok]
-        temp = _temperature(z, mask, y) if len(rows) else 1.0
-        p_before = _masked_softmax(z, mask)
-        p_after = _masked_softmax(z / temp, mask)
-        calib["classifier"] = {
-            "method": "temperature",
-            "temperature": round(temp, 4),
-            "ece_before": round(
-                metrics.expected_calibration_error(
-                    p_before.max(1), (p_before.argmax(1) == y).astype(float)
-                ),
-                5,
-            ),
-            "ece_after": round(
-                metrics.expected_calibration_error(
-                    p_after.max(1), (p_after.argmax(1) == y).astype(float)
-                ),
-                5,
-            ),
-            "brier_after": round(metrics.brier_multiclass(p_after, y), 5),
-        }
-        c_scores = np.full((n, k), np.nan)
-        c_scores[rows] = np.where(mask, p_after, np.nan)
-        oof_scores["classifier"] = c_scores
+        oof_scores["classifier"], calib["classifier"] = _calibrate_softmax(
+            fits["classifier"].oof, targets
+        )
     report["calibration"] = calib
 
     # Policy choices on the OOF curves (records with ≥ 2 labelled models, scored by every head).
     evalable = targets.labelled.sum(axis=1) >= 2
     for s in oof_scores.values():
         evalable &= ~np.isnan(np.where(targets.labelled, s, 0.0)).any(axis=1)
+    groups = model_groups(targets.labelled, evalable)
+
+    # Domains: a classifier of the records' task, and per-domain means to shrink toward.
+    if "quality" in oof_scores and groups:
+        t_d = time.perf_counter()
+        names, dom_prompt = domain_labels([r.task for r in firsts])
+        if len(names) >= 2:
+            domain_fit = fit_domains(X, dom_prompt, names, distinct.folds, opts.random_state)
+            dom_rec = dom_prompt[distinct.inverse]
+            p_rec = domain_fit.oof_proba[distinct.inverse]
+            fold_means = [
+                domain_means(
+                    targets.quality[rec_fold != f],
+                    targets.labelled[rec_fold != f],
+                    dom_rec[rec_fold != f],
+                    len(names),
+                )
+                for f in range(opts.cv_folds)
+            ]
+            model_group = np.full(k, -1, dtype=np.int64)
+            for gi, g in enumerate(groups):
+                for j in np.flatnonzero(targets.labelled[g[0]]):
+                    if model_group[j] < 0:
+                        model_group[j] = gi
+
+            def group_aiq(score: np.ndarray) -> dict[int, float]:
+                return _group_aiq(score, est_cost, cost_ref, targets, groups)
+
+            strength, table = choose_strength(
+                oof_scores["quality"], p_rec, fold_means, rec_fold, model_group, group_aiq
+            )
+            means, measured = domain_means(
+                targets.quality, targets.labelled, dom_rec, len(names)
+            )
+            prior = DomainPrior(names, means, measured, strength)
+            oof_scores["quality"] = _shrink_by_fold(
+                oof_scores["quality"], p_rec, fold_means, rec_fold, strength
+            )
+            report["domains"] = {
+                "names": names,
+                "oof_accuracy": round(domain_fit.oof_accuracy, 4),
+                "strength": {m: float(a) for m, a in zip(models, strength, strict=True)},
+                "cv_aiq_by_strength": {
+                    ", ".join(models[j] for j in np.flatnonzero(targets.labelled[groups[g][0]])): {
+                        f"{a:g}": round(v, 5) for a, v in by.items()
+                    }
+                    for g, by in table.items()
+                },
+            }
+            say(
+                f"domains: {len(names)} learned (OOF accuracy {domain_fit.oof_accuracy:.3f}), "
+                f"strengths chosen in {time.perf_counter() - t_d:.1f}s"
+            )
+
     cv_routing = {}
     for head, s in oof_scores.items():
-        cv_routing[head] = _oof_routing(s, est_cost, cost_ref, targets, evalable)
+        cv_routing[head] = _oof_routing(s, est_cost, cost_ref, targets, evalable, rec_fold)
     report["cv_routing"] = {
-        h: {kk: v for kk, v in r.items() if kk != "curve"} for h, r in cv_routing.items()
+        h: {kk: v for kk, v in r.items() if kk not in ("curve", "fold_curves")}
+        for h, r in cv_routing.items()
     }
     if opts.strategy != "auto":
         strategy = opts.strategy
@@ -549,14 +626,41 @@ def train(
         strategy = (
             max(cv_routing, key=lambda h: cv_routing[h]["aiq"]) if cv_routing else heads_wanted[0]
         )
-    knob, target_met = _choose_knob(cv_routing.get(strategy), opts)
+    policy = choose_policy(
+        cv_routing.get(strategy),
+        knob=opts.knob,
+        target_budget=opts.target_budget,
+        target_strong_share=opts.target_strong_share,
+    )
+    knob, mix, target_met = policy["knob"], policy["mix"], policy["met"]
     report["default_strategy"] = strategy
     report["default_knob"] = knob
+    report["default_knob_mix"] = None if mix is None else mix.to_payload()
     chosen = next(
         (p for p in cv_routing.get(strategy, {}).get("curve", []) if p["knob"] == knob), None
     )
     report["default_knob_cv_point"] = chosen
     report["knob_target_met"] = target_met
+    if "target" in policy:
+        kind, wanted = next(iter(policy["target"].items()))
+        # What the mix achieves out of fold, with the per-prompt draws the router will make.
+        achieved = _policy_share(
+            oof_scores[strategy], est_cost, cost_ref, targets, evalable, policy, firsts, distinct
+        )
+        report["knob_target"] = {
+            "kind": kind,
+            "target": wanted,
+            "achieved_cv": None if achieved is None else round(achieved[kind], 4),
+            "achieved_cv_quality": None if achieved is None else round(achieved["quality"], 4),
+            "knobs": None if mix is None else [mix.low, mix.high],
+            "p_high": None if mix is None else round(mix.p_high, 4),
+        }
+        say(
+            f"knob target {kind} {wanted:g}: cross-validated {report['knob_target']['achieved_cv']}"
+            + (f" (mix of knobs {mix.low:g} / {mix.high:g}, p={mix.p_high:.3f})" if mix else "")
+        )
+    elif policy.get("margin") is not None:
+        report["default_knob_margin"] = round(policy["margin"], 5)
     if not target_met:
         say(
             "warning: no knob on the cross-validated curve meets the target; using the cheapest setting"
@@ -564,7 +668,10 @@ def train(
 
     # Final fits on everything at the chosen C, with calibration folded into the weights.
     t2 = time.perf_counter()
-    jobs = _fit_jobs(list(fits), targets, distinct, cv_only=False)
+    final_heads = [h for h in fits]
+    jobs = _fit_jobs(
+        final_heads, targets, distinct, cv_only=False, refs=refs, only={"gain": gain_keep}
+    )
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)  # largest first
     done = Parallel(n_jobs=opts.n_jobs, max_nbytes=None)(
         delayed(_fit_weighted)(X[rows], pos, neg, fits[head].best_c[j], opts.random_state)
@@ -573,20 +680,40 @@ def train(
     final = {(jobs[i][0], jobs[i][1]): cb for i, cb in zip(order, done, strict=True)}
     heads: dict[str, LinearHead] = {}
     for head in fits:
+        if head == "gain":
+            continue
         coef = np.zeros((k, X.shape[1]))
         bias = np.zeros(k)
         for j in range(k):
             coef[j], bias[j] = final[head, j]
+        extras: dict[str, Any] = {}
         if head == "quality":
             a = np.array([p[0] for p in ab])
             b = np.array([p[1] for p in ab])
             coef, bias = coef * a[:, None], bias * a + b
+            gm = np.flatnonzero(gain_keep)
+            if gm.size:
+                g_coef = np.array([final["gain", j][0] * gain_ab[j][0] for j in gm])
+                g_bias = np.array([final["gain", j][1] * gain_ab[j][0] + gain_ab[j][1] for j in gm])
+                coef, bias = np.vstack([coef, g_coef]), np.concatenate([bias, g_bias])
+                extras.update(gain_models=gm, gain_ref=refs[gm])
+            if prior is not None and domain_fit is not None:
+                coef = np.vstack([coef, domain_fit.coef])
+                bias = np.concatenate([bias, domain_fit.bias])
+                extras["domain"] = prior
         else:
             temp = calib["classifier"]["temperature"]
             coef, bias = coef / temp, bias / temp
+        if head == strategy and mix is not None:
+            extras["knob_mix"] = mix
         coef[:, : featurizer.n_dense_] *= dense_scale
         heads[head] = LinearHead.from_coef(
-            "sigmoid" if head == "quality" else "softmax", coef, bias, featurizer.n_dense_
+            "sigmoid" if head == "quality" else "softmax",
+            coef,
+            bias,
+            featurizer.n_dense_,
+            n_scores=k,
+            **extras,
         )
         report.setdefault("best_c", {})[head] = dict(zip(models, fits[head].best_c, strict=True))
     say(f"final fit: {time.perf_counter() - t2:.1f}s; total {time.perf_counter() - t0:.1f}s")
@@ -604,98 +731,262 @@ def train(
         cost_ref=cost_ref,
         default_strategy=strategy,
         default_knob=knob,
+        knob_mix=mix,
     )
     return TrainResult(router=router, report=report)
 
 
+def _calibrate_sigmoid(
+    oof: np.ndarray, y_all: np.ndarray
+) -> tuple[list[tuple[float, float]], np.ndarray, dict[str, Any]]:
+    """Platt (a, b) per column of OOF logits against soft targets; calibrated OOF scores."""
+    n, k = oof.shape
+    ab: list[tuple[float, float]] = []
+    before, after = [], []
+    scores = np.full((n, k), np.nan)
+    for j in range(k):
+        rows = np.flatnonzero(~np.isnan(oof[:, j]))
+        if rows.size < 10:
+            ab.append((1.0, 0.0))
+            scores[rows, j] = 1 / (1 + np.exp(-oof[rows, j]))
+            continue
+        y = y_all[rows, j]
+        a, b = _platt(oof[rows, j], y)
+        ab.append((a, b))
+        raw = 1 / (1 + np.exp(-oof[rows, j]))
+        cal = 1 / (1 + np.exp(-(a * oof[rows, j] + b)))
+        scores[rows, j] = cal
+        before.append(metrics.brier_binary(raw, y) * rows.size)
+        after.append(metrics.brier_binary(cal, y) * rows.size)
+    total = int(np.sum(~np.isnan(oof)))
+    report = {
+        "method": "platt per model",
+        "brier_before": round(sum(before) / max(total, 1), 5),
+        "brier_after": round(sum(after) / max(total, 1), 5),
+    }
+    return ab, scores, report
+
+
+def _calibrate_softmax(oof: np.ndarray, targets: Targets) -> tuple[np.ndarray, dict[str, Any]]:
+    """Temperature-scaled OOF probabilities of the classifier head, and the calibration report."""
+    n, k = oof.shape
+    rows = np.flatnonzero((targets.label >= 0) & np.isfinite(oof).any(axis=1))
+    mask = np.isfinite(oof[rows])
+    z = np.where(mask, oof[rows], 0.0)
+    y = targets.label[rows]
+    ok = mask[np.arange(len(rows)), y]
+    rows, z, mask, y = rows[ok], z[ok], mask[ok], y[ok]
+    temp = _temperature(z, mask, y) if len(rows) else 1.0
+    p_before = _masked_softmax(z, mask)
+    p_after = _masked_softmax(z / temp, mask)
+    report = {
+        "method": "temperature",
+        "temperature": round(temp, 4),
+        "ece_before": round(
+            metrics.expected_calibration_error(
+                p_before.max(1), (p_before.argmax(1) == y).astype(float)
+            ),
+            5,
+        ),
+        "ece_after": round(
+            metrics.expected_calibration_error(
+                p_after.max(1), (p_after.argmax(1) == y).astype(float)
+            ),
+            5,
+        ),
+        "brier_after": round(metrics.brier_multiclass(p_after, y), 5),
+    }
+    c_scores = np.full((n, k), np.nan)
+    c_scores[rows] = np.where(mask, p_after, np.nan)
+    return c_scores, report
+
+
+def _shrink_by_fold(
+    score: np.ndarray,
+    p: np.ndarray,
+    fold_means: Sequence[tuple[np.ndarray, np.ndarray]],
+    fold: np.ndarray,
+    strength: np.ndarray,
+) -> np.ndarray:
+    """OOF scores shrunk toward domain means computed without each record's fold."""
+    out = score.copy()
+    for f, (means, measured) in enumerate(fold_means):
+        at = fold == f
+        out[at] = shrink(score[at], p[at], means, measured, strength)
+    return out
+
+
+def _group_curve(
+    score: np.ndarray, est_cost: np.ndarray, cost_ref: float, t: Targets, g: np.ndarray
+) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Knob sweep of one model set's records: (curve, mask, quality, cost)."""
+    mask = t.labelled[g]
+    s = np.where(mask, np.nan_to_num(score[g], nan=-1.0), -np.inf)
+    q = np.nan_to_num(t.quality[g])
+    c = np.nan_to_num(t.cost[g])
+    return sweep(s, est_cost[g], cost_ref, q, c, mask), mask, q, c
+
+
+def _aiq_of(curve: list[Any], mask: np.ndarray, q: np.ndarray, c: np.ndarray) -> float | None:
+    cols = np.flatnonzero(mask[0])
+    single_q = q[:, cols].mean(axis=0)
+    single_c = c[:, cols].mean(axis=0)
+    if not single_c.max() > single_c.min():
+        return None
+    cheapest = int(np.argmin(single_c))
+    return metrics.aiq(
+        [p.cost for p in curve],
+        [p.quality for p in curve],
+        float(single_c.min()),
+        float(single_c.max()),
+        anchor=(float(single_c[cheapest]), float(single_q[cheapest])),
+    )
+
+
+def _group_aiq(
+    score: np.ndarray,
+    est_cost: np.ndarray,
+    cost_ref: float,
+    t: Targets,
+    groups: Sequence[np.ndarray],
+) -> dict[int, float]:
+    """OOF routing AIQ per model set."""
+    out = {}
+    for gi, g in enumerate(groups):
+        a = _aiq_of(*_group_curve(score, est_cost, cost_ref, t, g))
+        if a is not None:
+            out[gi] = a
+    return out
+
+
 def _oof_routing(
-    score: np.ndarray, est_cost: np.ndarray, cost_ref: float, t: Targets, rows: np.ndarray
+    score: np.ndarray,
+    est_cost: np.ndarray,
+    cost_ref: float,
+    t: Targets,
+    rows: np.ndarray,
+    fold: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """AIQ and the knob curve of OOF scores, pooled over groups of records with the same models.
 
     AIQ is computed per group (costs of different model sets are not comparable) and averaged,
-    weighted by group size.
+    weighted by group size. With `fold` (each record's CV fold), the curve's quality and the best
+    single model's are also given per fold (`fold_curves`), for the default knob's margin.
     """
     idx = np.flatnonzero(rows)
     labelled = t.labelled  # a property that rebuilds the whole mask: read it once
     groups: dict[bytes, list[int]] = {}
     for i in idx:
         groups.setdefault(labelled[i].tobytes(), []).append(i)
+    n_folds = 0 if fold is None else int(fold.max()) + 1
     total, aiq_sum = 0, 0.0
-    pooled = {
-        knob: [0.0, 0.0, 0.0, 0.0] for knob in KNOB_GRID
-    }  # quality, cost, strongest cost, strong calls
+    nk = len(KNOB_GRID)
+    acc = np.zeros((nk, 4))  # quality, cost, strongest cost, strong calls (sums)
+    fq = np.zeros((n_folds, nk))
+    fbest = np.zeros(n_folds)
+    fn = np.zeros(n_folds)
+    best_single_sum = 0.0
     for members in groups.values():
         g = np.array(members)
         mask = labelled[g]
         s = np.where(mask, score[g], -np.inf)
         q = np.nan_to_num(t.quality[g])
         c = np.nan_to_num(t.cost[g])
-        curve = sweep(s, est_cost[g], cost_ref, q, c, mask)
         cols = np.flatnonzero(mask[0])
         single_q = q[:, cols].mean(axis=0)
         single_c = c[:, cols].mean(axis=0)
         strongest = cols[int(np.argmax(single_q - 1e-9 * single_c))]
+        rr = np.arange(len(g))
+        gf = None if fold is None else fold[g]
+        points = []
+        for ki, knob in enumerate(KNOB_GRID):
+            pick = choose(s, est_cost[g], cost_ref, knob, mask)
+            qp = q[rr, pick]
+            cp = c[rr, pick]
+            points.append((qp.mean(), cp.mean()))
+            acc[ki] += (qp.sum(), cp.sum(), c[:, strongest].sum(), float((pick == strongest).sum()))
+            if gf is not None:
+                fq[:, ki] += np.bincount(gf, weights=qp, minlength=n_folds)
+        if gf is not None:
+            fn += np.bincount(gf, minlength=n_folds)
+            fbest += np.bincount(gf, weights=q[:, strongest], minlength=n_folds)
         if single_c.max() > single_c.min():
             cheapest = int(np.argmin(single_c))
             a = metrics.aiq(
-                [p.cost for p in curve],
-                [p.quality for p in curve],
+                [p[1] for p in points],
+                [p[0] for p in points],
                 float(single_c.min()),
                 float(single_c.max()),
                 anchor=(float(single_c[cheapest]), float(single_q[cheapest])),
             )
             aiq_sum += a * len(g)
             total += len(g)
-        for p in curve:
-            acc = pooled[p.knob]
-            acc[0] += p.quality * len(g)
-            acc[1] += p.cost * len(g)
-            acc[2] += float(c[:, strongest].mean()) * len(g)
-            acc[3] += float(p.calls[strongest]) * len(g)
-        # the best single model's quality, pooled, for the default-knob rule
-        pooled.setdefault("best_single", [0.0])[0] += float(single_q.max()) * len(g)
+        best_single_sum += float(single_q.max()) * len(g)
     n = max(len(idx), 1)
-    best_single = pooled.pop("best_single", [0.0])[0] / n
     curve_rows = [
         {
             "knob": knob,
-            "quality": v[0] / n,
-            "cost": v[1] / n,
-            "budget_share": v[1] / v[2] if v[2] else None,
-            "strong_share": v[3] / n,
+            "quality": acc[ki, 0] / n,
+            "cost": acc[ki, 1] / n,
+            "budget_share": acc[ki, 1] / acc[ki, 2] if acc[ki, 2] else None,
+            "strong_share": acc[ki, 3] / n,
         }
-        for knob, v in pooled.items()
+        for ki, knob in enumerate(KNOB_GRID)
+    ]
+    fold_curves = [
+        {"quality": (fq[f] / fn[f]).tolist(), "best_single": float(fbest[f] / fn[f])}
+        for f in range(n_folds)
+        if fn[f] > 0
     ]
     return {
         "aiq": aiq_sum / total if total else 0.0,
         "n": len(idx),
-        "best_single_quality": best_single,
+        "best_single_quality": best_single_sum / n,
         "curve": curve_rows,
+        "fold_curves": fold_curves,
     }
 
 
-def _choose_knob(routing: dict[str, Any] | None, opts: TrainOptions) -> tuple[float, bool]:
-    """The default knob and whether its target was met.
-
-    Explicit, calibrated to a budget or strong-share target (the smallest knob meeting it), or
-    by default the largest knob whose OOF quality still matches the best single model.
-    """
-    if opts.knob is not None:
-        return float(opts.knob), True
-    if routing is None or not routing["curve"]:
-        return 0.0, True
-    curve = routing["curve"]
-    if opts.target_budget is not None:
-        ok = [
-            p["knob"]
-            for p in curve
-            if p["budget_share"] is not None and p["budget_share"] <= opts.target_budget
-        ]
-        return (float(min(ok)), True) if ok else (float(curve[-1]["knob"]), False)
-    if opts.target_strong_share is not None:
-        ok = [p["knob"] for p in curve if p["strong_share"] <= opts.target_strong_share + 1e-12]
-        return (float(min(ok)), True) if ok else (float(curve[-1]["knob"]), False)
-    target = routing["best_single_quality"]
-    ok = [p["knob"] for p in curve if p["quality"] >= target - 1e-12]
-    return (float(max(ok)), True) if ok else (0.0, True)
+def _policy_share(
+    score: np.ndarray,
+    est_cost: np.ndarray,
+    cost_ref: float,
+    t: Targets,
+    rows: np.ndarray,
+    policy: dict[str, Any],
+    firsts: Sequence[Record],
+    prompts: _Prompts,
+) -> dict[str, float] | None:
+    """Budget share, strong-call share and quality of the default policy out of fold, with the
+    router's per-prompt mixture draws (pooled over model sets, as the curve is)."""
+    mix: KnobMix | None = policy["mix"]
+    idx = np.flatnonzero(rows)
+    if not idx.size:
+        return None
+    draws = np.array([mixture_draw(r.prompt) for r in firsts])[prompts.inverse]
+    labelled = t.labelled
+    sums = np.zeros(4)
+    for g in model_groups(labelled, rows) or []:
+        mask = labelled[g]
+        s = np.where(mask, score[g], -np.inf)
+        q = np.nan_to_num(t.quality[g])
+        c = np.nan_to_num(t.cost[g])
+        cols = np.flatnonzero(mask[0])
+        strongest = cols[int(np.argmax(q[:, cols].mean(axis=0) - 1e-9 * c[:, cols].mean(axis=0)))]
+        if mix is None:
+            pick = choose(s, est_cost[g], cost_ref, policy["knob"], mask)
+        else:
+            high = draws[g] < mix.p_high
+            pick = np.where(
+                high,
+                choose(s, est_cost[g], cost_ref, mix.high, mask),
+                choose(s, est_cost[g], cost_ref, mix.low, mask),
+            )
+        rr = np.arange(len(g))
+        sums += (q[rr, pick].sum(), c[rr, pick].sum(), c[:, strongest].sum(), (pick == strongest).sum())
+    n = max(len(idx), 1)
+    return {
+        "quality": sums[0] / n,
+        "budget_share": sums[1] / sums[2] if sums[2] else float("nan"),
+        "strong_share": sums[3] / n,
+    }
