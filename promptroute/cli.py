@@ -109,6 +109,8 @@ def cmd_train(a: argparse.Namespace) -> int:
                 "records": m["n_records"],
                 "default_strategy": m["default_strategy"],
                 "default_knob": m["default_knob"],
+                "default_knob_mix": m.get("default_knob_mix"),
+                "knob_target": m.get("knob_target"),
                 "cv_routing": m["cv_routing"],
                 "calibration": m["calibration"],
                 "train_seconds": m["train_seconds"],

@@ -106,11 +106,18 @@ def cross_val_evaluate(
     knobs: Sequence[float] = KNOB_GRID,
     min_task_size: int = 20,
     progress=None,
+    extra_train: Sequence[Record] = (),
+    targets: Sequence[dict[str, float]] = (),
 ) -> dict[str, Any]:
     """Evaluate out of fold: train on k−1 folds, score the held-out one, report on all of them.
 
     For data whose test side is held out elsewhere (routerbench), this is the honest figure.
+    `extra_train` records join every fold's training set (never its test fold): a combined
+    model's figure on this data. Each of `targets` (``{"target_budget": 0.3}`` or
+    ``{"target_strong_share": 0.2}``) re-applies that knob target to each fold's router and
+    reports what its default policy achieves on the held-out folds (`targets` in the report).
     """
+    from training.policy import retarget
     from training.trainer import train
 
     say = progress or (lambda _m: None)
@@ -131,11 +138,13 @@ def cross_val_evaluate(
     knob_sum = 0.0
     pick = np.zeros(n, dtype=np.int64)
     mixes = []
+    target_picks = [np.zeros(n, dtype=np.int64) for _ in targets]
     for f in range(folds):
         tr = [kept[i] for i in np.flatnonzero(fid != f)]
         te = np.flatnonzero(fid == f)
         say(f"fold {f + 1}/{folds}: training on {len(tr)} records")
-        router = train(tr, catalog, options).router
+        result = train([*tr, *extra_train], catalog, options)
+        router = result.router
         knob_sum += router.default_knob
         cols = [router.index.get(m) for m in models]
         te_prompts = [prompts[i] for i in te]
@@ -163,6 +172,12 @@ def cross_val_evaluate(
             t.labelled[te],
         )
         mixes.append(_mix_of(router))
+        masked = np.where(t.labelled[te], np.nan_to_num(s_def, nan=-1.0), -np.inf)
+        for want, tp in zip(targets, target_picks, strict=True):
+            if "cv_curve" not in result.report:
+                continue
+            retarget(router, result.report["cv_curve"], **want)  # after the default pick
+            tp[te] = _policy_pick(router, te_prompts, masked, rel[te], t.labelled[te])
     strategy = options.strategy if options.strategy != "auto" else "quality"
     sc = _Scored(
         models,
@@ -180,7 +195,42 @@ def cross_val_evaluate(
     report["n_skipped"] = len(records) - len(kept)
     report["cv_folds"] = folds
     report["default_policy_knobs"] = mixes
+    report["targets"] = [
+        {**want, **_policy_point(t, pick_t)}
+        for want, pick_t in zip(targets, target_picks, strict=True)
+    ]
     return report
+
+
+def _policy_point(t: Targets, pick: np.ndarray) -> dict[str, Any]:
+    """Quality, budget share and strong-call share of one pick per record, per model set
+    (shares relative to the set's best single model), pooled by records."""
+    labelled = t.labelled
+    groups: dict[bytes, list[int]] = {}
+    for i in range(len(pick)):
+        groups.setdefault(labelled[i].tobytes(), []).append(i)
+    sums = np.zeros(4)
+    for members in groups.values():
+        g = np.array(members)
+        mask = labelled[g]
+        cols = np.flatnonzero(mask[0])
+        q = np.nan_to_num(t.quality[g])
+        c = np.nan_to_num(t.cost[g])
+        sq, sc_ = q[:, cols].mean(axis=0), c[:, cols].mean(axis=0)
+        best = int(cols[int(np.lexsort((sc_, -sq))[0])])
+        rr = np.arange(len(g))
+        sums += (
+            q[rr, pick[g]].sum(),
+            c[rr, pick[g]].sum(),
+            c[:, best].sum(),
+            (pick[g] == best).sum(),
+        )
+    n = max(len(pick), 1)
+    return {
+        "quality": _r(sums[0] / n),
+        "budget_share": _r(sums[1] / sums[2], 4) if sums[2] else None,
+        "strong_share": _r(sums[3] / n, 4),
+    }
 
 
 def _mix_of(router: Router) -> dict[str, Any]:

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from models.router import KnobMix
+from models.router import KnobMix, Router
 
-__all__ = ["choose_policy"]
+__all__ = ["choose_policy", "retarget"]
 
 
 def _mix(curve: list[dict[str, Any]], key: str, target: float) -> dict[str, Any]:
@@ -89,3 +89,20 @@ def choose_policy(
         out["target"] = {"strong_share": target_strong_share}
         return out
     return _match_best(routing)
+
+
+def retarget(
+    router: Router,
+    cv_curve: dict[str, Any],
+    *,
+    target_budget: float | None = None,
+    target_strong_share: float | None = None,
+) -> dict[str, Any]:
+    """Set `router`'s default policy for a new target from its training report's `cv_curve`
+    (what training with that target would choose: the heads do not depend on it)."""
+    policy = choose_policy(
+        cv_curve, target_budget=target_budget, target_strong_share=target_strong_share
+    )
+    router.knob_mix = policy["mix"]
+    router.default_knob = policy["knob"]
+    return policy

@@ -590,9 +590,7 @@ def train(
             strength, table = choose_strength(
                 oof_scores["quality"], p_rec, fold_means, rec_fold, model_group, group_aiq
             )
-            means, measured = domain_means(
-                targets.quality, targets.labelled, dom_rec, len(names)
-            )
+            means, measured = domain_means(targets.quality, targets.labelled, dom_rec, len(names))
             prior = DomainPrior(names, means, measured, strength)
             oof_scores["quality"] = _shrink_by_fold(
                 oof_scores["quality"], p_rec, fold_means, rec_fold, strength
@@ -641,8 +639,18 @@ def train(
     )
     report["default_knob_cv_point"] = chosen
     report["knob_target_met"] = target_met
+    if strategy in cv_routing:
+        # The OOF curve the policy was read from, so a target can be re-applied without
+        # retraining (`training.policy.retarget`).
+        cv = cv_routing[strategy]
+        report["cv_curve"] = {
+            "best_single_quality": cv["best_single_quality"],
+            "curve": cv["curve"],
+            "fold_curves": cv["fold_curves"],
+        }
     if "target" in policy:
         kind, wanted = next(iter(policy["target"].items()))
+        report["knob_target_expected_cv"] = policy.get("expected")
         # What the mix achieves out of fold, with the per-prompt draws the router will make.
         achieved = _policy_share(
             oof_scores[strategy], est_cost, cost_ref, targets, evalable, policy, firsts, distinct
@@ -983,7 +991,12 @@ def _policy_share(
                 choose(s, est_cost[g], cost_ref, mix.low, mask),
             )
         rr = np.arange(len(g))
-        sums += (q[rr, pick].sum(), c[rr, pick].sum(), c[:, strongest].sum(), (pick == strongest).sum())
+        sums += (
+            q[rr, pick].sum(),
+            c[rr, pick].sum(),
+            c[:, strongest].sum(),
+            (pick == strongest).sum(),
+        )
     n = max(len(idx), 1)
     return {
         "quality": sums[0] / n,
