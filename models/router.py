@@ -55,31 +55,33 @@ class DomainPrior:
 
     The domain head (columns of the owning `LinearHead` after the score and gain columns) gives
     p(d | x) over `names`; `means[d, m]` is model m's mean quality on the training prompts of
-    domain d and `measured[d, m]` whether m was measured there. A score s_m becomes
+    domain d, `measured[d, m]` whether m was measured there, and `strength[d, m]` in [0, 1] how
+    far m's score moves toward that mean on prompts of domain d (chosen by cross-validation on
+    the training side, per domain and source). A score s_m becomes
 
-        s_m + strength_m · (Σ_d p_d measured_dm means_dm − s_m · Σ_d p_d measured_dm)
+        s_m + Σ_d p_d · strength_dm · measured_dm · (means_dm − s_m)
 
-    i.e. a convex mix of the prompt's own prediction and the domain mean, weighted by how
-    likely the prompt is to come from domains where m was measured. `strength` (per model) was
-    chosen by cross-validation on the training side.
+    a convex mix of the prompt's own prediction and the domain means it probably belongs to.
     """
 
     names: list[str]
     means: np.ndarray  # (D, K)
     measured: np.ndarray  # (D, K) bool
-    strength: np.ndarray  # (K,)
+    strength: np.ndarray  # (D, K)
 
     def __post_init__(self) -> None:
         self.means = np.asarray(self.means, dtype=np.float64)
         self.measured = np.asarray(self.measured, dtype=bool)
-        self.strength = np.asarray(self.strength, dtype=np.float64)
+        self.strength = np.broadcast_to(
+            np.asarray(self.strength, dtype=np.float64), self.means.shape
+        ).copy()
         # precomputed at load: two (D, K) mat-vecs per request
-        self._num = np.where(self.measured, self.means, 0.0)
-        self._den = self.measured.astype(np.float64)
+        self._den = np.where(self.measured, self.strength, 0.0)
+        self._num = self._den * self.means
 
     def apply(self, score: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Shrunk scores; `p` is (D,) or (n, D) domain probabilities, `score` (K,) or (n, K)."""
-        return score + self.strength * (p @ self._num - score * (p @ self._den))
+        return score + p @ self._num - score * (p @ self._den)
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -487,7 +489,7 @@ class Router:
             prior = head.domain
             assert prior is not None and scored.domain_p is not None
             p = scored.domain_p
-            pull = prior.strength * (p @ prior._num - scored.score * (p @ prior._den))
+            pull = p @ prior._num - scored.score * (p @ prior._den)
             delta = pull[chosen] - (pull[against] if against is not None else 0.0)
             out.append({"feature": "domain prior", **dom, "contribution": round(float(delta), 4)})
         return out
@@ -504,6 +506,5 @@ class Router:
             "probability": round(float(scored.domain_p[d]), 4),
         }
         if model is not None:
-            w = prior.strength[model] * float(scored.domain_p @ prior._den[:, model])
-            out["weight"] = round(w, 4)
+            out["weight"] = round(float(scored.domain_p @ prior._den[:, model]), 4)
         return out

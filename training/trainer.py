@@ -566,7 +566,9 @@ def train(
         t_d = time.perf_counter()
         names, dom_prompt = domain_labels([r.task for r in firsts])
         if len(names) >= 2:
-            domain_fit = fit_domains(X, dom_prompt, names, distinct.folds, opts.random_state)
+            domain_fit = fit_domains(
+                X, dom_prompt, names, distinct.folds, opts.random_state, opts.n_jobs
+            )
             dom_rec = dom_prompt[distinct.inverse]
             p_rec = domain_fit.oof_proba[distinct.inverse]
             fold_means = [
@@ -578,17 +580,12 @@ def train(
                 )
                 for f in range(opts.cv_folds)
             ]
-            model_group = np.full(k, -1, dtype=np.int64)
-            for gi, g in enumerate(groups):
-                for j in np.flatnonzero(targets.labelled[g[0]]):
-                    if model_group[j] < 0:
-                        model_group[j] = gi
 
-            def group_aiq(score: np.ndarray) -> dict[int, float]:
-                return _group_aiq(score, est_cost, cost_ref, targets, groups)
+            def subset_aiq(score: np.ndarray, rows: np.ndarray) -> float | None:
+                return _aiq_of(*_group_curve(score, est_cost, cost_ref, targets, rows))
 
             strength, table = choose_strength(
-                oof_scores["quality"], p_rec, fold_means, rec_fold, model_group, group_aiq
+                oof_scores["quality"], p_rec, fold_means, rec_fold, dom_rec, groups, subset_aiq
             )
             means, measured = domain_means(targets.quality, targets.labelled, dom_rec, len(names))
             prior = DomainPrior(names, means, measured, strength)
@@ -598,12 +595,19 @@ def train(
             report["domains"] = {
                 "names": names,
                 "oof_accuracy": round(domain_fit.oof_accuracy, 4),
-                "strength": {m: float(a) for m, a in zip(models, strength, strict=True)},
+                "strength": {
+                    name: {
+                        m: float(strength[d, j])
+                        for j, m in enumerate(models)
+                        if measured[d, j] and strength[d, j] > 0
+                    }
+                    for d, name in enumerate(names)
+                },
                 "cv_aiq_by_strength": {
-                    ", ".join(models[j] for j in np.flatnonzero(targets.labelled[groups[g][0]])): {
+                    f"{names[d]} / {groups[g].size} records of a {int(targets.labelled[groups[g][0]].sum())}-model set": {
                         f"{a:g}": round(v, 5) for a, v in by.items()
                     }
-                    for g, by in table.items()
+                    for (g, d), by in table.items()
                 },
             }
             say(
@@ -849,22 +853,6 @@ def _aiq_of(curve: list[Any], mask: np.ndarray, q: np.ndarray, c: np.ndarray) ->
         float(single_c.max()),
         anchor=(float(single_c[cheapest]), float(single_q[cheapest])),
     )
-
-
-def _group_aiq(
-    score: np.ndarray,
-    est_cost: np.ndarray,
-    cost_ref: float,
-    t: Targets,
-    groups: Sequence[np.ndarray],
-) -> dict[int, float]:
-    """OOF routing AIQ per model set."""
-    out = {}
-    for gi, g in enumerate(groups):
-        a = _aiq_of(*_group_curve(score, est_cost, cost_ref, t, g))
-        if a is not None:
-            out[gi] = a
-    return out
 
 
 def _oof_routing(
