@@ -46,7 +46,8 @@ DOMAIN_FIT_ROWS = 600
 # DCRouter's 14 tasks: 0.886, against 0.870 at alpha 1e-5 and 0.780 for nearest centroids).
 SGD_ALPHA = 1e-4
 SGD_EPOCHS = 10
-STRENGTH_GRID: tuple[float, ...] = tuple(round(x, 2) for x in np.linspace(0.0, 1.0, 11))
+# Six strengths: a finer grid moved the bundled data's CV AIQ by < 0.001 and cost twice the time.
+STRENGTH_GRID: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def domain_labels(tasks: Sequence[str | None]) -> tuple[list[str], np.ndarray]:
