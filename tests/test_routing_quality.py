@@ -138,7 +138,8 @@ def test_choose_strength_picks_the_strength_that_routes_best_per_domain() -> Non
     def subset_aiq(s: np.ndarray, rows: np.ndarray) -> float:
         return float(np.mean(quality[rows, np.argmax(s[rows], axis=1)]))
 
-    strength, table = choose_strength(score, p, fold_means, fold, dom, groups, subset_aiq)
+    grid = (0.0, 0.4, 0.5, 1.0)
+    strength, table = choose_strength(score, p, fold_means, fold, dom, groups, subset_aiq, grid)
     assert strength.tolist() == [[0.5, 0.5], [0.5, 0.5]]
     assert table[(0, 0)][0.5] == table[(0, 0)][1.0] == 1.0
     assert table[(0, 0)][0.0] < table[(0, 0)][0.4] < 1.0

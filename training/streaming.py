@@ -58,13 +58,13 @@ from models.router import LinearHead, Router
 from training import metrics
 from training.labels import build_targets
 from training.logs import iter_records
+from training.policy import choose_policy
 from training.records import Record
 from training.split import SPLIT_SIDES, is_test
 from training.trainer import (
     TrainOptions,
     TrainResult,
     _binary_loss,
-    _choose_knob,
     _oof_routing,
     _platt,
 )
@@ -497,20 +497,29 @@ def train_streaming(
     routing = (
         _oof_routing(cal_scores, est_cost, cost_ref, targets, evalable) if evalable.any() else None
     )
-    knob, target_met = _choose_knob(routing, knob_opts)
+    policy = choose_policy(
+        routing,
+        knob=knob_opts.knob,
+        target_budget=knob_opts.target_budget,
+        target_strong_share=knob_opts.target_strong_share,
+    )
+    knob, target_met = policy["knob"], policy["met"]
     if not target_met:
         say("warning: no knob on the held-out curve meets the target; using the cheapest setting")
 
     router = Router(
         models=models,
         featurizer=featurizer,
-        heads={"quality": LinearHead.from_coef("sigmoid", coef, bias, n_dense)},
+        heads={
+            "quality": LinearHead.from_coef("sigmoid", coef, bias, n_dense, knob_mix=policy["mix"])
+        },
         input_price=inp_price,
         output_price=out_price,
         output_tokens=out_tokens,
         cost_ref=cost_ref,
         default_strategy="quality",
         default_knob=knob,
+        knob_mix=policy["mix"],
     )
     seconds = round(time.perf_counter() - t0, 2)
     say(f"streaming training done in {seconds:.1f}s")
@@ -526,6 +535,7 @@ def train_streaming(
         "models": list(models),
         "default_strategy": "quality",
         "default_knob": knob,
+        "default_knob_mix": None if policy["mix"] is None else policy["mix"].to_payload(),
         "default_knob_cv_point": next(
             (p for p in (routing or {}).get("curve", []) if p["knob"] == knob), None
         ),
