@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-import promptroute.cli as cli
 from models.artifact import PAYLOAD, file_sha256
 from promptroute.cli import main
 from training.split import is_test
