@@ -180,9 +180,7 @@ class Pipeline:
             if self.has_experiments
             else None
         )
-        loaded = self.models.for_artifact(
-            assignment.artifact if assignment is not None else None
-        )
+        loaded = self.models.for_artifact(assignment.artifact if assignment is not None else None)
         router = loaded.router
         names = loaded.names
         at = loaded.catalog_index  # this router's models in the health view (catalog order)
@@ -478,9 +476,7 @@ def _breakers(
         if i is not None and mask[i]:
             blocked[i] = not health.is_available(name)
     names = loaded.names
-    mask = removals.apply(
-        mask, ~blocked, "breaker", lambda i: _describe_breaker(health, names[i])
-    )
+    mask = removals.apply(mask, ~blocked, "breaker", lambda i: _describe_breaker(health, names[i]))
     return mask, blocked
 
 

@@ -94,7 +94,9 @@ def serve(
     try:
         server.run()
     finally:
-        asyncio.run(service.close())  # no-op after a normal lifespan shutdown; drains if startup was cut short
+        asyncio.run(
+            service.close()
+        )  # no-op after a normal lifespan shutdown; drains if startup was cut short
     return 0 if server.started else 1
 
 

@@ -13,9 +13,7 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/models", response_model=ModelsResponse)
-async def list_models(
-    models: ModelsDep, health: HealthDep, catalog: CatalogDep
-) -> ModelsResponse:
+async def list_models(models: ModelsDep, health: HealthDep, catalog: CatalogDep) -> ModelsResponse:
     """Catalog entries with rolling stats and circuit state; `routable` = the router knows it."""
     loaded = models.current
     stats = health.stats_snapshot()
