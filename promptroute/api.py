@@ -195,9 +195,7 @@ class PromptRouter:
         }
         body = _validated(FeedbackRequest, {k: v for k, v in fields.items() if v is not None})
         try:
-            _decision, counted = _run(
-                self._service.outcomes.apply(Feedback(**body.model_dump()))
-            )
+            _decision, counted = _run(self._service.outcomes.apply(Feedback(**body.model_dump())))
         except ApiError as exc:
             raise RoutingError.from_api_error(exc) from None
         return counted
