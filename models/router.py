@@ -183,7 +183,10 @@ class Router:
         """score − λ · cost / c_ref: the quantity the policy maximises."""
         if knob == 0.0:
             return score
-        return score - knob * (cost_usd / self.cost_ref)
+        # A knob near float's limit overflows to -inf for every costed model: rank() then
+        # orders them by cost alone, which is what such a knob asks for.
+        with np.errstate(over="ignore"):
+            return score - knob * (cost_usd / self.cost_ref)
 
     def rank(
         self, scored: Scored, knob: float | None = None, mask: np.ndarray | None = None

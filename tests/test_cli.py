@@ -291,8 +291,9 @@ def test_route_explains_the_decision(art: Path) -> None:
     d = _route(art, prompt)
     models = json.loads((art / "manifest.json").read_text())["models"]
     assert d["model"] in models
-    assert sorted([d["model"], *d["fallbacks"]]) == sorted(models)
-    assert list(d["scores"]) == [d["model"], *d["fallbacks"]]
+    ranked = [d["model"], *d["fallbacks"]]
+    assert sorted(ranked[: len(models)]) == sorted(models)  # then the catalog's unscored models
+    assert list(d["scores"]) == ranked[: len(models)]
     assert d["estimated_cost_usd"] > 0
     assert d["reason"]["stage"] == "classifier" and d["reason"]["removed"] == {}
     assert d["input_tokens"] == -(-len(prompt) // 4)
@@ -314,9 +315,8 @@ def test_route_knob_and_candidates(art: Path) -> None:
     cheap = _route(art, "Explain quantum tunnelling.", "--knob", "1000", "--candidates", *cands)
     assert cheap["knob"] == 1000.0
     assert set(cheap["scores"]) == set(cands)
-    assert set(cheap["reason"]["removed"]) == (
-        set(json.loads((art / "manifest.json").read_text())["models"]) - set(cands)
-    )
+    catalog = json.loads((art / "manifest.json").read_text())["catalog"]["models"]
+    assert set(cheap["reason"]["removed"]) == {m["name"] for m in catalog} - set(cands)
     best = _route(art, "Explain quantum tunnelling.", "--knob", "0", "--candidates", *cands)
     assert best["model"] == max(best["scores"], key=best["scores"].get)
     assert cheap["estimated_cost_usd"] <= best["estimated_cost_usd"]

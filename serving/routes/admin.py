@@ -48,7 +48,7 @@ def reload_artifact(models: ModelsDep, body: ReloadRequest | None = None) -> Rel
         artifact=new.path,
         router_version=new.version,
         previous_version=old.version,
-        models=sorted(new.universe),
+        models=sorted(new.scored),
     )
 
 
