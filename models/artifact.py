@@ -419,7 +419,11 @@ def resolve_artifact(artifacts_dir: str | Path, name_or_path: str) -> Path:
         ) from None
     if target == root or not target.is_relative_to(root):
         try:
-            known = sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file())
+            known = sorted(
+                p.name
+                for p in root.iterdir()
+                if (p / MANIFEST).is_file() and p.resolve().is_relative_to(root)
+            )
         except OSError:
             known = []
         choices = ", ".join(known[:20]) + (" …" if len(known) > 20 else "") or "none"

@@ -6,7 +6,7 @@ numeric numpy arrays into
 - a JSON document: the tree, with every array replaced by a reference
   ``{"__ndarray__": NAME, "dtype": "<f4", "shape": [131072, 21]}`` (readable without numpy);
 - an ``.npz`` archive (a zip of ``.npy`` files) holding the arrays under those names, which are
-  the arrays' JSON-pointer paths in the tree (``heads/quality/dense_w``).
+  the arrays' paths in the tree, percent-encoded (``heads/quality/dense_w``).
 
 `decode` reverses it with ``numpy.load(..., allow_pickle=False)`` and the standard JSON parser,
 neither of which can run code, checks each array against its reference (dtype, shape, referenced
@@ -23,6 +23,7 @@ import json
 import math
 import zipfile
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -37,8 +38,9 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 def _pointer(path: tuple[str, ...]) -> str:
-    # JSON-pointer escaping keeps names unique for any keys ("a/b" vs a → b).
-    return "/".join(p.replace("~", "~0").replace("/", "~1") for p in path) or "root"
+    # Percent-encoding each segment keeps names unique for any keys ("a/b" vs a → b) and keeps
+    # zip member names to printable ASCII (zipfile cuts a name at a NUL byte).
+    return "/".join(quote(p, safe="") for p in path) or "root"
 
 
 def _where(path: tuple[str, ...]) -> str:
