@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-import promptroute.cli as cli
-from models.artifact import PAYLOAD, file_sha256
+from models.artifact import ARRAYS, file_sha256
 from promptroute.cli import main
 from training.split import is_test
 
@@ -217,19 +216,19 @@ def test_eval_missing_artifact(logs: Path, tmp_path: Path) -> None:
     assert code == 2
     assert err.endswith(
         f"promptroute: error: {tmp_path / 'nope'}: not an artifact folder "
-        f"(expected a directory with manifest.json and {PAYLOAD})\n"
+        f"(expected a directory with manifest.json, router.json and {ARRAYS})\n"
     )
 
 
 def test_tampered_artifact_is_refused(art: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(art, bad)
-    data = bytearray((bad / PAYLOAD).read_bytes())
+    data = bytearray((bad / ARRAYS).read_bytes())
     data[100] ^= 0xFF
-    (bad / PAYLOAD).write_bytes(bytes(data))
+    (bad / ARRAYS).write_bytes(bytes(data))
     code, out, err = _run(["route", "hello", "--model", str(bad)])
     assert code == 2 and out == ""
-    assert err.startswith(f"promptroute: error: {bad / PAYLOAD}: sha256 ")
+    assert err.startswith(f"promptroute: error: {bad / ARRAYS}: sha256 ")
     assert err.endswith("refusing to load it\n")
 
 
