@@ -152,7 +152,8 @@ def save_router(
     key = artifact_key(environ)
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    values, arrays = _payload.encode(router.to_payload())
+    # Deflated: as small as the old joblib payload, and still faster to load (bench/artifact_io.py).
+    values, arrays = _payload.encode(router.to_payload(), compress=True)
     files = {VALUES: _sha256(values), ARRAYS: _sha256(arrays)}
     digest = _combined_digest(files)
     manifest = {
