@@ -251,7 +251,10 @@ class FeedbackResponse(BaseModel):
 
 class ReloadRequest(_Strict):
     artifact: Text | None = Field(
-        None, min_length=1, description="Artifact folder; default: the configured one."
+        None,
+        min_length=1,
+        description="An artifact in `artifacts_dir`: its name, or a path inside it; "
+        "default: the configured artifact.",
     )
 
 

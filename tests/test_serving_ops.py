@@ -13,7 +13,7 @@ import yaml
 from fakes import TestClient
 
 import serving
-from models.artifact import PAYLOAD
+from models.artifact import ARRAYS
 from models.catalog import load_catalog
 from models.errors import ArtifactError, ConfigError
 from serving import create_app, load_settings, serve
@@ -50,13 +50,14 @@ def make_client(tiny_artifact, catalog_path):
 
 
 @pytest.fixture
-def admin(make_client):
-    return make_client(environ={"PROMPTROUTE_ADMIN_KEY": KEY})
+def admin(make_client, tmp_path):
+    # Reloads may name artifacts under tmp_path (the copies each test makes).
+    return make_client(environ={"PROMPTROUTE_ADMIN_KEY": KEY}, artifacts_dir=str(tmp_path))
 
 
 def tampered_copy(source: Path, dest: Path) -> Path:
     shutil.copytree(source, dest)
-    payload = dest / PAYLOAD
+    payload = dest / ARRAYS
     data = bytearray(payload.read_bytes())
     data[len(data) // 2] ^= 0xFF
     payload.write_bytes(bytes(data))
@@ -274,12 +275,12 @@ def test_reload_swaps_in_a_verified_artifact(admin, tiny_artifact, tmp_path):
     response = admin.post("/admin/reload", json={"artifact": str(copy)}, headers={"X-API-Key": KEY})
     assert response.status_code == 200
     body = response.json()
-    assert body["artifact"] == str(copy)
+    assert body["artifact"] == str(copy.resolve())
     assert body["router_version"] == body["previous_version"] == before
     assert len(body["models"]) == 12
     # Without a body: the configured (now: the last loaded) artifact again.
     again = admin.post("/admin/reload", headers={"X-API-Key": KEY})
-    assert again.status_code == 200 and again.json()["artifact"] == str(copy)
+    assert again.status_code == 200 and again.json()["artifact"] == str(copy.resolve())
 
 
 @pytest.mark.parametrize("problem", ["tampered", "missing"])
@@ -328,6 +329,7 @@ def test_a_rule_still_pins_a_model_the_reloaded_artifact_has_no_scores_for(
         artifact=str(tiny_artifact),
         catalog=str(catalog_path),
         rules=[rule],
+        artifacts_dir=str(tmp_path),
     )
     with TestClient(create_app(config, environ={"PROMPTROUTE_ADMIN_KEY": KEY})) as client:
         response = client.post(
