@@ -105,15 +105,15 @@ class DomainPrior:
 class LinearHead:
     """w·x + b for every model at once, split into the dense and the hashed block.
 
-    dense_w: (n_dense, C) float64; hashed_w: (n_hash, C) float32 (the big block, kept compact);
-    bias: (C,). `kind` says how logits become scores. The first K = `n_scores` columns are the
-    per-model logits; a sigmoid head may carry more columns in the same matrices, so that one
-    gather over the hashed rows serves them all:
+    dense_w: (n_dense, K) float64; hashed_w: (n_hash, K) float32 (the big block, kept compact);
+    bias: (K,). `kind` says how logits become scores. A sigmoid head may carry `extra` columns,
+    (dense_w, hashed_w, bias) of G + D more columns, which are stacked with the K score columns
+    at load time so that one gather over the hashed rows serves them all:
 
-    - a gain block (`gain_models`, `gain_ref`): for model `gain_models[i]`, column K + i
-      predicts (1 + q_ref − q_m) / 2, the calibrated expected gain of its reference model
-      `gain_ref[i]` over it; its score becomes s_ref − (2·sigmoid − 1);
-    - a domain block (`domain`): the last D columns are domain logits, softmax → p(d | x),
+    - a gain block (`gain_models`, `gain_ref`, the first G extra columns): for model
+      `gain_models[i]`, the column predicts (1 + q_ref − q_m) / 2, the calibrated expected gain
+      of its reference model `gain_ref[i]` over it; its score becomes s_ref − (2·sigmoid − 1);
+    - a domain block (`domain`, the last D extra columns): domain logits, softmax → p(d | x),
       and `DomainPrior.apply` shrinks the scores toward the domain means.
     """
 
@@ -121,7 +121,7 @@ class LinearHead:
     dense_w: np.ndarray
     hashed_w: np.ndarray
     bias: np.ndarray
-    n_scores: int | None = None
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     gain_models: np.ndarray | None = None
     gain_ref: np.ndarray | None = None
     domain: DomainPrior | None = None
@@ -129,50 +129,78 @@ class LinearHead:
     knob_mix: KnobMix | None = None
 
     def __post_init__(self) -> None:
-        if self.n_scores is None:
-            self.n_scores = int(self.bias.shape[0])
-        k = self.n_scores
+        k = int(self.bias.shape[0])
+        self.n_scores = k
         self.gain_models = np.asarray(
             [] if self.gain_models is None else self.gain_models, dtype=np.int64
         )
         self.gain_ref = np.asarray([] if self.gain_ref is None else self.gain_ref, dtype=np.int64)
         g = self.gain_models.size
         d = 0 if self.domain is None else len(self.domain.names)
-        if self.gain_ref.size != g or self.bias.shape[0] != k + g + d:
-            raise ValueError(
-                f"head has {self.bias.shape[0]} columns; expected {k} scores + {g} gains + {d} domains"
-            )
+        n_extra = 0 if self.extra is None else int(self.extra[2].shape[0])
+        if self.gain_ref.size != g or n_extra != g + d:
+            raise ValueError(f"head has {n_extra} extra columns; expected {g} gains + {d} domains")
         self._gain_cols = slice(k, k + g)
         self._domain_cols = slice(k + g, k + g + d)
+        if self.extra is None:
+            self._dense, self._hashed, self._bias = self.dense_w, self.hashed_w, self.bias
+            return
+        # One (n, K + G + D) matrix per block; the K score columns stay visible as views.
+        ed, eh, eb = self.extra
+        self._dense = np.ascontiguousarray(np.hstack([self.dense_w, ed]), dtype=np.float64)
+        self._hashed = np.ascontiguousarray(np.hstack([self.hashed_w, eh]), dtype=np.float32)
+        self._bias = np.concatenate([self.bias, eb]).astype(np.float64)
+        self.dense_w, self.hashed_w = self._dense[:, :k], self._hashed[:, :k]
+        self.bias = self._bias[:k]
+        self.extra = (self._dense[:, k:], self._hashed[:, k:], self._bias[k:])
 
     @classmethod
     def from_coef(
-        cls, kind: HeadKind, coef: np.ndarray, bias: np.ndarray, n_dense: int, **extras: Any
+        cls,
+        kind: HeadKind,
+        coef: np.ndarray,
+        bias: np.ndarray,
+        n_dense: int,
+        *,
+        n_scores: int | None = None,
+        **extras: Any,
     ) -> LinearHead:
-        """From an sklearn-style (C, n_features) coefficient matrix."""
+        """From an sklearn-style (C, n_features) coefficient matrix; with `n_scores`, the rows
+        after the first `n_scores` are the extra (gain, domain) columns."""
         coef = np.asarray(coef, dtype=np.float64)
+        bias = np.asarray(bias, dtype=np.float64)
+        k = coef.shape[0] if n_scores is None else n_scores
+        extra = None
+        if coef.shape[0] > k:
+            extra = (
+                np.ascontiguousarray(coef[k:, :n_dense].T),
+                np.ascontiguousarray(coef[k:, n_dense:].T, dtype=np.float32),
+                bias[k:].copy(),
+            )
         return cls(
             kind=kind,
-            dense_w=np.ascontiguousarray(coef[:, :n_dense].T),
-            hashed_w=np.ascontiguousarray(coef[:, n_dense:].T, dtype=np.float32),
-            bias=np.asarray(bias, dtype=np.float64).copy(),
+            dense_w=np.ascontiguousarray(coef[:k, :n_dense].T),
+            hashed_w=np.ascontiguousarray(coef[:k, n_dense:].T, dtype=np.float32),
+            bias=bias[:k].copy(),
+            extra=extra,
             **extras,
         )
 
     def logits_one(
         self, dense: np.ndarray, idx: np.ndarray, vals: np.ndarray, n_dense: int
     ) -> np.ndarray:
-        z = dense @ self.dense_w + self.bias
+        """All logits (scores, then gain and domain columns) of one feature row."""
+        z = dense @ self._dense + self._bias
         if idx.size:
             # `take` gathers the rows in one pass; fancy indexing costs about twice as much, and
             # the gather from this megabytes-large block is most of a head's time.
-            z += vals @ self.hashed_w.take(idx - n_dense, axis=0)
+            z += vals @ self._hashed.take(idx - n_dense, axis=0)
         return z
 
     def logits_batch(self, X: sparse.csr_matrix, n_dense: int) -> np.ndarray:
         dense = X[:, :n_dense].toarray()
-        z = dense @ self.dense_w + self.bias
-        z += np.asarray(X[:, n_dense:] @ self.hashed_w, dtype=np.float64)
+        z = dense @ self._dense + self._bias
+        z += np.asarray(X[:, n_dense:] @ self._hashed, dtype=np.float64)
         return z
 
     def scores(
@@ -194,13 +222,19 @@ class LinearHead:
     def to_payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "kind": self.kind,
-            "dense_w": self.dense_w,
-            "hashed_w": self.hashed_w,
-            "bias": self.bias,
-            "n_scores": int(self.n_scores or 0),
-            "gain_models": self.gain_models,
-            "gain_ref": self.gain_ref,
+            "dense_w": np.ascontiguousarray(self.dense_w),
+            "hashed_w": np.ascontiguousarray(self.hashed_w),
+            "bias": np.ascontiguousarray(self.bias),
         }
+        if self.extra is not None:
+            out["extra"] = {
+                "dense_w": np.ascontiguousarray(self.extra[0]),
+                "hashed_w": np.ascontiguousarray(self.extra[1]),
+                "bias": np.ascontiguousarray(self.extra[2]),
+            }
+        if self.gain_models.size:
+            out["gain_models"] = self.gain_models
+            out["gain_ref"] = self.gain_ref
         if self.domain is not None:
             out["domain"] = self.domain.to_payload()
         if self.knob_mix is not None:
@@ -209,12 +243,19 @@ class LinearHead:
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> LinearHead:
+        extra = data.get("extra")
         return cls(
             kind=data["kind"],
             dense_w=np.asarray(data["dense_w"], dtype=np.float64),
             hashed_w=np.asarray(data["hashed_w"], dtype=np.float32),
             bias=np.asarray(data["bias"], dtype=np.float64),
-            n_scores=int(data["n_scores"]) if "n_scores" in data else None,
+            extra=None
+            if extra is None
+            else (
+                np.asarray(extra["dense_w"], dtype=np.float64),
+                np.asarray(extra["hashed_w"], dtype=np.float32),
+                np.asarray(extra["bias"], dtype=np.float64),
+            ),
             gain_models=data.get("gain_models"),
             gain_ref=data.get("gain_ref"),
             domain=DomainPrior.from_payload(data["domain"]) if "domain" in data else None,
@@ -290,7 +331,7 @@ class Scored:
 
 @dataclass
 class Router:
-    """A trained router. Build with `Router.from_payload` (see models/artifact.py).
+    """A trained router. Saved and loaded as `to_payload()` / `from_payload()` (models/artifact.py).
 
     `knob_mix`, when set, is the calibrated default policy: `rank` with no knob (or with
     `default_knob`, which is its low side) uses it.
@@ -338,9 +379,11 @@ class Router:
 
     @classmethod
     def from_payload(cls, data: dict[str, Any], *, version: str = "") -> Router:
-        params = dict(data["featurizer_params"])
-        if "char_ngrams" in params:
-            params["char_ngrams"] = tuple(params["char_ngrams"])
+        # JSON has no tuples: list-valued featurizer parameters (char_ngrams) come back as
+        # tuples, keeping get_params() identical to the saved router's.
+        params = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data["featurizer_params"].items()
+        }
         mix = data.get("knob_mix")
         return cls(
             models=tuple(str(m) for m in data["models"]),
@@ -396,7 +439,10 @@ class Router:
         """score − λ · cost / c_ref: the quantity the policy maximises."""
         if knob == 0.0:
             return score
-        return score - knob * (cost_usd / self.cost_ref)
+        # A knob near float's limit overflows to -inf for every costed model: rank() then
+        # orders them by cost alone, which is what such a knob asks for.
+        with np.errstate(over="ignore"):
+            return score - knob * (cost_usd / self.cost_ref)
 
     def rank(
         self, scored: Scored, knob: float | None = None, mask: np.ndarray | None = None

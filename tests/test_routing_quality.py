@@ -214,16 +214,25 @@ def test_head_payload_round_trip_with_gain_and_domain() -> None:
 
 def test_a_head_whose_columns_do_not_add_up_is_refused() -> None:
     f = _featurizer()
-    with pytest.raises(ValueError, match="expected 3 scores \\+ 2 gains \\+ 0 domains"):
+    with pytest.raises(ValueError, match="has 1 extra columns; expected 2 gains \\+ 0 domains"):
         LinearHead(
             "sigmoid",
-            np.zeros((f.n_dense_, 4)),
-            np.zeros((N_HASH, 4), np.float32),
-            np.zeros(4),
-            n_scores=3,
+            np.zeros((f.n_dense_, 3)),
+            np.zeros((N_HASH, 3), np.float32),
+            np.zeros(3),
+            extra=(np.zeros((f.n_dense_, 1)), np.zeros((N_HASH, 1), np.float32), np.zeros(1)),
             gain_models=np.array([0, 1]),
             gain_ref=np.array([2, 2]),
         )
+
+
+def test_extra_columns_keep_the_score_arrays_k_wide() -> None:
+    _f, head = _head(9, gain=True, domain=True)
+    assert head.dense_w.shape[1] == head.hashed_w.shape[1] == head.bias.shape[0] == 3
+    assert head.extra is not None and head.extra[2].shape == (4,)
+    data = head.to_payload()
+    assert data["hashed_w"].shape[1] == 3 and data["extra"]["hashed_w"].shape[1] == 4
+    assert data["hashed_w"].flags.c_contiguous
 
 
 def test_batch_scores_equal_one_by_one_with_gain_and_domain() -> None:

@@ -13,8 +13,8 @@ import training.trainer as trainer_mod
 from features.text import normalize
 from models.catalog import Catalog
 from models.errors import DataError
-from training.records import Outcome, Record
 from models.router import Router
+from training.records import Outcome, Record
 from training.split import is_test
 from training.trainer import TrainOptions, TrainResult, fold_ids, train
 
@@ -232,12 +232,13 @@ def test_router_arrays(trained: tuple, catalog: Catalog) -> None:
     assert router.cost_ref > 0
     assert router.featurizer.n_hash_features == 2**12
     for head in router.heads.values():
-        # the scores, then (quality head) a gain column per kept gain head and the domains
-        extra = head.gain_models.size + (0 if head.domain is None else len(head.domain.names))
-        assert head.n_scores == 12
-        assert head.dense_w.shape == (router.n_dense, 12 + extra)
-        assert head.hashed_w.shape == (2**12, 12 + extra)
+        assert head.dense_w.shape == (router.n_dense, 12)
+        assert head.hashed_w.shape == (2**12, 12)
         assert np.isfinite(head.dense_w).all() and np.isfinite(head.hashed_w).all()
+        # the quality head's extra columns: one per kept gain head, then the domains
+        n_extra = head.gain_models.size + (0 if head.domain is None else len(head.domain.names))
+        if n_extra:
+            assert head.extra is not None and head.extra[1].shape == (2**12, n_extra)
     quality = router.heads["quality"]
     assert quality.domain is not None and quality.domain.names == [
         "arc-challenge",
