@@ -19,6 +19,7 @@ on model m and c_ref is the typical cost of the most expensive model on the trai
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +73,10 @@ class DomainPrior:
     def __post_init__(self) -> None:
         self.means = np.asarray(self.means, dtype=np.float64)
         self.measured = np.asarray(self.measured, dtype=bool)
+        if self.means.ndim != 2 or self.measured.shape != self.means.shape:
+            raise ValueError("domain means and measured must be (D, K) arrays of one shape")
+        if len(self.names) != self.means.shape[0]:
+            raise ValueError(f"{len(self.names)} domain names for {self.means.shape[0]} rows")
         self.strength = np.broadcast_to(
             np.asarray(self.strength, dtype=np.float64), self.means.shape
         ).copy()
@@ -140,6 +145,14 @@ class LinearHead:
         n_extra = 0 if self.extra is None else int(self.extra[2].shape[0])
         if self.gain_ref.size != g or n_extra != g + d:
             raise ValueError(f"head has {n_extra} extra columns; expected {g} gains + {d} domains")
+        if g and (
+            self.gain_models.min() < 0
+            or max(self.gain_models.max(), self.gain_ref.max()) >= k
+            or self.gain_ref.min() < 0
+        ):
+            raise ValueError(f"gain models and references must be model indices below {k}")
+        if self.domain is not None and self.domain.means.shape != (d, k):
+            raise ValueError(f"domain means must be ({d}, {k}), got {self.domain.means.shape}")
         self._gain_cols = slice(k, k + g)
         self._domain_cols = slice(k + g, k + g + d)
         if self.extra is None:
@@ -243,6 +256,8 @@ class LinearHead:
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> LinearHead:
+        if data["kind"] not in ("sigmoid", "softmax"):
+            raise ValueError(f"head kind {data['kind']!r}; known: sigmoid, softmax")
         extra = data.get("extra")
         return cls(
             kind=data["kind"],
@@ -307,6 +322,8 @@ class KnobMix:
     @classmethod
     def from_payload(cls, data: Sequence[float]) -> KnobMix:
         low, high, p_high = (float(x) for x in data)
+        if not (0.0 <= low <= high < math.inf and 0.0 <= p_high <= 1.0):
+            raise ValueError(f"knob mix {list(data)!r}: need 0 <= low <= high and 0 <= p <= 1")
         return cls(low, high, p_high)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -371,3 +373,35 @@ def test_a_router_trained_on_single_prompts_ignores_context(tiny_router) -> None
     alone = tiny_router.score(normalize("What is the capital of France?"))
     np.testing.assert_allclose(conv.score, alone.score, rtol=1e-12)
     assert FEATURE_NAMES[n_main:] and all(n.startswith("ctx.") for n in FEATURE_NAMES[n_main:])
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        pytest.param(
+            lambda d: d["heads"]["quality"]["domain"].update(means=np.zeros((2, 2))),
+            "domain means and measured must be (D, K) arrays of one shape",
+            id="domain-means-shape",
+        ),
+        pytest.param(
+            lambda d: d["heads"]["quality"].update(gain_ref=np.array([2, 7])),
+            "gain models and references must be model indices below 3",
+            id="gain-ref-range",
+        ),
+        pytest.param(
+            lambda d: d["heads"]["quality"].update(knob_mix=[0.5, 0.1, 0.3]),
+            "need 0 <= low <= high and 0 <= p <= 1",
+            id="knob-mix-order",
+        ),
+        pytest.param(
+            lambda d: d["heads"]["quality"]["extra"].update(bias=np.zeros(3)),
+            "head has 3 extra columns; expected 2 gains + 2 domains",
+            id="extra-columns",
+        ),
+    ],
+)
+def test_inconsistent_payloads_are_refused(edit, message: str) -> None:
+    data = _router(10, gain=True, domain=True, mix=KnobMix(0.0, 1.0, 0.5)).to_payload()
+    edit(data)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Router.from_payload(data)
