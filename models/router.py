@@ -229,7 +229,9 @@ class LinearHead:
             s[..., self.gain_models] = s[..., self.gain_ref] - gain
         if self.domain is None:
             return s, None
-        p = _softmax(z[..., self._domain_cols])
+        zd = z[..., self._domain_cols]
+        e = np.exp(zd - zd.max(axis=-1, keepdims=True))
+        p = e / e.sum(axis=-1, keepdims=True)
         return self.domain.apply(s, p), p
 
     def to_payload(self) -> dict[str, Any]:
