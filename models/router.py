@@ -217,9 +217,11 @@ class LinearHead:
         return z
 
     def scores(
-        self, z: np.ndarray, mask: np.ndarray | None = None
+        self, z: np.ndarray, mask: np.ndarray | None = None, *, shrink: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Scores (…, K) from all logits (…, C), and the domain probabilities (or None)."""
+        """Scores (…, K) from all logits (…, C), and the domain probabilities (or None).
+
+        With `shrink=False`, the scores before the domain prior (for explanations)."""
         k = self.n_scores
         if self.kind == "softmax":
             return _softmax(z[..., :k], mask), None
@@ -232,7 +234,7 @@ class LinearHead:
         zd = z[..., self._domain_cols]
         e = np.exp(zd - zd.max(axis=-1, keepdims=True))
         p = e / e.sum(axis=-1, keepdims=True)
-        return self.domain.apply(s, p), p
+        return (self.domain.apply(s, p) if shrink else s), p
 
     def to_payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -554,9 +556,18 @@ class Router:
             prior = head.domain
             assert prior is not None and scored.domain_p is not None
             p = scored.domain_p
-            pull = p @ prior._num - scored.score * (p @ prior._den)
+            own, _p = head.scores(head.logits_one(dense, idx, vals, self.n_dense), shrink=False)
+            pull = p @ prior._num - own * (p @ prior._den)
             delta = pull[chosen] - (pull[against] if against is not None else 0.0)
-            out.append({"feature": "domain prior", **dom, "contribution": round(float(delta), 4)})
+            # Same keys as every entry: the domain in the name, the weight of its means in the
+            # chosen model's score as the value (`domain_of` has the probability too).
+            out.append(
+                {
+                    "feature": f"domain:{dom['domain']}",
+                    "value": dom["weight"],
+                    "contribution": round(float(delta), 4),
+                }
+            )
         return out
 
     def domain_of(self, scored: Scored, model: int | None = None) -> dict[str, Any] | None:

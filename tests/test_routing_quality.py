@@ -253,8 +253,19 @@ def test_explanation_names_the_domain_and_its_weight() -> None:
     d = ["maths", "trivia"].index(dom["domain"])
     assert dom["probability"] == round(float(scored.domain_p[d]), 4)
     assert dom["weight"] == round(float(scored.domain_p @ (0.5 * np.array([1.0, 1.0]))), 4)
-    entry = [e for e in r.explain(scored, 1, 0) if e["feature"] == "domain prior"]
-    assert len(entry) == 1 and entry[0]["domain"] == dom["domain"]
+    entry = [e for e in r.explain(scored, 1, 0) if e["feature"].startswith("domain:")]
+    assert entry == [
+        {
+            "feature": f"domain:{dom['domain']}",
+            "value": dom["weight"],
+            "contribution": entry[0]["contribution"],
+        }
+    ]
+    # the contribution is how much more the prior moved model 1's score than model 0's
+    head = r.heads["quality"]
+    own, _p = head.scores(head.logits_one(*scored.features, r.n_dense), shrink=False)
+    pull = scored.score - own
+    assert entry[0]["contribution"] == pytest.approx(float(pull[1] - pull[0]), abs=1e-4)
     assert _router(5).domain_of(_router(5).score(normalize("x"))) is None
 
 
