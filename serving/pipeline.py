@@ -247,7 +247,9 @@ def route(state: ServiceState, query: RouteQuery) -> Decision:
         loaded=loaded,
         experiment=experiment,
     )
-    state.metrics.decision(model, stage, time.perf_counter() - started)
+    state.metrics.decision(
+        model, stage, time.perf_counter() - started, float(scored.cost_usd[chosen])
+    )
     if settings.log_prompts:
         _log.info("route %s -> %s (%s): %r", request_id, model, stage, prompt.text[:2000])
     else:

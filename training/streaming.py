@@ -530,6 +530,7 @@ def train_streaming(
             (p for p in (routing or {}).get("curve", []) if p["knob"] == knob), None
         ),
         "knob_target_met": target_met,
+        "cv_curve": (routing or {}).get("curve", []),  # on the held-out sample; the dashboard's
         "best_step": best_step,
         "epochs": epoch_loss,
         "calibration": {

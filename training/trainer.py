@@ -556,6 +556,8 @@ def train(
         (p for p in cv_routing.get(strategy, {}).get("curve", []) if p["knob"] == knob), None
     )
     report["default_knob_cv_point"] = chosen
+    # The default head's cross-validated cost–quality curve: the service's dashboard draws it.
+    report["cv_curve"] = cv_routing.get(strategy, {}).get("curve", [])
     report["knob_target_met"] = target_met
     if not target_met:
         say(
