@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -80,6 +80,7 @@ class Catalog:
 
     models: tuple[ModelSpec, ...]
     typical_output_tokens: int = 300
+    source: str | None = field(default=None, compare=False)  # the file it was read from
 
     def __post_init__(self) -> None:
         by_name: dict[str, ModelSpec] = {}
@@ -111,6 +112,17 @@ class Catalog:
             if name not in self:
                 raise UnknownModelError(name, self.names, field=field)
 
+    def missing_message(self, names: Iterable[str], *, where: str = "the logs") -> str:
+        """"N model(s) in `where` are not in the catalog FILE: 'a', 'b'; add them ..." — every
+        unknown name at once, and the file to edit."""
+        missing = sorted({n for n in names if n not in self})
+        file = self.source or "the catalog"
+        return (
+            f"{len(missing)} model(s) in {where} are not in the catalog {file}: "
+            f"{', '.join(repr(m) for m in missing)}; add them to {file} with their prices "
+            "(or pass --catalog FILE)"
+        )
+
     def prices(self, order: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Input and output prices in USD per token, as arrays in `order`."""
         specs = [self[m] for m in order]
@@ -134,7 +146,9 @@ class Catalog:
             raise _config_error(exc, data, source) from None
         try:
             return cls(
-                models=tuple(parsed.models), typical_output_tokens=parsed.typical_output_tokens
+                models=tuple(parsed.models),
+                typical_output_tokens=parsed.typical_output_tokens,
+                source=source,
             )
         except ConfigError as exc:
             raise ConfigError(exc.field, exc.reason, source=source) from None

@@ -140,8 +140,9 @@ def test_train_with_an_incomplete_catalog(logs: Path, tmp_path: Path) -> None:
     )
     assert code == 2
     last = err.splitlines()[-1]
-    assert last.startswith(f"promptroute: error: {logs}:1: model: unknown model ")
-    assert last.endswith("known: gpt-4-1106-preview — add it to the catalog with its prices")
+    assert last.startswith(f"promptroute: error: {logs}:1: ")
+    assert f"are not in the catalog {catalog}: '" in last
+    assert last.endswith(f"; add them to {catalog} with their prices (or pass --catalog FILE)")
     assert not (tmp_path / "m").exists()
 
 

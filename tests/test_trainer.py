@@ -296,12 +296,16 @@ def _rec(text: str, source: str = "logs.jsonl:1", **q: float) -> Record:
 def test_models_missing_from_the_catalog(catalog: Catalog) -> None:
     records = [
         _rec("a", **{"gpt-4-1106-preview": 1.0, "my-local-llm": 0.0}, source="mine.jsonl:7"),
+        _rec("b", **{"gpt-4-1106-preview": 1.0, "another-llm": 0.0}, source="mine.jsonl:9"),
     ]
     with pytest.raises(DataError) as info:
         train(records, catalog, TrainOptions(**SMALL))
     assert info.value.path == "mine.jsonl:7"
-    assert "unknown model 'my-local-llm'" in info.value.reason
-    assert "add it to the catalog" in info.value.reason
+    # Every unknown model at once, and the file to edit.
+    assert info.value.reason == (
+        f"2 model(s) in the logs are not in the catalog {catalog.source}: 'another-llm', "
+        f"'my-local-llm'; add them to {catalog.source} with their prices (or pass --catalog FILE)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ from sklearn.linear_model import SGDClassifier
 from features.extractor import PromptFeaturizer
 from training import metrics
 from models.catalog import Catalog, estimate_tokens
-from models.errors import DataError, UnknownModelError
+from models.errors import DataError
 from training.labels import build_targets
 from training.logs import iter_records
 from training.records import Record
@@ -200,6 +200,7 @@ class _Stats:
     train_rows: int = 0
     holdout_rows: int = 0
     without_quality: int = 0
+    directly_labelled: int = 0  # {"prompt", "label"} rows: no outcome for the quality head
     other_split: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     in_tokens: dict[int, int] = field(default_factory=dict)
@@ -253,7 +254,10 @@ def _labelled_stream(
             labelled = rec.labelled_models
             if not labelled:
                 if stats is not None:
-                    stats.without_quality += 1
+                    if rec.label is not None:
+                        stats.directly_labelled += 1
+                    else:
+                        stats.without_quality += 1
                 continue
             if opts.split != "all" and is_test(rec.prompt.text) != (opts.split == "test"):
                 if stats is not None:
@@ -263,11 +267,12 @@ def _labelled_stream(
                 for m in labelled:
                     if m not in stats.models:
                         if m not in catalog:
-                            err = UnknownModelError(m, catalog.names, field="model")
+                            # Prices are needed from the first chunk on: stop at the first
+                            # unknown model (batch training lists them all).
                             raise DataError(
                                 rec.source or str(path),
                                 None,
-                                f"{err} — add it to the catalog with its prices",
+                                catalog.missing_message([m], where="this line"),
                             )
                         stats.models.add(m)
             yield rec, _digest(rec.prompt.text)
@@ -513,6 +518,12 @@ def train_streaming(
         default_knob=knob,
     )
     seconds = round(time.perf_counter() - t0, 2)
+    if stats.directly_labelled:
+        say(
+            f"warning: ignored {stats.directly_labelled} directly labelled row(s) "
+            '({"prompt", "label"}): --streaming fits the quality head, which needs outcomes; '
+            "train without --streaming to use them"
+        )
     say(f"streaming training done in {seconds:.1f}s")
     report: dict[str, Any] = {
         "method": "streaming",
@@ -520,6 +531,7 @@ def train_streaming(
         "n_holdout": stats.holdout_rows,
         "n_holdout_used": len(hold_records),
         "records_without_quality": stats.without_quality,
+        "records_directly_labelled_ignored": stats.directly_labelled,
         "records_other_split": stats.other_split,
         "skipped_lines": sum(stats.skipped.values()),
         "skipped_by_reason": dict(sorted(stats.skipped.items(), key=lambda kv: (-kv[1], kv[0]))),

@@ -50,7 +50,7 @@ from features.extractor import PromptFeaturizer
 from training import metrics
 from models.catalog import Catalog
 from training.curves import KNOB_GRID, sweep
-from models.errors import DataError, UnknownModelError
+from models.errors import DataError
 from training.labels import Targets, build_targets
 from training.records import Record
 from models.router import LinearHead, Router
@@ -381,10 +381,9 @@ def _model_list(records: Sequence[Record], catalog: Catalog) -> tuple[str, ...]:
                 seen.setdefault(m, rec.source)
         if rec.label is not None:
             seen.setdefault(rec.label, rec.source)
-    for m, src in seen.items():
-        if m not in catalog:
-            err = UnknownModelError(m, catalog.names, field="model")
-            raise DataError(src or "logs", None, f"{err} — add it to the catalog with its prices")
+    unknown = [m for m in seen if m not in catalog]
+    if unknown:  # all of them at once, located at the first; one edit of the catalog fixes it
+        raise DataError(seen[unknown[0]] or "logs", None, catalog.missing_message(unknown))
     if len(seen) < 2:
         raise DataError(
             "logs", None, f"need labelled outcomes for at least 2 models, found {sorted(seen)}"
