@@ -13,6 +13,7 @@ import training.trainer as trainer_mod
 from features.text import normalize
 from models.catalog import Catalog
 from models.errors import DataError
+from training.curves import KNOB_GRID
 from training.records import Outcome, Record
 from models.router import Router
 from training.split import is_test
@@ -29,6 +30,7 @@ REPORT_KEYS = {
     "cv_routing",
     "default_strategy",
     "default_knob_cv_point",
+    "cv_curve",
     "knob_target_met",
     "default_knob",
     "best_c",
@@ -165,6 +167,9 @@ def test_report_keys_and_counts(trained: tuple, sample_records: list) -> None:
     assert report["options"]["c_grid"] == (0.3, 1.0)
     assert report["train_seconds"] > 0
     json.dumps(report, allow_nan=False)  # it goes into the manifest as it is
+    # The default head's cross-validated curve (the dashboard draws it) holds the default point.
+    assert [p["knob"] for p in report["cv_curve"]] == list(KNOB_GRID)
+    assert report["default_knob_cv_point"] in report["cv_curve"]
     assert messages[0] == f"{n} records, 12 models; extracting features"
     assert messages[-1].startswith("final fit: ")
 

@@ -29,6 +29,7 @@ from models.catalog import Catalog
 from training.curves import KNOB_GRID, choose, sweep
 from training.heuristic import HeuristicRouter
 from training.labels import Targets, build_targets
+from training.progress import featurise
 from training.records import Record
 from models.router import Router
 from training.trainer import TrainOptions
@@ -93,7 +94,7 @@ def evaluate(
         raise ValueError("no record has two or more labelled models that the router knows")
     t = build_targets(kept, router.models, catalog, tolerance=tolerance)
     prompts = [r.prompt for r in kept]
-    X = router.featurizer.transform(prompts, task_types=[r.task_type for r in kept]).tocsr()
+    X = featurise(router.featurizer, kept)
     scores, est = {}, None
     for s in router.heads:
         scores[s], est = router.score_batch(prompts, X=X, strategy=s, masks=t.labelled)

@@ -57,6 +57,7 @@ from models.catalog import Catalog, estimate_tokens
 from models.errors import DataError
 from training.labels import build_targets
 from training.logs import iter_records
+from training.progress import open_progress
 from training.records import Record
 from models.router import LinearHead, Router
 from training.split import SPLIT_SIDES, is_test
@@ -238,6 +239,7 @@ def _labelled_stream(
     opts: StreamingOptions,
     catalog: Catalog,
     stats: _Stats | None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[Record, bytes]]:
     """(record, sha256 of its text) for every record with a labelled outcome on the chosen side;
     the first epoch passes `stats` to count, check model names and report skipped lines."""
@@ -248,7 +250,10 @@ def _labelled_stream(
 
     for path in paths:
         records = iter_records(
-            path, skip_invalid=opts.skip_invalid, on_skip=skipped if opts.skip_invalid else None
+            path,
+            skip_invalid=opts.skip_invalid,
+            on_skip=skipped if opts.skip_invalid else None,
+            on_bytes=on_bytes,
         )
         for rec in records:
             labelled = rec.labelled_models
@@ -405,6 +410,7 @@ def train_streaming(
         pending.clear()
 
     stats = _Stats()
+    size = sum(p.stat().st_size for p in files if p.is_file())
     epoch_loss: list[dict[str, Any]] = []
     hold_records: list[Record] = []
     X_hold: sparse.csr_matrix | None = None
@@ -412,7 +418,8 @@ def train_streaming(
         first = epoch == 0
         t_epoch = time.perf_counter()
         seen = 0
-        stream = _labelled_stream(files, opts, catalog, stats if first else None)
+        bar = open_progress(f"epoch {epoch + 1}/{opts.epochs}", total=size, unit="B")
+        stream = _labelled_stream(files, opts, catalog, stats if first else None, bar.update)
         train_rows = _train_side(stream, opts, stats if first else None)
         for number, chunk in enumerate(_chunks(train_rows, opts.chunk_size)):
             if heads is None:
@@ -425,7 +432,8 @@ def train_streaming(
             if first:
                 stats.observe(chunk + stats.unobserved, catalog)
                 stats.unobserved.clear()
-            say(f"epoch {epoch + 1}/{opts.epochs}: {seen} records")
+        bar.close()
+        say(f"epoch {epoch + 1}/{opts.epochs}: {seen} records")
         if heads is None:  # fewer training records than `scale_rows`
             start([X for _n, _c, X in pending])
         assert heads is not None

@@ -52,6 +52,7 @@ from models.catalog import Catalog
 from training.curves import KNOB_GRID, sweep
 from models.errors import DataError
 from training.labels import Targets, build_targets
+from training.progress import featurise, track
 from training.records import Record
 from models.router import LinearHead, Router
 
@@ -309,11 +310,16 @@ def _cross_validate(
     # One job per (head, model), largest first so that the two workers finish together; each
     # worker receives that model's rows once and does every fold and C.
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)
-    done = Parallel(n_jobs=opts.n_jobs, max_nbytes=None)(
-        delayed(_cv_one_model)(
-            X[rows], pos, neg, prompts.folds[rows], opts.cv_folds, opts.c_grid, opts.random_state
-        )
-        for _h, _j, rows, pos, neg in (jobs[i] for i in order)
+    done = track(
+        Parallel(n_jobs=opts.n_jobs, max_nbytes=None, return_as="generator")(
+            delayed(_cv_one_model)(
+                X[rows], pos, neg, prompts.folds[rows], opts.cv_folds, opts.c_grid, opts.random_state
+            )
+            for _h, _j, rows, pos, neg in (jobs[i] for i in order)
+        ),
+        "cross-validation",
+        total=len(jobs),
+        unit="models",
     )
     results = dict(zip(order, done, strict=True))
     fits: dict[str, _HeadFit] = {}
@@ -414,9 +420,7 @@ def train(
     distinct = _distinct_prompts(records, opts.cv_folds, opts.cv_max_prompts)
     firsts = [records[i] for i in distinct.first]
     # One feature row per distinct prompt; every fit below weights it by its records.
-    X = featurizer.transform(
-        [r.prompt for r in firsts], task_types=[r.task_type for r in firsts]
-    ).tocsr()
+    X = featurise(featurizer, firsts)
     # liblinear converges several times faster when the dense block is on the hashed block's
     # scale; the scaling is folded back into the weights after the final fit.
     dense_scale = _dense_scale(X, featurizer.n_dense_)
@@ -567,9 +571,14 @@ def train(
     t2 = time.perf_counter()
     jobs = _fit_jobs(list(fits), targets, distinct, cv_only=False)
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)  # largest first
-    done = Parallel(n_jobs=opts.n_jobs, max_nbytes=None)(
-        delayed(_fit_weighted)(X[rows], pos, neg, fits[head].best_c[j], opts.random_state)
-        for head, j, rows, pos, neg in (jobs[i] for i in order)
+    done = track(
+        Parallel(n_jobs=opts.n_jobs, max_nbytes=None, return_as="generator")(
+            delayed(_fit_weighted)(X[rows], pos, neg, fits[head].best_c[j], opts.random_state)
+            for head, j, rows, pos, neg in (jobs[i] for i in order)
+        ),
+        "fitting",
+        total=len(jobs),
+        unit="models",
     )
     final = {(jobs[i][0], jobs[i][1]): cb for i, cb in zip(order, done, strict=True)}
     heads: dict[str, LinearHead] = {}
