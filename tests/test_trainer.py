@@ -13,9 +13,9 @@ import training.trainer as trainer_mod
 from features.text import normalize
 from models.catalog import Catalog
 from models.errors import DataError
+from models.router import Router
 from training.curves import KNOB_GRID
 from training.records import Outcome, Record
-from models.router import Router
 from training.split import is_test
 from training.trainer import TrainOptions, TrainResult, fold_ids, train
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from serving.deps import StateDep
+from serving.deps import ModelsDep, SettingsDep
 
 __all__ = ["router"]
 
@@ -14,14 +14,14 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/artifact")
-async def loaded_artifact(state: StateDep) -> dict[str, Any]:
+async def loaded_artifact(models: ModelsDep, settings: SettingsDep) -> dict[str, Any]:
     """What is serving: router version, its models, the cross-validated cost–quality curve of its
     default head, and the knob each priority maps to now."""
-    loaded = state.model
+    loaded = models.current
     manifest = loaded.manifest
     metrics = manifest.get("metrics") or {}
     router = loaded.router
-    priorities = state.settings.priorities
+    priorities = settings.priorities
     balanced = priorities.balanced if priorities.balanced is not None else router.default_knob
     return {
         "router_version": loaded.version,
@@ -36,7 +36,7 @@ async def loaded_artifact(state: StateDep) -> dict[str, Any]:
             "balanced": balanced,
             "cost": priorities.cost,
         },
-        "default_priority": state.settings.default_priority,
+        "default_priority": settings.default_priority,
         "cv_curve": [
             {"knob": p["knob"], "quality": p["quality"], "cost": p["cost"]}
             for p in metrics.get("cv_curve") or []
