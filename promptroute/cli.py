@@ -258,7 +258,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from serving.server import serve
 
     return serve(
-        config=a.config, model=a.model, host=a.host, port=a.port, default_model=_default_model
+        config=a.config,
+        model=a.model,
+        host=a.host,
+        port=a.port,
+        workers=a.workers,
+        default_model=_default_model,
     )
 
 
@@ -397,10 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_route)
 
     s = sub.add_parser("serve", help="start the HTTP routing service")
-    s.add_argument("--model", help="artifact folder (default: the bundled default model)")
-    s.add_argument("--config", help="service config YAML")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
+    s.add_argument(
+        "--model", help="artifact folder (default: $PROMPTROUTE_ARTIFACT, else the bundled model)"
+    )
+    s.add_argument("--config", help="service config YAML (default: $PROMPTROUTE_CONFIG)")
+    s.add_argument("--host", help="default: $PROMPTROUTE_HOST, else the config's (127.0.0.1)")
+    s.add_argument("--port", type=int, help="default: $PROMPTROUTE_PORT, else the config's (8000)")
+    s.add_argument(
+        "--workers", type=int, help="worker processes (default: $PROMPTROUTE_WORKERS, else 1)"
+    )
     s.set_defaults(func=cmd_serve)
     return p
 

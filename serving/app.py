@@ -23,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.access_log import GatewayAccessLog
 from serving.config import Settings
 from serving.errors import BodyTooLarge, error_body, install_error_handlers
 from serving.gateway import Gateway, Sleep, Upstreams
@@ -131,6 +132,8 @@ def create_app(
     install_docs(app)
     install_ui(app)
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    if settings.gateway_access_log:
+        app.add_middleware(GatewayAccessLog)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 

@@ -310,9 +310,16 @@ class Pipeline:
                 model,
                 decision.stage,
                 query.prompt.text[:2000],
+                extra={"request_id": decision.request_id},
             )
         else:
-            _log.debug("route %s -> %s (%s)", decision.request_id, model, decision.stage)
+            _log.debug(
+                "route %s -> %s (%s)",
+                decision.request_id,
+                model,
+                decision.stage,
+                extra={"request_id": decision.request_id},
+            )
 
     async def remember(
         self,
