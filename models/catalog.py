@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from models.errors import ConfigError, UnknownModelError
 from models.paths import catalog_path
@@ -72,6 +80,28 @@ class _CatalogFile(BaseModel):
     version: Literal[1] = 1
     typical_output_tokens: int = Field(default=300, gt=0)
     models: list[ModelSpec] = Field(min_length=1)
+    # The documented order in which models without learned scores are chosen when nothing
+    # scored is eligible; names must be catalog models, each once.
+    unscored_preference: list[str] = Field(default_factory=list)
+
+    @field_validator("unscored_preference")
+    @classmethod
+    def _preference_names_models(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        names = {m.name for m in info.data.get("models") or ()}
+        seen: set[str] = set()
+        for i, name in enumerate(value):
+            if name not in names:
+                raise PydanticCustomError(
+                    "unknown_model",
+                    "[{i}] {name} is not a model of this catalog",
+                    {"i": i, "name": repr(name)},
+                )
+            if name in seen:
+                raise PydanticCustomError(
+                    "duplicate", "[{i}] {name} is listed twice", {"i": i, "name": repr(name)}
+                )
+            seen.add(name)
+        return value
 
 
 @dataclass(frozen=True)
@@ -81,6 +111,7 @@ class Catalog:
     models: tuple[ModelSpec, ...]
     typical_output_tokens: int = 300
     source: str | None = field(default=None, compare=False)  # the file it was read from
+    unscored_preference: tuple[str, ...] = ()  # see catalog.yaml: for models without scores
 
     def __post_init__(self) -> None:
         by_name: dict[str, ModelSpec] = {}
@@ -113,7 +144,7 @@ class Catalog:
                 raise UnknownModelError(name, self.names, field=field)
 
     def missing_message(self, names: Iterable[str], *, where: str = "the logs") -> str:
-        """"N model(s) in `where` are not in the catalog FILE: 'a', 'b'; add them ..." — every
+        """ "N model(s) in `where` are not in the catalog FILE: 'a', 'b'; add them ..." — every
         unknown name at once, and the file to edit."""
         missing = sorted({n for n in names if n not in self})
         file = self.source or "the catalog"
@@ -132,11 +163,14 @@ class Catalog:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain snapshot (stored in artifact manifests)."""
-        return {
+        out: dict[str, Any] = {
             "version": 1,
             "typical_output_tokens": self.typical_output_tokens,
             "models": [m.model_dump(mode="json") for m in self.models],
         }
+        if self.unscored_preference:
+            out["unscored_preference"] = list(self.unscored_preference)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Catalog:
@@ -149,6 +183,7 @@ class Catalog:
                 models=tuple(parsed.models),
                 typical_output_tokens=parsed.typical_output_tokens,
                 source=source,
+                unscored_preference=tuple(parsed.unscored_preference),
             )
         except ConfigError as exc:
             raise ConfigError(exc.field, exc.reason, source=source) from None

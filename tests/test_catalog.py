@@ -291,3 +291,57 @@ def test_spec_is_frozen() -> None:
     spec = Catalog.from_dict(GOOD)["small"]
     with pytest.raises(ValueError, match="frozen"):
         spec.input_price_per_1m = 0.0  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- today's models
+def test_the_catalog_has_todays_models_with_prices_context_and_capabilities(
+    catalog: Catalog,
+) -> None:
+    expected = {  # name: (input $/1M, output $/1M, context window, capabilities)
+        "gpt-4o": (2.5, 10.0, 128000, ("vision", "tools", "json")),
+        "gpt-4o-mini": (0.15, 0.6, 128000, ("vision", "tools", "json")),
+        "claude-3.5-sonnet": (3.0, 15.0, 200000, ("vision", "tools")),
+    }
+    for name, (inp, out, window, caps) in expected.items():
+        spec = catalog[name]
+        assert (spec.input_price_per_1m, spec.output_price_per_1m) == (inp, out)
+        assert spec.context_window == window and spec.capabilities == caps
+    assert sum("vision" in m.capabilities for m in catalog.models) >= 5
+
+
+def test_unscored_preference_names_vision_models_first(catalog: Catalog) -> None:
+    assert catalog.unscored_preference[:2] == ("gpt-4o-mini", "gemini-2.0-flash")
+    assert all(name in catalog for name in catalog.unscored_preference)
+    first_vision = next(
+        n for n in catalog.unscored_preference if "vision" in catalog[n].capabilities
+    )
+    assert first_vision == "gpt-4o-mini"
+    again = Catalog.from_dict(catalog.to_dict())
+    assert again.unscored_preference == catalog.unscored_preference
+
+
+@pytest.mark.parametrize(
+    ("preference", "message"),
+    [
+        pytest.param(
+            ["a", "nope"],
+            "unscored_preference: [1] 'nope' is not a model of this catalog",
+            id="unknown",
+        ),
+        pytest.param(["a", "a"], "unscored_preference: [1] 'a' is listed twice", id="twice"),
+    ],
+)
+def test_unscored_preference_is_checked(preference: list[str], message: str) -> None:
+    spec = {"input_price_per_1m": 1, "output_price_per_1m": 1, "latency_ms": 1, "context_window": 9}
+    data = {"models": [{"name": "a", **spec}], "unscored_preference": preference}
+    with pytest.raises(ConfigError) as info:
+        Catalog.from_dict(data, source="c.yaml")
+    assert str(info.value) == f"c.yaml: {message}"
+
+
+def test_an_unknown_model_message_lists_all_and_names_the_file(catalog: Catalog) -> None:
+    message = catalog.missing_message(["x-2", "gpt-4o", "x-1"])
+    assert message == (
+        f"2 model(s) in the logs are not in the catalog {catalog.source}: 'x-1', 'x-2'; "
+        f"add them to {catalog.source} with their prices (or pass --catalog FILE)"
+    )
