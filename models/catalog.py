@@ -161,15 +161,18 @@ class Catalog:
         out = np.array([s.output_price_per_1m for s in specs], dtype=np.float64) / 1e6
         return inp, out
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain snapshot (stored in artifact manifests)."""
+    def to_dict(self, *, only: Iterable[str] | None = None) -> dict[str, Any]:
+        """A plain snapshot (stored in artifact manifests); `only` keeps just those models
+        (and their places in `unscored_preference`), e.g. the ones an artifact knows."""
+        keep = set(self.names if only is None else only)
         out: dict[str, Any] = {
             "version": 1,
             "typical_output_tokens": self.typical_output_tokens,
-            "models": [m.model_dump(mode="json") for m in self.models],
+            "models": [m.model_dump(mode="json") for m in self.models if m.name in keep],
         }
-        if self.unscored_preference:
-            out["unscored_preference"] = list(self.unscored_preference)
+        preference = [name for name in self.unscored_preference if name in keep]
+        if preference:
+            out["unscored_preference"] = preference
         return out
 
     @classmethod

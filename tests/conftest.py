@@ -66,8 +66,7 @@ def catalog_path(tmp_path_factory, tiny_router) -> Path:
 
     from models.catalog import load_catalog
 
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    data = load_catalog().to_dict(only=tiny_router.models)
     path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

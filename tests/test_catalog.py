@@ -345,3 +345,15 @@ def test_an_unknown_model_message_lists_all_and_names_the_file(catalog: Catalog)
         f"2 model(s) in the logs are not in the catalog {catalog.source}: 'x-1', 'x-2'; "
         f"add them to {catalog.source} with their prices (or pass --catalog FILE)"
     )
+
+
+def test_to_dict_only_keeps_those_models_and_their_preference(catalog: Catalog) -> None:
+    data = catalog.to_dict(only=["gpt-4o", "claude-3.5-sonnet", "gpt-4-1106-preview"])
+    assert [m["name"] for m in data["models"]] == [
+        "gpt-4-1106-preview",
+        "gpt-4o",
+        "claude-3.5-sonnet",
+    ]
+    assert data["unscored_preference"] == ["gpt-4o", "claude-3.5-sonnet"]
+    assert "unscored_preference" not in catalog.to_dict(only=["gpt-4-1106-preview"])
+    Catalog.from_dict(data)  # still valid

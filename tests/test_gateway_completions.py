@@ -77,8 +77,7 @@ def _fresh_fake(fake):
 
 @pytest.fixture(scope="module")
 def catalog_path(tmp_path_factory, tiny_router) -> Path:
-    data = CATALOG.to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    data = CATALOG.to_dict(only=tiny_router.models)
     path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

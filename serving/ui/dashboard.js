@@ -3,8 +3,10 @@
 // them with /metrics and /models).
 "use strict";
 
-const PALETTE = ["#5aa9ff", "#3ecf8e", "#f5b945", "#ff6b6b", "#b48cff", "#4dd4d4", "#ff9f5a",
-  "#9ccc65", "#f06292", "#90a4ae", "#ffd54f", "#7986cb", "#4db6ac", "#e57373", "#aed581"];
+// Distinct hues first: the busiest models get them (colours are assigned by traffic, once).
+const PALETTE = ["#5aa9ff", "#ff6b6b", "#3ecf8e", "#f5b945", "#b48cff", "#4dd4d4", "#ff9f5a",
+  "#f06292", "#9ccc65", "#7986cb", "#ffd54f", "#4db6ac", "#e57373", "#aed581", "#90a4ae",
+  "#ce93d8", "#80deea", "#ffab91", "#c5e1a5", "#b0bec5"];
 const KEY_STORE = "promptroute.adminKey";
 const SVG = "http://www.w3.org/2000/svg";
 const ui = { minutes: 15, timer: null, loads: 0, colors: new Map(), pending: null };
@@ -222,7 +224,12 @@ function renderTimeline(activity, order) {
 function renderHealth(models) {
   const body = $("#health tbody");
   body.replaceChildren();
-  for (const m of models.models) {
+  // What needs attention first: open and half-open circuits, then the models with traffic.
+  const rank = { open: 0, half_open: 1, closed: 2 };
+  const rows = models.models.map((m, i) => [m, i]).sort(([a, i], [b, j]) =>
+    (rank[a.breaker.state] ?? 3) - (rank[b.breaker.state] ?? 3)
+    || b.stats.calls - a.stats.calls || Number(b.routable) - Number(a.routable) || i - j);
+  for (const [m] of rows) {
     const st = m.stats, br = m.breaker, lat = st.latency_ms;
     const latency = lat ? `${fmtMs(lat.p50)} / ${fmtMs(lat.p95)} / ${fmtMs(lat.p99)} ms` : `est. ${fmtMs(m.latency_ms)} ms`;
     const tags = m.capabilities.map((c) => h("span", { class: "tag" }, c));
@@ -367,6 +374,8 @@ async function refresh() {
     const [models, activity, experiments, artifact] = await Promise.all([
       getJSON("/models"), getJSON(`/activity?minutes=${ui.minutes}`), getJSON("/experiments"), getJSON("/artifact"),
     ]);
+    const busiest = Object.keys(activity.totals).sort((a, b) => activity.totals[b].decisions - activity.totals[a].decisions);
+    for (const m of busiest) color(m);
     for (const m of models.models) color(m.name);
     renderKpis(activity, models, artifact);
     renderTraffic(activity, models);
