@@ -210,3 +210,23 @@ def test_breaker_reset_asks_for_the_admin_key(browser, loaded_server) -> None:
         )
     finally:
         page.close()
+
+
+def test_reload_asks_for_the_key_and_reports_the_versions(browser, loaded_server) -> None:
+    url, _victim = loaded_server
+    page, _refused = _open_dashboard(browser, url)
+    try:
+        version = httpx.get(f"{url}/artifact").json()["router_version"]
+        page.locator("#reload-form button").click()
+        page.locator("#key-input").fill(ADMIN_KEY)
+        page.locator("#key-ok").click()
+        page.wait_for_selector("#notice.ok", timeout=30_000)
+        assert f"router {version} → {version}" in page.locator("#notice").inner_text()
+        # A path that is no artifact: the service's refusal is shown, the old model serves on.
+        page.locator("#reload-path").fill("/nonexistent/artifact")
+        page.locator("#reload-form button").click()  # the key is remembered for the tab
+        page.wait_for_selector("#notice.bad", timeout=30_000)
+        text = page.locator("#notice").inner_text()
+        assert text.startswith("/admin/reload: 422 ") and f"still serving router {version}" in text
+    finally:
+        page.close()

@@ -97,13 +97,13 @@ def build_figure(report: dict[str, Any], *, dataset: str = "") -> Any:
     sq = [report["single_models"][m]["quality"] for m in names]
     zx, zy = zero_router_curve(sc, sq)
     ax.plot(zx, zy, "--", c="grey", lw=1.5, label="Zero router (random mix, linear in cost)")
-    colors = plt.get_cmap("tab20")
+    colors = plt.get_cmap("tab20")  # from its third colour: the first two are the router's blue
     markers = "os^Dv<>pPhX"
     for i, (m, x, y) in enumerate(zip(names, sc, sq, strict=True)):
         ax.scatter(
             [x],
             [y],
-            color=colors(i % 20),
+            color=colors((i + 2) % 20),
             marker=markers[i % len(markers)],
             s=36,
             zorder=4,
