@@ -313,7 +313,13 @@ def _cross_validate(
     done = track(
         Parallel(n_jobs=opts.n_jobs, max_nbytes=None, return_as="generator")(
             delayed(_cv_one_model)(
-                X[rows], pos, neg, prompts.folds[rows], opts.cv_folds, opts.c_grid, opts.random_state
+                X[rows],
+                pos,
+                neg,
+                prompts.folds[rows],
+                opts.cv_folds,
+                opts.c_grid,
+                opts.random_state,
             )
             for _h, _j, rows, pos, neg in (jobs[i] for i in order)
         ),
