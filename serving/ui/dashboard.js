@@ -46,7 +46,10 @@ function fmtUsd(x) {
 }
 const fmtPct = (x) => (x === null || x === undefined ? "–" : (100 * x).toFixed(1) + "%");
 const fmtMs = (x) => (x === null || x === undefined ? "–" : x < 10 ? x.toFixed(1) : Math.round(x).toString());
-const fmtUs = (sec) => (sec === null || sec === undefined ? "–" : Math.round(sec * 1e6) + " µs");
+function fmtUs(sec) {
+  if (sec === null || sec === undefined) return "–";
+  return sec < 1e-3 ? Math.round(sec * 1e6) + " µs" : (sec * 1e3).toFixed(sec < 0.1 ? 1 : 0) + " ms";
+}
 const fmtNum = (x, digits = 3) => (x === null || x === undefined ? "–" : Number(x).toFixed(digits));
 const fmtTime = (ts) => new Date(ts * 1000).toLocaleTimeString("en-GB");
 
