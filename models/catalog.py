@@ -19,10 +19,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    ValidationInfo,
     field_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from models.errors import ConfigError, UnknownModelError
 from models.paths import catalog_path
@@ -80,28 +78,6 @@ class _CatalogFile(BaseModel):
     version: Literal[1] = 1
     typical_output_tokens: int = Field(default=300, gt=0)
     models: list[ModelSpec] = Field(min_length=1)
-    # The documented order in which models without learned scores are chosen when nothing
-    # scored is eligible; names must be catalog models, each once.
-    unscored_preference: list[str] = Field(default_factory=list)
-
-    @field_validator("unscored_preference")
-    @classmethod
-    def _preference_names_models(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        names = {m.name for m in info.data.get("models") or ()}
-        seen: set[str] = set()
-        for i, name in enumerate(value):
-            if name not in names:
-                raise PydanticCustomError(
-                    "unknown_model",
-                    "[{i}] {name} is not a model of this catalog",
-                    {"i": i, "name": repr(name)},
-                )
-            if name in seen:
-                raise PydanticCustomError(
-                    "duplicate", "[{i}] {name} is listed twice", {"i": i, "name": repr(name)}
-                )
-            seen.add(name)
-        return value
 
 
 @dataclass(frozen=True)
@@ -111,7 +87,6 @@ class Catalog:
     models: tuple[ModelSpec, ...]
     typical_output_tokens: int = 300
     source: str | None = field(default=None, compare=False)  # the file it was read from
-    unscored_preference: tuple[str, ...] = ()  # see catalog.yaml: for models without scores
 
     def __post_init__(self) -> None:
         by_name: dict[str, ModelSpec] = {}
@@ -162,18 +137,14 @@ class Catalog:
         return inp, out
 
     def to_dict(self, *, only: Iterable[str] | None = None) -> dict[str, Any]:
-        """A plain snapshot (stored in artifact manifests); `only` keeps just those models
-        (and their places in `unscored_preference`), e.g. the ones an artifact knows."""
+        """A plain snapshot (stored in artifact manifests); `only` keeps just those models (in
+        catalog order), e.g. the ones an artifact knows."""
         keep = set(self.names if only is None else only)
-        out: dict[str, Any] = {
+        return {
             "version": 1,
             "typical_output_tokens": self.typical_output_tokens,
             "models": [m.model_dump(mode="json") for m in self.models if m.name in keep],
         }
-        preference = [name for name in self.unscored_preference if name in keep]
-        if preference:
-            out["unscored_preference"] = preference
-        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None) -> Catalog:
@@ -186,7 +157,6 @@ class Catalog:
                 models=tuple(parsed.models),
                 typical_output_tokens=parsed.typical_output_tokens,
                 source=source,
-                unscored_preference=tuple(parsed.unscored_preference),
             )
         except ConfigError as exc:
             raise ConfigError(exc.field, exc.reason, source=source) from None

@@ -309,34 +309,21 @@ def test_the_catalog_has_todays_models_with_prices_context_and_capabilities(
     assert sum("vision" in m.capabilities for m in catalog.models) >= 5
 
 
-def test_unscored_preference_names_vision_models_first(catalog: Catalog) -> None:
-    assert catalog.unscored_preference[:2] == ("gpt-4o-mini", "gemini-2.0-flash")
-    assert all(name in catalog for name in catalog.unscored_preference)
-    first_vision = next(
-        n for n in catalog.unscored_preference if "vision" in catalog[n].capabilities
-    )
-    assert first_vision == "gpt-4o-mini"
-    again = Catalog.from_dict(catalog.to_dict())
-    assert again.unscored_preference == catalog.unscored_preference
-
-
-@pytest.mark.parametrize(
-    ("preference", "message"),
-    [
-        pytest.param(
-            ["a", "nope"],
-            "unscored_preference: [1] 'nope' is not a model of this catalog",
-            id="unknown",
-        ),
-        pytest.param(["a", "a"], "unscored_preference: [1] 'a' is listed twice", id="twice"),
-    ],
-)
-def test_unscored_preference_is_checked(preference: list[str], message: str) -> None:
-    spec = {"input_price_per_1m": 1, "output_price_per_1m": 1, "latency_ms": 1, "context_window": 9}
-    data = {"models": [{"name": "a", **spec}], "unscored_preference": preference}
-    with pytest.raises(ConfigError) as info:
-        Catalog.from_dict(data, source="c.yaml")
-    assert str(info.value) == f"c.yaml: {message}"
+def test_todays_models_are_listed_cheap_capable_first(catalog: Catalog) -> None:
+    """Their order in the file is the preference for models without learned scores."""
+    names = list(catalog.names)
+    today = names[names.index("gpt-4o-mini") :]
+    assert today[:5] == [
+        "gpt-4o-mini",
+        "gemini-2.0-flash",
+        "gpt-4.1-mini",
+        "gpt-4o",
+        "claude-3.5-sonnet",
+    ]
+    vision = [n for n in today if "vision" in catalog[n].capabilities]
+    assert vision[0] == "gpt-4o-mini"
+    prices = [catalog[n].input_price_per_1m for n in vision[:3]]
+    assert prices == sorted(prices)  # the cheapest vision models first
 
 
 def test_an_unknown_model_message_lists_all_and_names_the_file(catalog: Catalog) -> None:
@@ -347,13 +334,11 @@ def test_an_unknown_model_message_lists_all_and_names_the_file(catalog: Catalog)
     )
 
 
-def test_to_dict_only_keeps_those_models_and_their_preference(catalog: Catalog) -> None:
-    data = catalog.to_dict(only=["gpt-4o", "claude-3.5-sonnet", "gpt-4-1106-preview"])
+def test_to_dict_only_keeps_those_models_in_catalog_order(catalog: Catalog) -> None:
+    data = catalog.to_dict(only=["claude-3.5-sonnet", "gpt-4o", "gpt-4-1106-preview"])
     assert [m["name"] for m in data["models"]] == [
         "gpt-4-1106-preview",
         "gpt-4o",
         "claude-3.5-sonnet",
     ]
-    assert data["unscored_preference"] == ["gpt-4o", "claude-3.5-sonnet"]
-    assert "unscored_preference" not in catalog.to_dict(only=["gpt-4-1106-preview"])
-    Catalog.from_dict(data)  # still valid
+    assert Catalog.from_dict(data).names == ("gpt-4-1106-preview", "gpt-4o", "claude-3.5-sonnet")
