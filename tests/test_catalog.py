@@ -322,8 +322,9 @@ def test_todays_models_are_listed_cheap_capable_first(catalog: Catalog) -> None:
     ]
     vision = [n for n in today if "vision" in catalog[n].capabilities]
     assert vision[0] == "gpt-4o-mini"
-    prices = [catalog[n].input_price_per_1m for n in vision[:3]]
-    assert prices == sorted(prices)  # the cheapest vision models first
+    # the cheap vision models (≤ $0.5 per 1M input tokens) come before the dear ones
+    cheap = [catalog[n].input_price_per_1m <= 0.5 for n in vision]
+    assert cheap == sorted(cheap, reverse=True)
 
 
 def test_an_unknown_model_message_lists_all_and_names_the_file(catalog: Catalog) -> None:
