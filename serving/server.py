@@ -7,6 +7,7 @@ starts, and reported as one line with exit code 2, like the rest of the CLI.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging.config
 import os
 import sys
@@ -18,6 +19,7 @@ __all__ = ["serve", "worker_app"]
 
 _GRACEFUL_SHUTDOWN_SECONDS = 10
 _WORKER_SETTINGS = "PROMPTROUTE__WORKER_SETTINGS"  # internal: serve() → its worker processes
+_WORKER_STARTUP_SECONDS = 120
 
 
 def serve(
@@ -110,6 +112,10 @@ def serve(
             settings.workers,
         )
         os.environ[_WORKER_SETTINGS] = settings.model_dump_json()
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+            # A worker loads the model before it answers uvicorn's ping; the default 5 s had
+            # busy 2-core machines kill and restart workers that were still loading.
+            options["timeout_worker_healthcheck"] = _WORKER_STARTUP_SECONDS
         uvicorn.run("serving.server:worker_app", factory=True, workers=settings.workers, **options)
         return 0
     app = create_app(settings, service=service)

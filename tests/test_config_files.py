@@ -59,12 +59,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_minimal_config_starts_as_shipped(tiny_artifact: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_the_minimal_config_starts_as_shipped(tiny_artifact: Path, workers: int) -> None:
     """`promptroute serve --config serving/example-config.yaml`, as a user types it (the
-    model given by PROMPTROUTE_ARTIFACT so that the test does not train the default one)."""
+    model given by PROMPTROUTE_ARTIFACT so that the test does not train the default one); with
+    PROMPTROUTE_WORKERS=2, uvicorn's worker processes each load it."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMPTROUTE_", "OPENAI_"))}
     env.update(PROMPTROUTE_ARTIFACT=str(tiny_artifact), PROMPTROUTE_PORT=str(port))
+    if workers > 1:
+        env["PROMPTROUTE_WORKERS"] = str(workers)
     process = subprocess.Popen(
         [sys.executable, "-m", "promptroute", "serve", "--config", str(MINIMAL)],
         env=env,
@@ -72,25 +76,37 @@ def test_the_minimal_config_starts_as_shipped(tiny_artifact: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
     )
+    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while True:
             assert process.poll() is None, process.communicate()[0]
             try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                ready = httpx.get(f"{base}/readyz", timeout=1)
                 break
             except httpx.TransportError:
-                assert time.monotonic() < deadline, "the service did not start in 60 s"
+                assert time.monotonic() < deadline, "the service did not start in 120 s"
                 time.sleep(0.2)
         assert ready.status_code == 200
-        assert httpx.get(f"http://127.0.0.1:{port}/ui/", timeout=5).status_code == 200
+        assert httpx.get(f"{base}/ui/", timeout=5).status_code == 200
+        answer = httpx.post(f"{base}/route", json={"prompt": "2+2?"}, timeout=10)
+        assert answer.status_code == 200
+        if workers > 1:  # both workers up before stopping, so that both lines are there
+            while process.poll() is None and time.monotonic() < deadline:
+                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
+                    break
     finally:
         process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
-    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit by SIGTERM).
-    assert process.returncode == -signal.SIGTERM, output
-    assert "Application shutdown complete." in output
+        output = process.communicate(timeout=60)[0]
     assert f"serving {tiny_artifact}" in output
+    if workers == 1:
+        # uvicorn shuts down gracefully, then re-raises the signal it caught (exit by SIGTERM).
+        assert process.returncode == -signal.SIGTERM, output
+        assert "Application shutdown complete." in output
+    else:
+        assert process.returncode == 0, output
+        assert "2 workers: each keeps its own statistics" in output
+        assert "died" not in output  # no worker killed while it was still loading
 
 
 def test_environment_variables_override_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
