@@ -175,6 +175,10 @@ def test_dashboard_shows_the_numbers_of_metrics_and_models(browser, loaded_serve
         assert page.locator("#router-version").inner_text() == artifact["router_version"]
         assert artifact["cv_curve"], "the artifact should carry its cross-validated curve"
         assert page.locator("#curve circle[data-knob='balanced']").count() == 1
+        assert artifact["scored"] == sorted(m["name"] for m in models if m["routable"])
+        assert page.locator("#artifact-facts dd[data-field='models']").inner_text() == (
+            f"{len(artifact['scored'])} with learned scores, of {len(models)} in the catalog"
+        )
         assert refused == []
         shots = os.environ.get("PROMPTROUTE_SCREENSHOTS")  # a folder: look at the page yourself
         if shots:

@@ -27,8 +27,9 @@ async def loaded_artifact(models: ModelsDep, settings: SettingsDep) -> dict[str,
         "router_version": loaded.version,
         "path": loaded.path,
         "created_at": manifest.get("created_at"),
-        "models": list(loaded.names),
-        "routable": sorted(loaded.universe),
+        "models": list(loaded.router.models),  # the ones it has learned scores for
+        "scored": sorted(loaded.scored),  # of those, the ones in the catalog: it ranks them
+        "catalog_models": len(loaded.names),
         "default_strategy": router.default_strategy,
         "default_knob": router.default_knob,
         "knobs": {

@@ -236,7 +236,7 @@ function renderHealth(models) {
     const st = m.stats, br = m.breaker, lat = st.latency_ms;
     const latency = lat ? `${fmtMs(lat.p50)} / ${fmtMs(lat.p95)} / ${fmtMs(lat.p99)} ms` : `est. ${fmtMs(m.latency_ms)} ms`;
     const tags = m.capabilities.map((c) => h("span", { class: "tag" }, c));
-    if (!m.routable) tags.push(h("span", { class: "tag warn", title: m.routable_reason || "not routable" }, "not routable"));
+    if (!m.routable) tags.push(h("span", { class: "tag warn", title: m.why_not_routable || "not routable" }, "no learned scores"));
     body.append(h("tr", { "data-model": m.name },
       h("td", { class: "model" }, h("span", { class: "swatch", style: `background:${color(m.name)}` }), m.name,
         h("div", { class: "muted" }, m.provider)),
@@ -365,7 +365,7 @@ function renderArtifact(artifact) {
     ["knobs now", `quality ${artifact.knobs.quality} · balanced ${fmtNum(artifact.knobs.balanced, 4)} · cost ${artifact.knobs.cost}`],
     ["trained on", (artifact.training.files || []).join(", ") + (artifact.training.split ? ` (${artifact.training.split} side)` : "")],
     ["records", artifact.training.records_used === null || artifact.training.records_used === undefined ? "–" : fmtInt(artifact.training.records_used)],
-    ["models", `${artifact.models.length} learned, ${artifact.routable.length} routable`],
+    ["models", `${artifact.scored.length} with learned scores, of ${artifact.catalog_models} in the catalog`],
   ];
   $("#artifact-facts").replaceChildren(...facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", { "data-field": k }, v)]));
   renderCurve(artifact);
