@@ -172,22 +172,35 @@ def _already_done(path: Path) -> tuple[set[str], float]:
 
 
 class _Budget:
-    """Reservations against a cap: a prompt starts only if its worst case still fits."""
+    """Reservations against a cap: a prompt starts only if its worst case still fits.
+
+    A reservation that does not fit while others are in flight waits for them to settle (they
+    usually cost far less than their worst case); it fails only when nothing is in flight.
+    """
 
     def __init__(self, cap: float, spent: float) -> None:
         self.cap = cap
         self.spent = spent
         self.reserved = 0.0
+        self.in_flight = 0
+        self._settled = asyncio.Condition()
 
-    def reserve(self, amount: float) -> bool:
-        if self.spent + self.reserved + amount > self.cap:
-            return False
-        self.reserved += amount
-        return True
+    async def reserve(self, amount: float) -> bool:
+        async with self._settled:
+            while self.spent + self.reserved + amount > self.cap:
+                if self.in_flight == 0:
+                    return False
+                await self._settled.wait()
+            self.reserved += amount
+            self.in_flight += 1
+            return True
 
-    def settle(self, reserved: float, actual: float) -> None:
-        self.reserved -= reserved
-        self.spent += actual
+    async def settle(self, reserved: float, actual: float) -> None:
+        async with self._settled:
+            self.reserved -= reserved
+            self.spent += actual
+            self.in_flight -= 1
+            self._settled.notify_all()
 
 
 class Labeller:
@@ -402,7 +415,7 @@ class Labeller:
                     return
                 text = normalize(prompt=row.get("prompt"), messages=row.get("messages")).text
                 worst = self._worst_case(text)
-                if not budget.reserve(worst):
+                if not await budget.reserve(worst):
                     stop.set()
                     summary.stopped = (
                         f"budget: ${budget.spent:.4f} of ${budget.cap:g} spent; the next prompt "
@@ -412,7 +425,7 @@ class Labeller:
                     return
                 line = await self._one(row, summary)
                 actual = line.pop("_spent") if line else 0.0
-                budget.settle(worst, actual)
+                await budget.settle(worst, actual)
                 if line and "outcomes" in line:
                     data = (json.dumps(line, ensure_ascii=False, allow_nan=False) + "\n").encode()
                     os.write(fd, data)  # one write per line: a crash leaves whole lines

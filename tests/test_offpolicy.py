@@ -23,7 +23,7 @@ from training.offpolicy import (
 )
 from training.records import Outcome, Record
 
-A, B, C = "gpt-4-1106-preview", "mistral-7b-chat", "claude-v1"
+A, B, C = "gpt-4-1106-preview", "gpt-3.5-turbo-1106", "claude-v1"
 
 
 class StubRouter:
