@@ -25,6 +25,11 @@
                    "speed" takes the models within `priorities.speed_tolerance` of the best
                    utility at the balanced knob and picks the one with the lowest observed latency
 
+Exploration (``exploration.share`` > 0): a decision the learned router made (stage 8, no rule
+pin, no experiment, not degraded) goes, with probability `share`, to one of the other eligible
+models with a closed circuit, drawn uniformly; its stage is then ``exploration``. Every decision
+carries the propensity of its model, which the decision log records for off-policy evaluation.
+
 Every removal is recorded with the filter and a reason, and `reason.detail` says what decided.
 Only per-request work happens here: the arrays the filters compare against were built when the
 model was loaded (`serving.loaded_model.LoadedModel`).
@@ -34,9 +39,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -110,6 +116,10 @@ class Decision:
     priority: str | None
     degraded: bool
     input_tokens: int
+    # P(model) under the service's policy; None when exploration is off (deterministic policy).
+    propensity: float | None = None
+    explored_instead_of: str | None = None  # the router's own pick, when exploration chose
+    estimated_cost_of_pick_usd: float | None = None
 
     def to_response(self) -> dict[str, Any]:
         experiment = self.experiment
@@ -147,9 +157,14 @@ class Pipeline:
     experiments: Experiments
     rules: RuleSet
     metrics: Metrics
+    # Exploration's draws; seeded from `exploration.seed` when None (tests inject their own).
+    rng: random.Random | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.has_experiments = any(e.enabled for e in self.settings.experiments)
+        self.explore_share = self.settings.exploration.share
+        if self.rng is None:
+            self.rng = random.Random(self.settings.exploration.seed)
 
     async def route(self, query: RouteQuery) -> Decision:
         """Run the eight stages for `query`, commit the decision, and return it.
@@ -252,6 +267,18 @@ class Pipeline:
             )
         ranking = order.tolist()
         chosen = ranking[0] if pinned is None else pinned
+        propensity: float | None = None
+        greedy: int | None = None
+        if self.explore_share > 0.0:
+            propensity = 1.0
+            if pinned is None and not degraded and experiment is None:
+                chosen, greedy, propensity = self._explore(ranking, view, at, names)
+                if greedy is not None:
+                    stage = "exploration"
+                    headline = (
+                        f"exploration (share {self.explore_share:g}): {names[chosen]} drawn at "
+                        f"random instead of the router's pick {names[greedy]} ({headline})"
+                    )
         fallbacks = [i for i in ranking if i != chosen]
         if degraded:
             headline = (
@@ -276,8 +303,31 @@ class Pipeline:
             priority=priority,
             degraded=degraded,
             input_tokens=input_tokens,
+            propensity=propensity,
+            explored_instead_of=names[greedy] if greedy is not None else None,
+            estimated_cost_of_pick_usd=float(scored.cost_usd[greedy])
+            if greedy is not None
+            else None,
         )
         return decision, loaded
+
+    def _explore(
+        self, ranking: list[int], view: HealthView, at: np.ndarray, names: tuple[str, ...]
+    ) -> tuple[int, int | None, float]:
+        """(chosen, the router's pick if exploration replaced it else None, propensity).
+
+        The alternatives are the other eligible models whose circuit is closed: a half-open
+        one's probes are for finding out whether it recovered, not for exploration.
+        """
+        best = ranking[0]
+        others = [i for i in ranking[1:] if names[i] not in view.not_closed]
+        if not others:
+            return best, None, 1.0
+        share = self.explore_share
+        assert self.rng is not None
+        if self.rng.random() >= share:
+            return best, None, 1.0 - share
+        return others[self.rng.randrange(len(others))], best, share / len(others)
 
     async def commit(
         self, decision: Decision, query: RouteQuery, loaded: LoadedModel, started: float
@@ -290,6 +340,10 @@ class Pipeline:
             await self.health.take_slot(model)
         if decision.experiment is not None:
             self.experiments.record_assignment(decision.experiment)
+        if decision.explored_instead_of is not None:
+            self.metrics.explored(
+                model, decision.estimated_cost_usd, decision.estimated_cost_of_pick_usd or 0.0
+            )
         await self.remember(
             decision.request_id,
             model=model,
@@ -299,6 +353,7 @@ class Pipeline:
             task_type=query.task_type,
             router_version=loaded.version,
             experiment=decision.experiment,
+            propensity=decision.propensity,
         )
         self.metrics.decision(model, decision.stage, time.perf_counter() - started)
         if self.settings.log_prompts:
@@ -323,6 +378,7 @@ class Pipeline:
         task_type: str | None,
         router_version: str,
         experiment: Assignment | None,
+        propensity: float | None = None,
     ) -> None:
         """Keep a served decision until its feedback arrives (or it is evicted)."""
         book = self.book
@@ -338,6 +394,7 @@ class Pipeline:
                 router_version=router_version,
                 experiment=experiment,
                 ts=book.wall_clock(),
+                propensity=propensity,
             ),
         )
 

@@ -142,7 +142,7 @@ class Removal(BaseModel):
 
 
 class Reason(BaseModel):
-    stage: Literal["rule", "experiment", "classifier", "degraded"]
+    stage: Literal["rule", "experiment", "classifier", "degraded", "exploration"]
     detail: str
     removed: dict[str, Removal]
 
