@@ -255,11 +255,16 @@ def cmd_retrain(a: argparse.Namespace) -> int:
     options = config.retrain.to_options(
         holdout_share=a.holdout_share, margin=a.margin, min_outcomes=a.min_outcomes
     )
+    key = _admin_key(a.admin_key_env) if a.service else None  # before training, not after
     serving = _resolve_artifact(a.serving)
     manifest = read_manifest(serving)
     catalog = load_catalog(a.catalog) if a.catalog else Catalog.from_dict(manifest["catalog"])
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = Path(a.artifacts_dir) / f"retrained-{stamp}"
+    n = 1
+    while out.exists():  # two retrains within a second
+        n += 1
+        out = Path(a.artifacts_dir) / f"retrained-{stamp}-{n}"
     report = retrain(
         a.logs,
         a.labelled or [],
@@ -267,11 +272,11 @@ def cmd_retrain(a: argparse.Namespace) -> int:
         out,
         catalog,
         options,
-        train_options=TrainOptions(n_jobs=a.jobs),
+        train_options=TrainOptions(c_grid=tuple(a.c_grid), cv_folds=a.cv_folds, n_jobs=a.jobs),
         progress=_progress,
     )
-    if report["promoted"] and a.service:
-        report["reload"] = _reload_service(a.service, out, a.admin_key_env)
+    if report["promoted"] and a.service and key:
+        report["reload"] = _reload_service(a.service, out, key)
     write_report(report, a.json, a.report)
     summary = {
         "promoted": report["promoted"],
@@ -349,17 +354,23 @@ def _progress_bar(name: str, total: int) -> _Bar:
     return _Bar(name, total)
 
 
-def _reload_service(url: str, artifact: Path, key_env: str) -> dict[str, Any]:
-    """POST /admin/reload on a running service; a refusal is an error the user can fix."""
+def _admin_key(key_env: str) -> str:
     import os
-
-    import httpx
 
     from models.errors import ConfigError
 
     key = os.environ.get(key_env)
     if not key:
         raise ConfigError("--admin-key-env", f"environment variable {key_env} is not set")
+    return key
+
+
+def _reload_service(url: str, artifact: Path, key: str) -> dict[str, Any]:
+    """POST /admin/reload on a running service; a refusal is an error the user can fix."""
+    import httpx
+
+    from models.errors import ConfigError
+
     endpoint = url.rstrip("/") + "/admin/reload"
     try:
         resp = httpx.post(
@@ -584,6 +595,14 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
     rt.add_argument("--report", metavar="OUT.md", help="write the report as Markdown")
     rt.add_argument("--jobs", type=int, default=2, help="parallel fits (default 2)")
+    rt.add_argument(
+        "--c-grid",
+        type=float,
+        nargs="+",
+        default=list(C_GRID_DEFAULT),
+        help="inverse regularisation values C to cross-validate (default: %(default)s)",
+    )
+    rt.add_argument("--cv-folds", type=int, default=CV_FOLDS_DEFAULT)
     rt.set_defaults(func=cmd_retrain)
 
     lb = sub.add_parser(

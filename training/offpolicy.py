@@ -29,6 +29,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,8 @@ class LoggedDecision:
 def _lines(path: Path) -> Any:
     try:
         raw = path.open("rb")
+    except FileNotFoundError:
+        raise DataError(str(path), None, "no such file") from None
     except OSError as e:
         raise DataError(str(path), None, f"cannot be read: {e.strerror or e}") from None
     if raw.read(2) == b"\x1f\x8b":
@@ -144,12 +147,19 @@ def has_propensities(paths: Sequence[str | Path], *, sample: int = 200) -> bool:
     """Whether the files look like decision logs: a row among the first `sample` lines of some
     file carries a ``propensity``."""
     for p in paths:
-        with _lines(Path(p)) as stream:
-            for i, line in enumerate(stream):
-                if i >= sample:
-                    break
-                if b'"propensity"' in line:
-                    return True
+        try:
+            stream = _lines(Path(p))
+        except DataError:
+            continue  # the loader that reads it next says what is wrong with it
+        with stream:
+            try:
+                for i, line in enumerate(stream):
+                    if i >= sample:
+                        break
+                    if b'"propensity"' in line:
+                        return True
+            except (OSError, EOFError, zlib.error):
+                continue  # a broken gzip: the loader reports it with its line
     return False
 
 
