@@ -9,7 +9,16 @@ from typing import Any
 
 __all__ = ["ORDER", "render_summary", "write_summary"]
 
-ORDER = ("decision", "long_inputs", "http", "breakdown", "footprint", "training", "training_full")
+ORDER = (
+    "decision",
+    "long_inputs",
+    "http",
+    "breakdown",
+    "footprint",
+    "training",
+    "training_full",
+    "loop",
+)
 _TITLES = {
     "decision": "Decision latency (in-process)",
     "long_inputs": "Long inputs",
@@ -18,6 +27,7 @@ _TITLES = {
     "footprint": "Serving footprint",
     "training": "Training scale (default sizes)",
     "training_full": "Training scale (`--full`: 100k batch, 1M streaming)",
+    "loop": "The learning loop, simulated on RouterBench",
 }
 _STATUS = {True: "pass", False: "**miss**", None: "—"}
 
