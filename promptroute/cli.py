@@ -309,9 +309,17 @@ def cmd_label(a: argparse.Namespace) -> int:
     if a.prompts:
         rows = read_prompt_rows(a.prompts)
     else:
+        from models.errors import DataError
         from serving.decision_log import read_log_lines
 
-        rows = sample_decision_log(read_log_lines(a.decision_log), a.sample, a.seed)
+        if a.sample < 1:
+            raise ValueError(f"--sample: must be at least 1, got {a.sample}")
+        try:
+            rows = sample_decision_log(read_log_lines(a.decision_log), a.sample, a.seed)
+        except FileNotFoundError:
+            raise DataError(a.decision_log, None, "no decision log here") from None
+        if not rows:
+            raise DataError(a.decision_log, None, "no row with prompt text to replay")
     labeller = Labeller(config.label, upstreams, catalog, seed=a.seed)
     bar = _progress_bar("label", len(rows))
     try:

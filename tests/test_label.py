@@ -397,3 +397,31 @@ def test_row_id_without_an_id_is_a_stable_hash():
     assert row_id({"prompt": "hi"}) == row_id({"prompt": "hi", "reference": "x"})
     assert row_id({"prompt": "hi"}) != row_id({"prompt": "ho"})
     assert row_id({"id": 7, "prompt": "hi"}) == "7"
+
+
+def test_cli_label_samples_a_decision_log(fake, tmp_path):
+    config = {
+        "upstreams": {STRONG: {"base_url": fake.url()}},
+        "label": {
+            "models": [STRONG],
+            "budget_usd": 1,
+            "grader": {"kind": "callable", "target": "test_label:contains_42"},
+        },
+    }
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(config))
+    log = tmp_path / "decisions.jsonl"
+    rows = [{"id": f"r{i}", "prompt": f"p{i}", "model": WEAK, "success": True} for i in range(6)]
+    rows.append({"id": "hashed", "prompt_sha256": "ab" * 32, "model": WEAK, "success": True})
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["label", "--config", str(tmp_path / "loop.yaml"), "--out", str(tmp_path / "o.jsonl")]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main([*base, "--decision-log", str(log), "--sample", "4"]) == 0
+    labelled = _lines(tmp_path / "o.jsonl")
+    assert len(labelled) == 4 and {r["id"] for r in labelled} <= {f"r{i}" for i in range(6)}
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main([*base, "--decision-log", str(tmp_path / "none.jsonl")]) == 2
+    assert (
+        err.getvalue() == f"promptroute: error: {tmp_path / 'none.jsonl'}: no decision log here\n"
+    )
