@@ -50,7 +50,7 @@ def make_client(tiny_artifact, catalog_path, tmp_path):
     """`make_client(rng, **settings)` → (started TestClient, decision-log path)."""
     with contextlib.ExitStack() as stack:
 
-        def make(rng: random.Random | None = None, **overrides):
+        def make(rng: random.Random | None = None, clock: FakeClock | None = None, **overrides):
             overrides.setdefault("exploration", {"share": SHARE})
             overrides.setdefault("priorities", {"balanced": 0.5})
             log = tmp_path / f"decisions-{len(stack._exit_callbacks)}.jsonl"
@@ -60,7 +60,9 @@ def make_client(tiny_artifact, catalog_path, tmp_path):
                 decision_log={"path": str(log)},
                 **overrides,
             )
-            app = create_app(config, clock=FakeClock(), wall_clock=lambda: 1.7e9, environ={})
+            app = create_app(
+                config, clock=clock or FakeClock(), wall_clock=lambda: 1.7e9, environ={}
+            )
             client = stack.enter_context(TestClient(app))
             if rng is not None:
                 client.app.state.service.pipeline.rng = rng
@@ -168,6 +170,25 @@ def test_open_breakers_are_never_explored(make_client, tiny_router):
     assert body["reason"]["removed"][target]["filter"] == "breaker"
     assert body["reason"]["stage"] == "exploration"
     assert target not in (body["model"], *body["fallbacks"])
+
+
+def test_half_open_models_are_not_explored(make_client):
+    breakers = {"consecutive_failures": 2, "min_calls": 2, "window_size": 4, "cooldown_seconds": 30}
+    greedy = route(make_client(ScriptedRandom([0.99]))[0])
+    target = greedy["fallbacks"][0]
+    clock = FakeClock()
+    rng = ScriptedRandom([0.0], picks=[0])
+    client, _ = make_client(rng, clock=clock, breakers=breakers)
+    for _ in range(2):
+        rid = route(client, candidates=[target])["request_id"]
+        assert (
+            client.post("/feedback", json={"request_id": rid, "success": False}).status_code == 200
+        )
+    clock.advance(31)  # the cooldown is over: half-open, with a probe slot free
+    body = route(client)
+    assert target in (body["model"], *body["fallbacks"])  # eligible for the router...
+    assert body["model"] != target  # ...but not for exploration
+    assert rng.ranges == [len(greedy["fallbacks"]) - 1]
 
 
 def test_metrics_count_explorations_and_their_estimated_cost(make_client):
