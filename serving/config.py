@@ -327,10 +327,16 @@ class ExplorationConfig(_Section):
     explored. Every decision row then carries the propensity of its model (1 − share for the
     router's own pick, share / k for each of the k alternatives), which off-policy evaluation
     and `promptroute retrain` need. `seed` makes the draws reproducible (tests).
+
+    `new_models` are catalog models the artifact has no scores for yet (a model you want to
+    try): they join the alternatives of an explored decision when the catalog says they pass
+    the request's filters (and no `candidates` list or rule is involved), so that their
+    outcomes reach the decision log until `promptroute retrain` can learn them.
     """
 
     share: float = Field(0.0, ge=0.0, le=0.5)
     seed: int | None = None
+    new_models: list[_NonEmpty] = Field(default_factory=list)
 
 
 class GatewayConfig(_Section):

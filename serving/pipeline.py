@@ -49,6 +49,7 @@ import numpy as np
 
 from features.text import Prompt
 from models.catalog import estimate_tokens
+from models.errors import ConfigError
 from models.router import Router, Scored
 from serving.bookkeeping import Bookkeeping, PendingDecision
 from serving.config import Priority, Settings
@@ -163,6 +164,13 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.has_experiments = any(e.enabled for e in self.settings.experiments)
         self.explore_share = self.settings.exploration.share
+        self.new_models = tuple(self.settings.exploration.new_models)
+        for i, name in enumerate(self.new_models):
+            if name not in self.models.catalog:
+                raise ConfigError(
+                    f"exploration.new_models[{i}]",
+                    f"unknown model {name!r}; add it to the catalog with its prices",
+                )
         if self.rng is None:
             self.rng = random.Random(self.settings.exploration.seed)
 
@@ -228,10 +236,12 @@ class Pipeline:
                 raise _no_eligible(removals.reasons, len(loaded.universe))
 
         pinned: int | None = None
+        notes_before = 0
         stage = "degraded" if degraded else "classifier"
         experiment = None if degraded else assignment  # degraded answers stay out of experiments
         if not degraded:
-            # 6. static rules
+            # 6. static rules (any rule note, applied or not, keeps unscored models out)
+            notes_before = len(notes)
             pinned, mask = _rules(self.rules, loaded, query, input_tokens, mask, removals, notes)
             if pinned is not None:
                 stage = "rule"
@@ -269,17 +279,35 @@ class Pipeline:
         chosen = ranking[0] if pinned is None else pinned
         propensity: float | None = None
         greedy: int | None = None
+        new_model: str | None = None  # an explored catalog model the router has no scores for
         if self.explore_share > 0.0:
             propensity = 1.0
             if pinned is None and not degraded and experiment is None:
-                chosen, greedy, propensity = self._explore(ranking, view, at, names)
-                if greedy is not None:
+                unscored = (
+                    self._unscored(loaded, query, input_tokens, view)
+                    if self.new_models and query.candidates is None and len(notes) == notes_before
+                    else []
+                )
+                pick, propensity = self._explore(ranking, view, names, unscored)
+                if pick is not None:
+                    greedy = ranking[0]
+                    if isinstance(pick, str):
+                        new_model = pick
+                    else:
+                        chosen = pick
                     stage = "exploration"
                     headline = (
-                        f"exploration (share {self.explore_share:g}): {names[chosen]} drawn at "
-                        f"random instead of the router's pick {names[greedy]} ({headline})"
+                        f"exploration (share {self.explore_share:g}): "
+                        f"{new_model or names[chosen]} drawn at random instead of the router's "
+                        f"pick {names[greedy]}"
+                        + (
+                            ", a catalog model the router has no scores for yet"
+                            if new_model
+                            else ""
+                        )
+                        + f" ({headline})"
                     )
-        fallbacks = [i for i in ranking if i != chosen]
+        fallbacks = [i for i in ranking if new_model is not None or i != chosen]
         if degraded:
             headline = (
                 "every model that passed the filters has an open circuit; degraded mode returns "
@@ -288,12 +316,18 @@ class Pipeline:
         # A pinned model was decided by its rule or experiment, whose note says so.
         detail = "; ".join(notes if pinned is not None else [headline, *notes])
         rounded = scored.score.round(6).tolist()
+        if new_model is not None:
+            scores = {names[i]: rounded[i] for i in fallbacks}
+            cost = self._catalog_cost(new_model, input_tokens, query.expected_output_tokens)
+        else:
+            scores = {names[i]: rounded[i] for i in (chosen, *fallbacks)}
+            cost = float(scored.cost_usd[chosen])
         decision = Decision(
             request_id=_request_id(),
-            model=names[chosen],
+            model=new_model or names[chosen],
             fallbacks=tuple(names[i] for i in fallbacks),
-            scores={names[i]: rounded[i] for i in (chosen, *fallbacks)},
-            estimated_cost_usd=float(scored.cost_usd[chosen]),
+            scores=scores,
+            estimated_cost_usd=cost,
             stage=stage,
             detail=detail,
             removed=removals.reasons,
@@ -312,22 +346,53 @@ class Pipeline:
         return decision, loaded
 
     def _explore(
-        self, ranking: list[int], view: HealthView, at: np.ndarray, names: tuple[str, ...]
-    ) -> tuple[int, int | None, float]:
-        """(chosen, the router's pick if exploration replaced it else None, propensity).
+        self, ranking: list[int], view: HealthView, names: tuple[str, ...], unscored: list[str]
+    ) -> tuple[int | str | None, float]:
+        """(the explored model, or None to keep the router's pick; the chosen one's propensity).
 
-        The alternatives are the other eligible models whose circuit is closed: a half-open
-        one's probes are for finding out whether it recovered, not for exploration.
+        The alternatives are the other eligible models whose circuit is closed (a half-open
+        one's probes are for finding out whether it recovered, not for exploration), and the
+        eligible `unscored` catalog models; an explored model is a router index or, for an
+        unscored model, its name.
         """
-        best = ranking[0]
-        others = [i for i in ranking[1:] if names[i] not in view.not_closed]
-        if not others:
-            return best, None, 1.0
+        alternatives: list[int | str] = [i for i in ranking[1:] if names[i] not in view.not_closed]
+        alternatives += unscored
+        if not alternatives:
+            return None, 1.0
         share = self.explore_share
         assert self.rng is not None
         if self.rng.random() >= share:
-            return best, None, 1.0 - share
-        return others[self.rng.randrange(len(others))], best, share / len(others)
+            return None, 1.0 - share
+        return alternatives[self.rng.randrange(len(alternatives))], share / len(alternatives)
+
+    def _unscored(
+        self, loaded: LoadedModel, query: RouteQuery, input_tokens: int, view: HealthView
+    ) -> list[str]:
+        """`exploration.new_models` the router has no scores for that pass this request's
+        filters (capability, context, cost, latency, a closed circuit), by the catalog."""
+        out = []
+        expected = query.expected_output_tokens or self.models.catalog.typical_output_tokens
+        for name in self.new_models:
+            spec = self.models.catalog.get(name)
+            if spec is None or name in loaded.router.index or name in view.not_closed:
+                continue
+            if query.prompt.images and "vision" not in spec.capabilities:
+                continue
+            if input_tokens + expected > spec.context_window:
+                continue
+            budget, ceiling = query.max_cost_usd, query.max_latency_ms
+            if budget is not None and spec.cost_usd(input_tokens, expected) > budget:
+                continue
+            if ceiling is not None and view.latency[view.index[name]] > ceiling:
+                continue
+            out.append(name)
+        return out
+
+    def _catalog_cost(self, name: str, input_tokens: int, expected: int | None) -> float:
+        catalog = self.models.catalog
+        return float(
+            catalog[name].cost_usd(input_tokens, expected or catalog.typical_output_tokens)
+        )
 
     async def commit(
         self, decision: Decision, query: RouteQuery, loaded: LoadedModel, started: float

@@ -45,18 +45,35 @@ def catalog_path(tmp_path_factory, tiny_router) -> Path:
     return path
 
 
+NEW = "gemma-2-9b-it"  # in the catalog, unknown to the tiny router
+
+
+@pytest.fixture(scope="module")
+def catalog_with_new(tmp_path_factory, tiny_router) -> Path:
+    data = load_catalog().to_dict()
+    data["models"] = [m for m in data["models"] if m["name"] in (*tiny_router.models, NEW)]
+    path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def make_client(tiny_artifact, catalog_path, tmp_path):
     """`make_client(rng, **settings)` → (started TestClient, decision-log path)."""
     with contextlib.ExitStack() as stack:
 
-        def make(rng: random.Random | None = None, clock: FakeClock | None = None, **overrides):
+        def make(
+            rng: random.Random | None = None,
+            clock: FakeClock | None = None,
+            catalog: Path | None = None,
+            **overrides,
+        ):
             overrides.setdefault("exploration", {"share": SHARE})
             overrides.setdefault("priorities", {"balanced": 0.5})
             log = tmp_path / f"decisions-{len(stack._exit_callbacks)}.jsonl"
             config = load_settings(
                 artifact=str(tiny_artifact),
-                catalog=str(catalog_path),
+                catalog=str(catalog or catalog_path),
                 decision_log={"path": str(log)},
                 **overrides,
             )
@@ -247,3 +264,49 @@ def test_share_is_validated(share):
     with pytest.raises(ConfigError) as info:
         load_settings(exploration={"share": share})
     assert info.value.field == "exploration.share"
+
+
+def test_an_unscored_catalog_model_is_explored(make_client, catalog_with_new, tiny_router):
+    explore = {"share": SHARE, "new_models": [NEW]}
+    greedy = route(make_client(ScriptedRandom([0.99]), catalog=catalog_with_new)[0])
+    others = greedy["fallbacks"]
+    rng = ScriptedRandom([0.0], picks=[len(others)])  # the last alternative: the new model
+    client, log = make_client(rng, catalog=catalog_with_new, exploration=explore)
+    body = route(client)
+    assert rng.ranges == [len(others) + 1]
+    assert body["model"] == NEW
+    assert body["reason"]["stage"] == "exploration"
+    assert "a catalog model the router has no scores for yet" in body["reason"]["detail"]
+    assert body["fallbacks"] == [greedy["model"], *others]
+    assert NEW not in body["scores"]
+    spec = load_catalog(catalog_with_new)[NEW]
+    expected = spec.cost_usd(
+        body["input_tokens"], load_catalog(catalog_with_new).typical_output_tokens
+    )
+    assert body["estimated_cost_usd"] == pytest.approx(expected)
+    feedback(client, body["request_id"])
+    (row,) = rows(log)
+    assert row["model"] == NEW
+    assert row["propensity"] == pytest.approx(SHARE / (len(others) + 1))
+
+
+def test_unscored_models_stay_out_of_candidate_lists_and_rules(
+    make_client, catalog_with_new, tiny_router
+):
+    explore = {"share": SHARE, "new_models": [NEW]}
+    a, b = tiny_router.models[:2]
+    rng = ScriptedRandom([0.0], picks=[0])
+    client, _ = make_client(rng, catalog=catalog_with_new, exploration=explore)
+    assert route(client, candidates=[a, b])["model"] in (a, b)
+    assert rng.ranges == [1]
+    rule = {"name": "r", "match": {"task_types": ["code"]}, "candidates": [a, b]}
+    rng = ScriptedRandom([0.0], picks=[0])
+    client, _ = make_client(rng, catalog=catalog_with_new, exploration=explore, rules=[rule])
+    assert route(client, task_type="code")["model"] in (a, b)
+    assert rng.ranges == [1]
+
+
+def test_an_unknown_new_model_stops_the_service(make_client):
+    with pytest.raises(ConfigError) as info:
+        make_client(exploration={"share": SHARE, "new_models": ["gpt-5"]})
+    assert info.value.field == "exploration.new_models[0]"
