@@ -322,21 +322,18 @@ class ExplorationConfig(_Section):
     """Route a small random share of decisions to another eligible model, so that the decision
     log learns how the models the router does not pick would have done.
 
-    An explored decision picks uniformly among the other models that passed every filter, a
-    closed breaker and the rules; rule pins, experiments and degraded answers are never
+    An explored decision picks uniformly among the other models that passed every filter, have
+    a closed circuit and survive the rules; rule pins, experiments and degraded answers are never
     explored. Every decision row then carries the propensity of its model (1 − share for the
     router's own pick, share / k for each of the k alternatives), which off-policy evaluation
     and `promptroute retrain` need. `seed` makes the draws reproducible (tests).
 
-    `new_models` are catalog models the artifact has no scores for yet (a model you want to
-    try): they join the alternatives of an explored decision when the catalog says they pass
-    the request's filters (and no `candidates` list or rule is involved), so that their
-    outcomes reach the decision log until `promptroute retrain` can learn them.
+    Catalog models without learned scores are among the alternatives when eligible: that is
+    how a model you want to try gathers outcomes until `promptroute retrain` learns it.
     """
 
     share: float = Field(0.0, ge=0.0, le=0.5)
     seed: int | None = None
-    new_models: list[_NonEmpty] = Field(default_factory=list)
 
 
 class GatewayConfig(_Section):
@@ -351,6 +348,9 @@ class Settings(_Section):
 
     artifact: _NonEmpty | None = None
     catalog: _NonEmpty | None = None
+    # Where POST /admin/reload may load artifacts from (a name or a path inside it); default:
+    # the directory holding `artifact`.
+    artifacts_dir: _NonEmpty | None = None
     host: _NonEmpty = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     default_priority: Priority = "balanced"

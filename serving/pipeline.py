@@ -1,6 +1,8 @@
 """The decision pipeline: from one normalised request to a chosen model, in eight stages.
 
-    1 candidates   the request's `candidates`, else every routable model (catalog ∩ router)
+    1 candidates   the request's `candidates`, else every catalog model (those the router has
+                   learned scores for, and the others, which only rules, experiments,
+                   `candidates` or the catalog-preference fallback below choose)
     2 capability   vision when the request has images; context window ≥ input tokens +
                    expected output tokens (the request's, else the artifact's per-model estimate)
     3 cost         estimated cost of this request ≤ `max_cost_usd`
@@ -23,11 +25,16 @@
                    calls delivers half the quality) — except while its circuit is half-open,
                    when the probe, not the failures that opened it, should decide; priority
                    "speed" takes the models within `priorities.speed_tolerance` of the best
-                   utility at the balanced knob and picks the one with the lowest observed latency
+                   utility at the balanced knob and picks the one with the lowest observed latency.
+                   Catalog models the router has no learned scores for follow the ranked ones in
+                   catalog order; when only they are eligible (say an image request and no scored
+                   model has vision), the first of them in the catalog's order is chosen, with
+                   stage `catalog_preference` — the catalog lists models in order of preference
 
-Exploration (``exploration.share`` > 0): a decision the learned router made (stage 8, no rule
-pin, no experiment, not degraded) goes, with probability `share`, to one of the other eligible
-models with a closed circuit, drawn uniformly; its stage is then ``exploration``. Every decision
+Exploration (``exploration.share`` > 0): a decision stage 8 made (no rule pin, no experiment,
+not degraded) goes, with probability `share`, to one of the other eligible models with a closed
+circuit — models without learned scores included — drawn uniformly; its stage is then
+``exploration``. Every decision
 carries the propensity of its model, which the decision log records for off-policy evaluation.
 
 Every removal is recorded with the filter and a reason, and `reason.detail` says what decided.
@@ -49,7 +56,6 @@ import numpy as np
 
 from features.text import Prompt
 from models.catalog import estimate_tokens
-from models.errors import ConfigError
 from models.router import Router, Scored
 from serving.bookkeeping import Bookkeeping, PendingDecision
 from serving.config import Priority, Settings
@@ -164,13 +170,6 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.has_experiments = any(e.enabled for e in self.settings.experiments)
         self.explore_share = self.settings.exploration.share
-        self.new_models = tuple(self.settings.exploration.new_models)
-        for i, name in enumerate(self.new_models):
-            if name not in self.models.catalog:
-                raise ConfigError(
-                    f"exploration.new_models[{i}]",
-                    f"unknown model {name!r}; add it to the catalog with its prices",
-                )
         if self.rng is None:
             self.rng = random.Random(self.settings.exploration.seed)
 
@@ -219,7 +218,7 @@ class Pipeline:
         # 2-4 are one vectorised test each; reasons are worked out only for models they remove.
         checks = [
             *_capability(loaded, prompt, input_tokens, query.expected_output_tokens),  # 2.
-            *_cost(router, input_tokens, query),  # 3.
+            *_cost(loaded, input_tokens, query),  # 3.
             *_latency(view, at, query.max_latency_ms, settings.stats.latency_percentile),  # 4.
         ]
         if checks:
@@ -236,12 +235,10 @@ class Pipeline:
                 raise _no_eligible(removals.reasons, len(loaded.universe))
 
         pinned: int | None = None
-        notes_before = 0
         stage = "degraded" if degraded else "classifier"
         experiment = None if degraded else assignment  # degraded answers stay out of experiments
         if not degraded:
-            # 6. static rules (any rule note, applied or not, keeps unscored models out)
-            notes_before = len(notes)
+            # 6. static rules
             pinned, mask = _rules(self.rules, loaded, query, input_tokens, mask, removals, notes)
             if pinned is not None:
                 stage = "rule"
@@ -257,57 +254,59 @@ class Pipeline:
                         "not applied, a rule decided"
                     )
 
-        # 8. the learned router
+        # 8. the learned router ranks the models it has scores for; models without learned
+        # scores come after them, in catalog order, and decide only when nothing else is left.
         knob, priority = _knob(settings, router, query, experiment)
-        scored = router.score(
-            prompt,
-            task_type=query.task_type,
-            expected_output_tokens=query.expected_output_tokens,
-            mask=mask,
-        )
-        ranked = _reliability(view, loaded, scored, mask, notes)
-        order = router.rank(ranked, knob, mask)
-        if priority == "speed" and pinned is None:
-            order, headline = _fastest_first(
-                router, ranked, order, knob, view.latency[at], settings
+        k = loaded.n_scored
+        scored_mask = mask[:k]
+        unscored = np.flatnonzero(mask[k:]) + k if len(names) > k else _NONE
+        scored: Scored | None = None
+        if scored_mask.any():
+            scored = router.score(
+                prompt,
+                task_type=query.task_type,
+                expected_output_tokens=query.expected_output_tokens,
+                mask=scored_mask,
             )
+            ranked = _reliability(view, loaded, scored, scored_mask, notes)
+            order = router.rank(ranked, knob, scored_mask)
+            if priority == "speed" and pinned is None:
+                order, headline = _fastest_first(
+                    router, ranked, order, knob, view.latency[at[:k]], settings
+                )
+            else:
+                headline = (
+                    f"{scored.strategy} head ranked {len(order)} eligible model(s) at knob {knob:g}"
+                )
+            if unscored.size:
+                order = np.concatenate([order, unscored])
+                listed = ", ".join(names[i] for i in unscored)
+                notes.append(f"without learned scores, listed last: {listed}")
         else:
+            order = unscored
             headline = (
-                f"{scored.strategy} head ranked {len(order)} eligible model(s) at knob {knob:g}"
+                f"no model with learned scores can take this request; {len(order)} model(s) "
+                f"without learned scores are eligible, in the catalog's order of preference"
             )
+            if pinned is None and not degraded:
+                stage = "catalog_preference"
         ranking = order.tolist()
         chosen = ranking[0] if pinned is None else pinned
         propensity: float | None = None
         greedy: int | None = None
-        new_model: str | None = None  # an explored catalog model the router has no scores for
         if self.explore_share > 0.0:
             propensity = 1.0
             if pinned is None and not degraded and experiment is None:
-                unscored = (
-                    self._unscored(loaded, query, input_tokens, view)
-                    if self.new_models and query.candidates is None and len(notes) == notes_before
-                    else []
-                )
-                pick, propensity = self._explore(ranking, view, names, unscored)
+                pick, propensity = self._explore(ranking, view, names)
                 if pick is not None:
-                    greedy = ranking[0]
-                    if isinstance(pick, str):
-                        new_model = pick
-                    else:
-                        chosen = pick
+                    greedy, chosen = ranking[0], pick
                     stage = "exploration"
+                    unknown = " (a model without learned scores)" if chosen >= k else ""
                     headline = (
-                        f"exploration (share {self.explore_share:g}): "
-                        f"{new_model or names[chosen]} drawn at random instead of the router's "
-                        f"pick {names[greedy]}"
-                        + (
-                            ", a catalog model the router has no scores for yet"
-                            if new_model
-                            else ""
-                        )
-                        + f" ({headline})"
+                        f"exploration (share {self.explore_share:g}): {names[chosen]}{unknown} "
+                        f"drawn at random instead of the router's pick {names[greedy]} ({headline})"
                     )
-        fallbacks = [i for i in ranking if new_model is not None or i != chosen]
+        fallbacks = [i for i in ranking if i != chosen]
         if degraded:
             headline = (
                 "every model that passed the filters has an open circuit; degraded mode returns "
@@ -315,19 +314,19 @@ class Pipeline:
             )
         # A pinned model was decided by its rule or experiment, whose note says so.
         detail = "; ".join(notes if pinned is not None else [headline, *notes])
-        rounded = scored.score.round(6).tolist()
-        if new_model is not None:
-            scores = {names[i]: rounded[i] for i in fallbacks}
-            cost = self._catalog_cost(new_model, input_tokens, query.expected_output_tokens)
-        else:
-            scores = {names[i]: rounded[i] for i in (chosen, *fallbacks)}
-            cost = float(scored.cost_usd[chosen])
+        rounded = scored.score.round(6).tolist() if scored is not None else []
+
+        def cost_of(i: int) -> float:
+            if scored is not None and i < k:
+                return float(scored.cost_usd[i])
+            return float(loaded.estimate_cost(input_tokens, query.expected_output_tokens)[i])
+
         decision = Decision(
             request_id=_request_id(),
-            model=new_model or names[chosen],
+            model=names[chosen],
             fallbacks=tuple(names[i] for i in fallbacks),
-            scores=scores,
-            estimated_cost_usd=cost,
+            scores={names[i]: rounded[i] for i in (chosen, *fallbacks) if i < k},
+            estimated_cost_usd=cost_of(chosen),
             stage=stage,
             detail=detail,
             removed=removals.reasons,
@@ -339,24 +338,20 @@ class Pipeline:
             input_tokens=input_tokens,
             propensity=propensity,
             explored_instead_of=names[greedy] if greedy is not None else None,
-            estimated_cost_of_pick_usd=float(scored.cost_usd[greedy])
-            if greedy is not None
-            else None,
+            estimated_cost_of_pick_usd=cost_of(greedy) if greedy is not None else None,
         )
         return decision, loaded
 
     def _explore(
-        self, ranking: list[int], view: HealthView, names: tuple[str, ...], unscored: list[str]
-    ) -> tuple[int | str | None, float]:
+        self, ranking: list[int], view: HealthView, names: tuple[str, ...]
+    ) -> tuple[int | None, float]:
         """(the explored model, or None to keep the router's pick; the chosen one's propensity).
 
-        The alternatives are the other eligible models whose circuit is closed (a half-open
-        one's probes are for finding out whether it recovered, not for exploration), and the
-        eligible `unscored` catalog models; an explored model is a router index or, for an
-        unscored model, its name.
+        The alternatives are the other eligible models whose circuit is closed — models without
+        learned scores included, which is how they gather outcomes — but not a half-open one:
+        its probes are for finding out whether it recovered.
         """
-        alternatives: list[int | str] = [i for i in ranking[1:] if names[i] not in view.not_closed]
-        alternatives += unscored
+        alternatives = [i for i in ranking[1:] if names[i] not in view.not_closed]
         if not alternatives:
             return None, 1.0
         share = self.explore_share
@@ -364,35 +359,6 @@ class Pipeline:
         if self.rng.random() >= share:
             return None, 1.0 - share
         return alternatives[self.rng.randrange(len(alternatives))], share / len(alternatives)
-
-    def _unscored(
-        self, loaded: LoadedModel, query: RouteQuery, input_tokens: int, view: HealthView
-    ) -> list[str]:
-        """`exploration.new_models` the router has no scores for that pass this request's
-        filters (capability, context, cost, latency, a closed circuit), by the catalog."""
-        out = []
-        expected = query.expected_output_tokens or self.models.catalog.typical_output_tokens
-        for name in self.new_models:
-            spec = self.models.catalog.get(name)
-            if spec is None or name in loaded.router.index or name in view.not_closed:
-                continue
-            if query.prompt.images and "vision" not in spec.capabilities:
-                continue
-            if input_tokens + expected > spec.context_window:
-                continue
-            budget, ceiling = query.max_cost_usd, query.max_latency_ms
-            if budget is not None and spec.cost_usd(input_tokens, expected) > budget:
-                continue
-            if ceiling is not None and view.latency[view.index[name]] > ceiling:
-                continue
-            out.append(name)
-        return out
-
-    def _catalog_cost(self, name: str, input_tokens: int, expected: int | None) -> float:
-        catalog = self.models.catalog
-        return float(
-            catalog[name].cost_usd(input_tokens, expected or catalog.typical_output_tokens)
-        )
 
     async def commit(
         self, decision: Decision, query: RouteQuery, loaded: LoadedModel, started: float
@@ -468,6 +434,7 @@ class Pipeline:
 # Stages and their helpers
 
 _Check = tuple[np.ndarray, str, Callable[[int], str]]
+_NONE = np.zeros(0, dtype=np.int64)
 
 
 class _Removals:
@@ -521,7 +488,7 @@ def _candidates(
 ) -> np.ndarray:
     if candidates is None:
         return loaded.routable.copy()
-    index = loaded.router.index
+    index = loaded.index
     keep = np.zeros(len(loaded.names), dtype=bool)
     for i, name in enumerate(candidates):
         j = index.get(name)
@@ -551,7 +518,7 @@ def _capability(
     if expected_output is None:
         if input_tokens <= loaded.min_context_slack:
             return checks
-        out: np.ndarray | float = loaded.router.output_tokens
+        out: np.ndarray | float = loaded.output_tokens
     else:
         if input_tokens + expected_output <= loaded.min_context_window:
             return checks
@@ -565,11 +532,11 @@ def _capability(
     return checks
 
 
-def _cost(router: Router, input_tokens: int, query: RouteQuery) -> list[_Check]:
+def _cost(loaded: LoadedModel, input_tokens: int, query: RouteQuery) -> list[_Check]:
     budget = query.max_cost_usd
     if budget is None:
         return []
-    cost = router.estimate_cost(input_tokens, query.expected_output_tokens)
+    cost = loaded.estimate_cost(input_tokens, query.expected_output_tokens)
     return [(cost_ok(cost, budget), "cost", lambda i: describe_cost(cost[i], budget))]
 
 
@@ -594,7 +561,7 @@ def _breakers(
     if not view.not_closed:  # a closed circuit is always available: nothing to ask
         return mask, blocked
     for name in tuple(view.not_closed):
-        i = loaded.router.index.get(name)
+        i = loaded.index.get(name)
         if i is not None and mask[i]:
             blocked[i] = not health.is_available(name)
     names = loaded.names
@@ -608,12 +575,13 @@ def _reliability(
     """`scored` with each score times the model's observed success rate (when it has one)."""
     if not live.any_unreliable:
         return scored
-    factor = live.factor[loaded.catalog_index]
+    k = loaded.n_scored
+    factor = live.factor[loaded.catalog_index[:k]]
     for name in tuple(live.not_closed):  # a half-open model is judged by its probe
-        i = loaded.router.index.get(name)
-        if i is not None:
+        i = loaded.index.get(name)
+        if i is not None and i < k:
             factor[i] = 1.0
-    scaled = mask & (factor < 1.0)
+    scaled = mask[:k] & (factor < 1.0)
     if not scaled.any():
         return scored
     names = loaded.names
@@ -652,7 +620,7 @@ def _rules(
     if outcome is None:
         return None, mask
     if outcome.model is not None:
-        i = loaded.router.index.get(outcome.model)
+        i = loaded.index.get(outcome.model)
         if i is not None and mask[i]:
             notes.insert(0, f"rule {outcome.rule!r} pins {outcome.model}")
             return i, mask
@@ -682,7 +650,7 @@ def _experiment(
     """(pinned model index or None, whether the variant changed how this request is routed)."""
     where = f"experiment {a.experiment!r} variant {a.variant!r}"
     if a.model is not None:
-        i = loaded.router.index.get(a.model)
+        i = loaded.index.get(a.model)
         if i is not None and mask[i]:
             notes.append(f"{where} pins {a.model}")
             return i, True

@@ -118,7 +118,9 @@ def test_retrain_promotes_and_saves_with_a_report(decision_log, tiny_artifact, c
 
 
 def test_cli_retrain_reloads_a_running_service(decision_log, tiny_artifact, tmp_path, monkeypatch):
-    settings = load_settings(artifact=str(tiny_artifact))
+    (tmp_path / "arts").mkdir()
+    # Reload reads only from the service's artifacts directory: retrain writes into it.
+    settings = load_settings(artifact=str(tiny_artifact), artifacts_dir=str(tmp_path / "arts"))
     server = LiveServer(create_app(settings, environ={"PROMPTROUTE_ADMIN_KEY": KEY}))
     url = server.start()
     try:
