@@ -266,47 +266,27 @@ def test_share_is_validated(share):
     assert info.value.field == "exploration.share"
 
 
-def test_an_unscored_catalog_model_is_explored(make_client, catalog_with_new, tiny_router):
-    explore = {"share": SHARE, "new_models": [NEW]}
+def test_a_catalog_model_without_learned_scores_is_explored(
+    make_client, catalog_with_new, tiny_router
+):
+    """The router ranks it last; exploration draws it like any other eligible model."""
     greedy = route(make_client(ScriptedRandom([0.99]), catalog=catalog_with_new)[0])
     others = greedy["fallbacks"]
-    rng = ScriptedRandom([0.0], picks=[len(others)])  # the last alternative: the new model
-    client, log = make_client(rng, catalog=catalog_with_new, exploration=explore)
+    assert others[-1] == NEW and NEW not in greedy["scores"]
+    rng = ScriptedRandom([0.0], picks=[len(others) - 1])
+    client, log = make_client(rng, catalog=catalog_with_new)
     body = route(client)
-    assert rng.ranges == [len(others) + 1]
+    assert rng.ranges == [len(others)]
     assert body["model"] == NEW
     assert body["reason"]["stage"] == "exploration"
-    assert "a catalog model the router has no scores for yet" in body["reason"]["detail"]
-    assert body["fallbacks"] == [greedy["model"], *others]
-    assert NEW not in body["scores"]
-    spec = load_catalog(catalog_with_new)[NEW]
-    expected = spec.cost_usd(
-        body["input_tokens"], load_catalog(catalog_with_new).typical_output_tokens
+    assert body["reason"]["detail"].startswith(
+        f"exploration (share {SHARE:g}): {NEW} (a model without learned scores) drawn at random"
     )
+    assert body["fallbacks"] == [greedy["model"], *others[:-1]]
+    catalog = load_catalog(catalog_with_new)
+    expected = catalog[NEW].cost_usd(body["input_tokens"], catalog.typical_output_tokens)
     assert body["estimated_cost_usd"] == pytest.approx(expected)
     feedback(client, body["request_id"])
     (row,) = rows(log)
     assert row["model"] == NEW
-    assert row["propensity"] == pytest.approx(SHARE / (len(others) + 1))
-
-
-def test_unscored_models_stay_out_of_candidate_lists_and_rules(
-    make_client, catalog_with_new, tiny_router
-):
-    explore = {"share": SHARE, "new_models": [NEW]}
-    a, b = tiny_router.models[:2]
-    rng = ScriptedRandom([0.0], picks=[0])
-    client, _ = make_client(rng, catalog=catalog_with_new, exploration=explore)
-    assert route(client, candidates=[a, b])["model"] in (a, b)
-    assert rng.ranges == [1]
-    rule = {"name": "r", "match": {"task_types": ["code"]}, "candidates": [a, b]}
-    rng = ScriptedRandom([0.0], picks=[0])
-    client, _ = make_client(rng, catalog=catalog_with_new, exploration=explore, rules=[rule])
-    assert route(client, task_type="code")["model"] in (a, b)
-    assert rng.ranges == [1]
-
-
-def test_an_unknown_new_model_stops_the_service(make_client):
-    with pytest.raises(ConfigError) as info:
-        make_client(exploration={"share": SHARE, "new_models": ["gpt-5"]})
-    assert info.value.field == "exploration.new_models[0]"
+    assert row["propensity"] == pytest.approx(SHARE / len(others))
