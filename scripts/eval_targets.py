@@ -67,7 +67,7 @@ def tasks_at_least_zero(report: dict[str, Any]) -> tuple[int, int, list[str]]:
 def target_shares(router: Any, report: dict[str, Any], test: list, catalog: Any) -> list[dict]:
     out = []
     for want in TARGETS:
-        retarget(router, report["cv_curve"], **want)
+        retarget(router, report["cv_policy_curve"], **want)
         rep = evaluate(router, test, catalog, min_task_size=10**9)
         out.append({**want, **rep["default_policy"]})
     return out
@@ -133,7 +133,7 @@ def run(out: Path, part: str) -> None:
     )
     results["train_seconds_default_model"] = t_train
     results["train_report_default_model"] = {
-        k: v for k, v in combined.report.items() if k not in ("cv_curve", "cv_loss")
+        k: v for k, v in combined.report.items() if k not in ("cv_curve", "cv_policy_curve", "cv_loss")
     }
     (out / "issue14-main.json").write_text(json.dumps(results, default=str) + "\n")
 
