@@ -175,7 +175,7 @@ def test_report_keys_and_counts(trained: tuple, sample_records: list) -> None:
     json.dumps(report, allow_nan=False)  # it goes into the manifest as it is
     # The default head's cross-validated curve (the dashboard draws it) holds the default point.
     assert [p["knob"] for p in report["cv_curve"]] == list(KNOB_GRID)
-    assert report["default_knob_cv_point"] in report["cv_policy_curve"]
+    assert report["default_knob_cv_point"] in report["cv_curve"]
     assert messages[0] == f"{n} records, 12 models; extracting features"
     assert messages[-1].startswith("final fit: ")
 
