@@ -185,11 +185,14 @@ def _every_path_a_prompt_takes(client, clock, marker: str) -> None:
     client.post("/feedback", json={"request_id": answered["request_id"], "success": True})
     chat = client.post("/route", json={"messages": messages, "user_id": "u1"}).json()
     client.post("/feedback", json={"request_id": chat["request_id"], "success": False})
-    for _ in range(2):  # trips the candidate's breaker (2 consecutive failures)
-        rid = client.post("/route", json={"prompt": prompt, "candidates": ["claude-v2"]}).json()
+    # A candidate the chat's failed feedback did not count against, so that exactly these two
+    # failures trip its breaker (2 consecutive failures), whatever the router chose above.
+    victim = next(m for m in ("claude-v2", "claude-v1") if m != chat["model"])
+    for _ in range(2):
+        rid = client.post("/route", json={"prompt": prompt, "candidates": [victim]}).json()
         client.post("/feedback", json={"request_id": rid["request_id"], "success": False})
     bad = [
-        {"prompt": prompt, "candidates": ["claude-v2"]},  # no eligible model: 422
+        {"prompt": prompt, "candidates": [victim]},  # no eligible model: 422
         {"prompt": prompt, "candidates": ["gpt-5"]},
         {"prompt": prompt, "messages": messages},
         {"prompt": prompt, "max_cost_usd": -1},
@@ -231,7 +234,10 @@ def test_prompt_text_never_reaches_the_application_log(make_app, caplog, log_pro
     texts = [r.getMessage() + (r.exc_text or "") for r in caplog.records]
     loggers = {r.name for r in caplog.records}
     assert {"promptroute.route", "promptroute.breakers", "promptroute.service"} <= loggers
-    assert any("breaker claude-v2: closed -> open" in t for t in texts)
+    assert any(
+        "breaker claude-v2: closed -> open" in t or "breaker claude-v1: closed -> open" in t
+        for t in texts
+    )
     leaked = [t for t in texts if marker in t]
     if log_prompts:
         assert leaked and all(t.startswith("route ") for t in leaked)

@@ -313,12 +313,14 @@ def test_a_rule_still_pins_a_model_the_reloaded_artifact_has_no_scores_for(
 
     router, manifest = load_router(tiny_artifact)
     keep = [i for i, m in enumerate(router.models) if m != "claude-v1"]
-    for head in router.heads.values():
-        head.dense_w, head.hashed_w, head.bias = (
-            head.dense_w[:, keep],
-            head.hashed_w[:, keep],
-            head.bias[keep],
-        )
+    from models.router import LinearHead
+
+    # plain heads over the kept models (gain and domain columns index the full model list)
+    router.heads = {
+        name: LinearHead(head.kind, head.dense_w[:, keep], head.hashed_w[:, keep], head.bias[keep])
+        for name, head in router.heads.items()
+    }
+    router.knob_mix = None
     router.models = tuple(router.models[i] for i in keep)
     for name in ("input_price", "output_price", "output_tokens"):
         setattr(router, name, getattr(router, name)[keep])
