@@ -170,7 +170,7 @@ def test_speed_picks_the_fastest_model_near_the_best(make_client, tiny_router, c
     order = [body["model"], *body["fallbacks"]]
     assert [latency[m] for m in order] == sorted(latency[m] for m in order)
     # With no tolerance only the best-utility model (and exact ties) qualifies.
-    client, _ = make_client(priorities={"speed_tolerance": 0.0})
+    client, _ = make_client(priorities={"speed_tolerance": 0.0, "balanced": 0.5})
     body = client.post("/route", json={"prompt": PROMPT, "priority": "speed"}).json()
     assert body["model"] == ranking(tiny_router, PROMPT, 0.5)[0][0]
 
