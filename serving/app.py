@@ -6,7 +6,9 @@ or uvicorn's startup). A failure there stops start-up with the error; the servic
 half-configured. On shutdown, pending decisions are logged as unanswered and the log closed.
 
 Middleware, outermost first: request metrics (so even a refused body is counted), then the
-body-size limit (Content-Length checked up front, streamed bytes counted as they arrive).
+body-size limit (Content-Length checked up front, streamed bytes counted as they arrive), then
+`serving.hot_path.HotPath`, which answers POST /route and /feedback without FastAPI's routing
+and dependency solving and checks other JSON bodies for repeated keys.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.config import Settings
 from serving.errors import BodyTooLarge, error_body, install_error_handlers
 from serving.gateway import Gateway, Sleep, Upstreams
+from serving.hot_path import HotPath
 from serving.metrics import Metrics, RequestMetrics
 from serving.routes import api_router
 from serving.routes import openai as openai_routes
@@ -117,6 +121,7 @@ def create_app(
         description=_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=_telemetry(),
     )
     app.state.metrics = metrics
     app.state.service = None
@@ -124,9 +129,32 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(openai_routes.router)
+    app.add_middleware(HotPath, owner=app)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+def _telemetry() -> TelemetryConfig:
+    """FastAPI's OpenTelemetry signals: each on only if its provider is configured by now.
+
+    Left to itself, FastAPI asks the OpenTelemetry API on every request whether a tracer, meter
+    or logger provider has been set since (three ``os.environ`` reads per request when none
+    is). A deployment that uses OpenTelemetry configures it before the app is built
+    (``opentelemetry-instrument``, or code that runs before `create_app`); it is decided here,
+    once.
+    """
+    from opentelemetry import _logs, metrics, trace
+
+    providers = {
+        "tracing": trace.get_tracer_provider(),
+        "metrics": metrics.get_meter_provider(),
+        "logs": _logs.get_logger_provider(),
+    }
+    # The API's stand-ins until a provider is set; FastAPI tells them apart the same way.
+    deferred = {"ProxyTracerProvider", "_ProxyMeterProvider", "ProxyLoggerProvider"}
+    on = {name: type(p).__name__ not in deferred for name, p in providers.items()}
+    return TelemetryConfig(tracing=on["tracing"], metrics=on["metrics"], logs=on["logs"])
 
 
 async def _expire_periodically(service: Service, every: float) -> None:

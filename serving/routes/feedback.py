@@ -8,9 +8,10 @@ from fastapi import APIRouter, Body
 
 from serving.bookkeeping import Feedback
 from serving.deps import OutcomesDep
+from serving.outcomes import Outcomes
 from serving.schemas import FEEDBACK_EXAMPLES, ErrorResponse, FeedbackRequest, FeedbackResponse
 
-__all__ = ["router"]
+__all__ = ["feedback_answer", "router"]
 
 router = APIRouter(tags=["routing"])
 
@@ -28,6 +29,13 @@ async def post_feedback(
     outcomes: OutcomesDep,
 ) -> FeedbackResponse:
     """Report how the routed call went (once per request_id)."""
+    # Declared for the OpenAPI document; `serving.hot_path` serves it without FastAPI's routing
+    # and dependency solving, except while tests override dependencies.
+    return await feedback_answer(outcomes, body)
+
+
+async def feedback_answer(outcomes: Outcomes, body: FeedbackRequest) -> FeedbackResponse:
+    """Apply a validated feedback; ApiError (404/422) as `Outcomes.apply` raises it."""
     _decision, model = await outcomes.apply(Feedback(**body.model_dump()))
     return FeedbackResponse(
         request_id=body.request_id,

@@ -36,7 +36,7 @@ from features.text import PromptError
 from models.catalog import Catalog, estimate_tokens
 from serving.config import Priority
 from serving.deps import CatalogDep, HealthDep, ModelsDep, PipelineDep
-from serving.errors import ApiError, render_loc
+from serving.errors import AmbiguousBody, ApiError, render_loc
 from serving.gateway import ChatPlan, Gateway
 from serving.health import Health
 from serving.loaded_model import ModelSlot
@@ -98,10 +98,13 @@ class _OpenAIRoute(APIRoute):
                 return JSONResponse(body, status_code=422)
             except RequestValidationError as exc:
                 return _validation_error(exc)
-            except StarletteHTTPException as exc:  # an undecodable or oversized body
+            except StarletteHTTPException as exc:  # an undecodable, ambiguous or oversized body
                 message = exc.detail if isinstance(exc.detail, str) else "request refused"
-                code = _HTTP_ERROR_CODE.get(exc.status_code, "http_error")
-                body = openai_error(exc.status_code, code, message)
+                if isinstance(exc, AmbiguousBody):
+                    body = openai_error(400, "duplicate_key", message, param=exc.field)
+                else:
+                    code = _HTTP_ERROR_CODE.get(exc.status_code, "http_error")
+                    body = openai_error(exc.status_code, code, message)
                 return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
         return with_openai_errors
