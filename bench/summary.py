@@ -95,39 +95,48 @@ def _details(name: str, data: dict[str, Any]) -> list[str]:
                 f"| {h['median']:.2f} |"
             )
     elif name == "http":
+        load = data.get("load_avg", {})
         out += [
             "",
             f"Load generator: {data['params']['client']}; "
             f"{data['params']['rounds']} × {data['params']['duration_s']} s per endpoint and "
             "concurrency, interleaved. Server: one uvicorn process, "
-            f"{data['server'].get('http', '?')} + {data['server'].get('loop', '?')}.",
+            f"{data['server'].get('http', '?')} + {data['server'].get('loop', '?')}. "
+            f"Load average before / after: {load.get('before', '?')} / {load.get('after', '?')}.",
             "",
             "| concurrency | /route req/s | /route p50 / p99 ms | /healthz req/s "
-            "| /healthz p50 / p99 ms | /route ÷ /healthz |",
-            "|---|---|---|---|---|---|",
+            "| /healthz p50 / p99 ms | /route ÷ /healthz req/s | /route ÷ /healthz p50 |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for c, row in data["by_concurrency"].items():
+        rows = list(data["by_concurrency"].items())
+        if "long_prompt_c1" in data:
+            chars = data["params"].get("long_chars", 0)
+            rows.append((f"1, {chars:,}-character prompts", data["long_prompt_c1"]))
+        for c, row in rows:
             r, n = row["route"], row["noop"]
             out.append(
                 f"| {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {n['rps']:.0f} "
-                f"| {n['p50_ms']:.2f} / {n['p99_ms']:.2f} | {row['route_fraction_of_noop']:.0%} |"
+                f"| {n['p50_ms']:.2f} / {n['p99_ms']:.2f} | {row['route_fraction_of_noop']:.0%} "
+                f"| {row.get('route_p50_over_noop_p50', float('nan')):.2f}× |"
             )
     elif name == "breakdown":
         us = data["median_us"]
         out += ["", "| µs (median) | |", "|---|---|"]
         for key, label in (
             ("noop_get", "GET /healthz (the HTTP benchmark's no-op)"),
-            ("noop_post", "POST with /route's body and signature, doing nothing"),
-            ("route", "POST /route"),
-            ("pipeline", "/route's work alone, in a loop (validate, normalise, 8 stages, render)"),
+            ("noop_post", "POST with /route's body and signature through FastAPI, doing nothing"),
+            ("route", "POST /route (the hot path)"),
+            ("route_fastapi", "POST /route through FastAPI's router and dependencies"),
+            ("pipeline", "/route's work alone, in a loop (decode, validate, 8 stages, render)"),
             ("features", "of which feature extraction"),
             ("head", "of which the linear head"),
         ):
             out.append(f"| {label} | {us[key]:.1f} |")
         out += [
             "",
-            f"/route's own work inside the app (route − no-op POST): {data['route_own_work_us']:.1f} µs; "
-            f"/route ÷ GET /healthz: {data['route_over_noop_get']}×.",
+            f"/route beyond its own work (route − pipeline): {data['route_beyond_pipeline_us']:.1f} µs; "
+            f"/route ÷ GET /healthz: {data['route_over_noop_get']}×; "
+            f"through FastAPI ÷ hot path: {data['route_fastapi_over_route']}×.",
         ]
     elif name in ("training", "training_full"):
         out += [
