@@ -1,6 +1,6 @@
 """`python -m bench COMMAND`: run benchmarks, write bench/results/NAME.json and SUMMARY.md.
 
-Commands: all, decision, long-inputs, http, breakdown, footprint, artifact-io, training [--full],
+Commands: all, decision, long-inputs, http, breakdown, server-profile, footprint, artifact-io, training [--full],
 loop, summary, and train-streaming (streaming training as a command, for the training benchmark's
 child process).
 """
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("long-inputs", "decision time for 10 KB, 100 KB and 1 MB prompts"),
         ("http", "HTTP throughput and latency of /route vs a no-op endpoint"),
         ("breakdown", "where a /route request's time goes, the app called in-process"),
+        ("server-profile", "a served /route request's wall time by part, server under cProfile"),
         ("footprint", "serving RSS after start and after 10k requests; artifact size"),
         ("artifact-io", "artifact save/load time and size: format 2 vs the old joblib format"),
         ("training", "training time and memory vs records; streaming training"),
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         footprint,
         http,
         long_inputs,
+        server_profile,
         training_scale,
     )
     from bench.summary import write_summary
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "long-inputs": ("python -m bench long-inputs", lambda: long_inputs.run(art)),
         "http": ("python -m bench http", lambda: http.run(art)),
         "breakdown": ("python -m bench breakdown", lambda: breakdown.run(art)),
+        "server-profile": ("python -m bench server-profile", lambda: server_profile.run(art)),
         "footprint": ("python -m bench footprint", lambda: footprint.run(art)),
         "artifact-io": ("python -m bench artifact-io", lambda: artifact_io.run(art)),
         "training": (

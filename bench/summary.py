@@ -14,6 +14,7 @@ ORDER = (
     "long_inputs",
     "http",
     "breakdown",
+    "server_profile",
     "footprint",
     "artifact_io",
     "training",
@@ -25,6 +26,7 @@ _TITLES = {
     "long_inputs": "Long inputs",
     "http": "HTTP throughput",
     "breakdown": "Where a /route request's time goes (in-process, no server)",
+    "server_profile": "Where a served /route request's wall time goes (server under cProfile)",
     "footprint": "Serving footprint",
     "artifact_io": "Artifact save and load (format 2 vs the old joblib format)",
     "training": "Training scale (default sizes)",
@@ -140,6 +142,20 @@ def _details(name: str, data: dict[str, Any]) -> list[str]:
             f"/route ÷ GET /healthz: {data['route_over_noop_get']}×; "
             f"through FastAPI ÷ hot path: {data['route_fastapi_over_route']}×.",
         ]
+    elif name == "server_profile":
+        out += ["", "| ms per request (share of the server's time) | real prompts | long prompts |"]
+        out.append("|---|---|---|")
+        short, long = data["real_prompts"], data["long_prompts"]
+        for label, part in short["parts"].items():
+            other = long["parts"][label]
+            out.append(
+                f"| {label} | {part['ms_per_request']:.3f} ({part['share']:.0%}) "
+                f"| {other['ms_per_request']:.3f} ({other['share']:.0%}) |"
+            )
+        out.append(
+            f"| requests; client p50 (profiled) | {short['requests']}; {short['p50_ms']:.2f} ms "
+            f"| {long['requests']}; {long['p50_ms']:.2f} ms |"
+        )
     elif name in ("training", "training_full"):
         out += [
             "",

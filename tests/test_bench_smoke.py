@@ -182,6 +182,22 @@ def test_breakdown(results: dict) -> None:
     assert r["targets"] == []
 
 
+def test_server_profile(tiny_artifact: Path) -> None:
+    from bench import server_profile
+
+    r = server_profile.run(tiny_artifact, duration=0.3, long_chars=2000, client="python")
+    for key in ("real_prompts", "long_prompts"):
+        part = r[key]
+        assert part["requests"] > 0 and part["wall_ms_per_request"] > 0
+        assert set(part["parts"]) == {label for label, _, _ in server_profile._PARTS}
+        decision = part["parts"]["decision (Pipeline.decide)"]
+        assert decision["ms_per_request"] > 0 and 0 < decision["share"]
+        assert len(part["top_by_own_time"]) == 15
+    assert "Where a served /route request" in render_summary(
+        {"server_profile": {"command": "cmd", **_json_ready(r)}}
+    )
+
+
 def test_breakdown_noop_endpoint_is_not_in_the_product(tiny_artifact: Path) -> None:
     from serving.app import create_app
     from serving.config import load_settings
