@@ -59,8 +59,10 @@ def loads(body: bytes) -> Any:
         when the text parses but an object has a key twice
     """
     # json.loads(bytes) is this decode followed by the default decoder; spelt out so that the
-    # hook's decoder is built once, not on every call.
-    text = body.decode(json.detect_encoding(body), "surrogatepass")
+    # hook's decoder is built once, not on every call. A body opening with "{" and no NUL byte
+    # after it is UTF-8 to json.detect_encoding: no need to ask it.
+    utf8 = body[:1] == b"{" and body[1:2] != b"\x00"
+    text = body.decode("utf-8" if utf8 else json.detect_encoding(body), "surrogatepass")
     try:
         return _DECODER.decode(text)
     except _Repeated:

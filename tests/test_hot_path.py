@@ -359,6 +359,30 @@ _JSON_VALUES = st.recursive(
 
 
 @settings(max_examples=200, deadline=None)
+@given(
+    prefix=st.sampled_from([b"", b"{", b"{\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"\x00"])
+    | st.binary(max_size=4),
+    rest=st.binary(max_size=8)
+    | _JSON_VALUES.map(lambda v: json.dumps(v).encode())
+    | _JSON_VALUES.map(lambda v: json.dumps(v).encode("utf-16-le")),
+)
+def test_loads_decodes_any_bytes_as_json_loads_does(prefix, rest):
+    """Including the shortcut past json.detect_encoding: same value, or the same exception."""
+    body = prefix + rest
+    try:
+        expected: Any = json.loads(body)
+    except Exception as exc:  # noqa: BLE001 - the exception itself is what is compared
+        expected = (type(exc), str(exc))
+    try:
+        got: Any = loads(body)
+    except DuplicateKeyError:
+        return  # the one difference, tested below
+    except Exception as exc:  # noqa: BLE001
+        got = (type(exc), str(exc))
+    assert got == expected
+
+
+@settings(max_examples=200, deadline=None)
 @given(value=_JSON_VALUES, ensure_ascii=st.booleans(), indent=st.sampled_from([None, 0, 2]))
 def test_loads_reads_what_json_reads(value, ensure_ascii, indent):
     text = json.dumps(value, ensure_ascii=ensure_ascii, indent=indent).encode()
