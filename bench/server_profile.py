@@ -34,9 +34,18 @@ from serving.app import create_app
 from serving.config import load_settings
 app = create_app(load_settings(None, artifact=sys.argv[1]))
 profile = cProfile.Profile()
-server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=int(sys.argv[2]),
+started = []
+
+async def profiled(scope, receive, send):
+    # From the first /route request on: start-up (loading, the lifespan's collection) is not
+    # what is being explained.
+    if not started and scope["type"] == "http" and scope["path"] == "/route":
+        started.append(True)
+        profile.enable()
+    await app(scope, receive, send)
+
+server = uvicorn.Server(uvicorn.Config(profiled, host="127.0.0.1", port=int(sys.argv[2]),
     lifespan="on", loop="asyncio", access_log=False, log_level="warning"))
-profile.enable()
 try:
     server.run()
 finally:
