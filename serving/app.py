@@ -5,9 +5,9 @@ verified, and every config reference checked, when the app starts (``with TestCl
 or uvicorn's startup). A failure there stops start-up with the error; the service never serves
 half-configured. On shutdown, pending decisions are logged as unanswered and the log closed.
 
-Middleware, outermost first: request metrics (so even a refused body is counted), then the
-body-size limit (Content-Length checked up front, streamed bytes counted as they arrive), then
-`serving.hot_path.HotPath`, which answers POST /route and /feedback without FastAPI's routing
+Middleware, outermost first: request metrics (so even a refused body is counted), the gateway's
+access log (/v1 only), then the body-size limit (Content-Length checked up front, streamed bytes
+counted as they arrive), then `serving.hot_path.HotPath`, which answers POST /route and /feedback without FastAPI's routing
 and dependency solving and checks other JSON bodies for repeated keys.
 """
 
@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.access_log import GatewayAccessLog
 from serving.config import Settings
 from serving.errors import BodyTooLarge, error_body, install_error_handlers
 from serving.gateway import Gateway, Sleep, Upstreams
@@ -33,6 +34,8 @@ from serving.hot_path import HotPath
 from serving.metrics import Metrics, RequestMetrics
 from serving.routes import api_router
 from serving.routes import openai as openai_routes
+from serving.routes.docs import install_docs
+from serving.routes.ui import install_ui
 from serving.service import Service
 
 __all__ = ["create_app"]
@@ -73,7 +76,7 @@ def create_app(
     sleep : how the /v1 gateway waits out an upstream's Retry-After (a fake in tests)
     """
     settings = settings if settings is not None else Settings()
-    metrics = service.metrics if service is not None else Metrics()
+    metrics = service.metrics if service is not None else Metrics(clock=wall_clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -122,6 +125,8 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         telemetry=_telemetry(),
+        docs_url=None,  # served from installed files instead of a CDN (serving/routes/docs.py)
+        redoc_url=None,
     )
     app.state.metrics = metrics
     app.state.service = None
@@ -129,8 +134,12 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(openai_routes.router)
+    install_docs(app)
+    install_ui(app)
     app.add_middleware(HotPath, owner=app)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    if settings.gateway_access_log:
+        app.add_middleware(GatewayAccessLog)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 
