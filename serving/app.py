@@ -7,8 +7,9 @@ half-configured. On shutdown, pending decisions are logged as unanswered and the
 
 Middleware, outermost first: request metrics (so even a refused body is counted), the gateway's
 access log (/v1 only), then the body-size limit (Content-Length checked up front, streamed bytes
-counted as they arrive), then `serving.hot_path.HotPath`, which answers POST /route and /feedback without FastAPI's routing
-and dependency solving and checks other JSON bodies for repeated keys.
+counted as they arrive), then `serving.hot_path.HotPath`, which answers POST /route and
+/feedback without FastAPI's routing and dependency solving and checks other JSON bodies for
+repeated keys.
 """
 
 from __future__ import annotations
