@@ -297,14 +297,21 @@ class UpstreamConfig(_Section):
     """Where the gateway sends one catalog model's chat completions (OpenAI wire format).
 
     `base_url` is the API root, as for the OpenAI client (``https://api.openai.com/v1``);
-    ``/chat/completions`` is appended. `timeout_seconds` bounds connecting and each read (for a
-    stream, the longest wait between two chunks).
+    ``/chat/completions`` is appended. Deadlines, each ending the attempt as a ``timeout``:
+
+    timeout_seconds        the whole attempt until the reply is in hand: connecting, sending,
+                           the full body — for a stream, its first event. An upstream that
+                           dribbles one byte at a time cannot stretch it.
+    stream_idle_seconds    once a stream has started: the longest wait for its next event
+    stream_max_seconds     once a stream has started: its whole length
     """
 
     base_url: _NonEmpty
     model: _NonEmpty | None = None  # the upstream's name for the model; default: the catalog's
     api_key_env: _NonEmpty | None = None  # the variable holding the bearer token; null: none
     timeout_seconds: float = Field(60.0, gt=0)
+    stream_idle_seconds: float = Field(30.0, gt=0)
+    stream_max_seconds: float = Field(600.0, gt=0)
 
     @field_validator("base_url")
     @classmethod

@@ -54,6 +54,7 @@ UPSTREAM_OUTCOMES = (
     "rate_limited",
     "server_error",
     "http_error",
+    "provider_error",
     "timeout",
     "network_error",
     "malformed",

@@ -62,6 +62,7 @@ from serving.filters import (
 from serving.health import Health, HealthView
 from serving.loaded_model import LoadedModel, ModelSlot
 from serving.metrics import Metrics
+from serving.redact import quote
 from serving.rules import RuleSet
 
 __all__ = ["Decision", "Pipeline", "RouteQuery"]
@@ -408,7 +409,7 @@ def _candidates(
             raise ApiError(
                 422,
                 "unknown_model",
-                f"candidates[{i}]: unknown model {name!r}; routable: {', '.join(known)}",
+                f"candidates[{i}]: unknown model {quote(name)}; routable: {', '.join(known)}",
                 field=f"candidates[{i}]",
                 known=known,
             )

@@ -7,11 +7,21 @@
 The HTTP endpoints are in `serving.routes.openai`.
 """
 
-from serving.gateway.completions import CLIENT_ERRORS, ChatPlan, Gateway, GatewayReply, Sleep
+from serving.gateway.completions import (
+    CLIENT_ERRORS,
+    MAX_TOKENS,
+    PROVIDER_ERRORS,
+    ChatPlan,
+    Gateway,
+    GatewayReply,
+    Sleep,
+)
 from serving.gateway.upstreams import Upstream, Upstreams, resolve_upstreams
 
 __all__ = [
     "CLIENT_ERRORS",
+    "MAX_TOKENS",
+    "PROVIDER_ERRORS",
     "ChatPlan",
     "Gateway",
     "GatewayReply",

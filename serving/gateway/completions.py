@@ -3,19 +3,30 @@
     for each model of the plan (the choice, then its fallbacks), at most `max_attempts` calls:
       no upstream configured            skipped (``model:no_upstream`` in the attempts header)
       a fallback whose breaker is open  skipped (``model:breaker_open``)
-      connection error, timeout, 429,   the failure is recorded on the model's statistics and
-      5xx, other unexpected status,     breaker, and the next model is tried — after waiting
-      a body that is not JSON           out a Retry-After (≤ `max_retry_after_seconds`) when the
-                                        next model shares the upstream that asked for it
-      400 401 403 404 413 422           the request's own fault: returned to the client as is
+      connection error, 429, 5xx,       the failure is recorded on the model's statistics and
+      other unexpected status,          breaker, and the next model is tried — after waiting
+      401 403 404 (the gateway's own    out a Retry-After (≤ `max_retry_after_seconds`) when the
+        key or model name is wrong),    next model shares the upstream that asked for it
+      a deadline passed (``timeout``),
+      a reply that fails validation
+        (``malformed``, see below)
+      400 413 422                       the request's own fault: returned to the client as is,
+                                        anything credential-shaped in the body redacted
       success                           returned, the body's `model` set to the catalog name
+
+An upstream's reply is checked like a caller's request: strict JSON (no NaN, no numbers past
+what a float holds, bounded nesting), an object with a `choices` list, token usage (when
+given) as integers in [0, MAX_TOKENS]. For a stream, every ``data:`` line but ``[DONE]`` must be
+such a JSON object, and the first one must arrive within the attempt's deadline; comments
+before it are kept and sent with it.
 
 The request's outcome (the answer, or the last failure when every attempt failed) goes through
 `serving.outcomes.Outcomes`, exactly as a `POST /feedback` would: statistics, breaker,
 experiment and one decision-log row, with the latency, the real cost from the upstream's token
 usage at catalog prices, and the model that answered. A streamed answer is passed through event
-by event; it can fall back only until its first event has arrived, and its outcome is recorded
-when the stream ends.
+by event; it can fall back only until its first event has arrived. After that, a break, a
+malformed event, a silence longer than `stream_idle_seconds` or a stream longer than
+`stream_max_seconds` ends it with one error event, and the outcome is recorded when it ends.
 """
 
 from __future__ import annotations
@@ -41,15 +52,30 @@ from serving.gateway.upstreams import Upstream, Upstreams
 from serving.health import Health
 from serving.metrics import Metrics
 from serving.outcomes import Outcomes
+from serving.redact import redact_bytes
 
-__all__ = ["CLIENT_ERRORS", "ChatPlan", "Gateway", "GatewayReply", "Sleep"]
+__all__ = [
+    "CLIENT_ERRORS",
+    "MAX_TOKENS",
+    "PROVIDER_ERRORS",
+    "ChatPlan",
+    "Gateway",
+    "GatewayReply",
+    "Sleep",
+]
 
 _log = logging.getLogger("promptroute.gateway")
 
 Sleep = Callable[[float], Awaitable[None]]
 
 # Statuses that mean the request itself is wrong: another model would refuse it too.
-CLIENT_ERRORS = frozenset({400, 401, 403, 404, 413, 422})
+CLIENT_ERRORS = frozenset({400, 413, 422})
+# Statuses about the gateway's own credentials or config (a revoked key, a renamed model): the
+# caller did nothing wrong, so they fall back and count against the model like a 5xx.
+PROVIDER_ERRORS = frozenset({401, 403, 404})
+# Token counts beyond this are not usage but garbage (400-digit numbers overflowed the cost).
+MAX_TOKENS = 10**9
+_MAX_REPLY_DEPTH = 64
 _MAX_EVENT_BYTES = 8 * 2**20  # one server-sent event; a stream that never ends one is broken
 _JSON = "application/json"
 
@@ -110,11 +136,16 @@ class _Refused:
 
 @dataclass(slots=True)
 class _Opened:
-    """A stream that answered 200 and delivered its first event; nothing was sent yet."""
+    """A stream that answered 200 and delivered its first data event; nothing was sent yet.
+
+    `first` is that event as it will be sent (after any comments that came before it), and
+    `tally` what it said.
+    """
 
     response: httpx.Response
     events: _SseEvents
     first: bytes
+    tally: _StreamTally
 
 
 @dataclass(slots=True)
@@ -125,6 +156,8 @@ class _StreamTally:
     completion_tokens: int | None = None
     chars: int = 0
     error: bool = False
+    data_events: int = 0  # JSON chunks seen
+    done_before_data: bool = False  # "[DONE]" came before any chunk
 
 
 class Gateway:
@@ -168,6 +201,11 @@ class Gateway:
     async def aclose(self) -> None:
         await self.upstreams.aclose()
 
+    @property
+    def has_upstreams(self) -> bool:
+        """Whether any model can be called at all (the config has an ``upstreams:`` section)."""
+        return bool(self.upstreams.table)
+
     def callable_models(self, names: Sequence[str]) -> list[str]:
         """The models of `names` that have an upstream, in order."""
         return [name for name in names if name in self.upstreams]
@@ -199,10 +237,15 @@ class Gateway:
             calls += 1
             started = self.clock()
             try:
-                if plan.stream:
-                    result: Any = await self._open_stream(upstream, plan)
-                else:
-                    result = await self._call(upstream, plan)
+                # The whole attempt, not each read: an upstream dribbling a byte at a time
+                # would otherwise hold the request for as long as it likes.
+                with anyio.move_on_after(upstream.deadline) as deadline:
+                    if plan.stream:
+                        result: Any = await self._open_stream(upstream, plan)
+                    else:
+                        result = await self._call(upstream, plan)
+                if deadline.cancelled_caught:
+                    raise _Failed("timeout", "timeout")
             except _Failed as failed:
                 latency = _ms(self.clock() - started)
                 self.metrics.upstream_attempt(model, failed.outcome)
@@ -222,7 +265,7 @@ class Gateway:
             attempts.append(_Attempt(model, "ok"))
             headers = _headers(plan.request_id, model, attempts)
             if isinstance(result, _Opened):
-                relay = self._relay(plan, model, result, started)
+                relay = self._relay(plan, upstream, result, started)
                 return GatewayReply(200, headers, media_type="text/event-stream", stream=relay)
             self.metrics.upstream_attempt(model, "ok")
             body, usage = result
@@ -261,16 +304,18 @@ class Gateway:
             response = await self.upstreams.client.send(self._request(upstream, plan))
         status = response.status_code
         if status in CLIENT_ERRORS:
-            return _Refused(status, response.content, _media_type(response))
+            return self._refused(response)
         if not 200 <= status < 300:
             raise _status_failure(response, self.wall_clock())
-        try:
-            body = json.loads(response.content)
-        except ValueError:
-            raise _Failed("malformed", "malformed") from None
+        body = _strict_json(response.content)
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
             raise _Failed("malformed", "malformed")
         return body, _usage(body.get("usage")) or _estimated(plan, body)
+
+    def _refused(self, response: httpx.Response) -> _Refused:
+        # Relayed to the caller: a provider may echo the key it was sent, so redact it.
+        body = redact_bytes(response.content, self.upstreams.secrets)
+        return _Refused(response.status_code, body, _media_type(response))
 
     async def _open_stream(self, upstream: Upstream, plan: ChatPlan) -> _Opened | _Refused:
         """Open a stream and wait for its first event, so that a failure can still fall back."""
@@ -283,37 +328,62 @@ class Gateway:
                 with _network_failures():
                     await response.aread()
                 if status in CLIENT_ERRORS:
-                    return _Refused(status, response.content, _media_type(response))
+                    return self._refused(response)
                 raise _status_failure(response, self.wall_clock())
             if _media_type(response).split(";")[0].strip() != "text/event-stream":
                 raise _Failed("malformed", "malformed")
             events = _SseEvents(response.aiter_bytes())
-            with _network_failures():
-                first = await events.next()
-            if first is None:
+            tally = _StreamTally()
+            first = b""
+            while True:  # comments (keep-alives) may come first; the first data event decides
+                with _network_failures():
+                    event = await events.next()
+                if event is None:
+                    raise _Failed("malformed", "malformed")
+                forwarded = _forward(event, upstream.model, tally)
+                first += forwarded
+                if tally.data_events:
+                    break
+            if tally.done_before_data:  # "[DONE]" and no answer: nothing usable
                 raise _Failed("malformed", "malformed")
+            if tally.error:  # the upstream's own error chunk: try the next model
+                raise _Failed("error_event", "server_error")
             handed_over = True
-            return _Opened(response, events, first)
+            return _Opened(response, events, first, tally)
         finally:
             if not handed_over:
                 with anyio.CancelScope(shield=True):
                     await response.aclose()
 
     async def _relay(
-        self, plan: ChatPlan, model: str, opened: _Opened, started: float
+        self, plan: ChatPlan, upstream: Upstream, opened: _Opened, started: float
     ) -> AsyncIterator[bytes]:
         """Pass the events on as they arrive; record the outcome when the stream ends."""
-        tally = _StreamTally()
+        model = upstream.model
+        tally = opened.tally
         outcome = "cancelled"  # unless the loop below ends: the client went away
+        error_type = outcome
+        ends = anyio.current_time() + upstream.stream_max
         try:
-            yield _forward(opened.first, model, tally)
+            yield opened.first
             try:
-                while (event := await opened.events.next()) is not None:
+                while True:
+                    wait = min(upstream.stream_idle, ends - anyio.current_time())
+                    # Only the wait is inside the scope: a cancel scope must not span a yield.
+                    with anyio.move_on_after(max(wait, 0.0)) as idle:
+                        event = await opened.events.next()
+                    if idle.cancelled_caught:
+                        raise _Failed("timeout", "timeout")
+                    if event is None:
+                        break
                     yield _forward(event, model, tally)
-                outcome = "stream_error" if tally.error else "ok"
-            except (httpx.HTTPError, _Failed) as exc:
+                outcome = error_type = "stream_error" if tally.error else "ok"
+            except _Failed as failed:
+                _log.warning("stream from %s failed after it started: %s", model, failed.label)
+                outcome, error_type = failed.outcome, failed.label
+            except httpx.HTTPError as exc:
                 _log.warning("stream from %s broke after it started: %r", model, exc)
-                outcome = "stream_error"
+                outcome = error_type = "stream_error"
         finally:
             self.metrics.upstream_attempt(model, outcome)
             with anyio.CancelScope(shield=True):
@@ -331,8 +401,8 @@ class Gateway:
             )
             return
         if not tally.error:  # the upstream's own error event was passed on already
-            yield _error_event(model)
-        await self._settle(plan, model, success=False, latency_ms=latency, error_type=outcome)
+            yield _error_event(model, error_type)
+        await self._settle(plan, model, success=False, latency_ms=latency, error_type=error_type)
 
     # -- recording outcomes --------------------------------------------------------------------
 
@@ -379,16 +449,49 @@ class Gateway:
 
 
 def _usage(usage: Any) -> tuple[int, int] | None:
-    if not isinstance(usage, dict):
+    """(prompt, completion) tokens; None when not reported; `_Failed` malformed when garbage."""
+    if usage is None:
         return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if _count(prompt) and _count(completion):
-        return prompt, completion
-    return None
+    if not isinstance(usage, dict):
+        raise _Failed("malformed", "malformed")
+    counts = []
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        value = usage.get(key)
+        if value is not None and not _count(value):
+            raise _Failed("malformed", "malformed")
+        counts.append(value)
+    prompt, completion, _total = counts
+    if prompt is None or completion is None:
+        return None
+    return prompt, completion
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS
+
+
+def _strict_json(raw: bytes | str) -> Any:
+    """An upstream's JSON, held to what a caller's must be; `_Failed` malformed otherwise."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError):  # bad JSON, NaN/Infinity, over 4300 digits, too deep
+        raise _Failed("malformed", "malformed") from None
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > _MAX_REPLY_DEPTH:
+                raise _Failed("malformed", "malformed")
+            stack.extend(
+                (v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)
+            )
+        elif isinstance(item, float) and not math.isfinite(item):  # 1e400 parses as inf
+            raise _Failed("malformed", "malformed")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _estimated(plan: ChatPlan, body: dict[str, Any]) -> tuple[int, int]:
@@ -420,7 +523,12 @@ def _network_failures() -> Iterator[None]:
 
 def _status_failure(response: httpx.Response, now: float) -> _Failed:
     status = response.status_code
-    outcome = "rate_limited" if status == 429 else "server_error" if status >= 500 else "http_error"
+    if status == 429:
+        outcome = "rate_limited"
+    elif status in PROVIDER_ERRORS:
+        outcome = "provider_error"
+    else:
+        outcome = "server_error" if status >= 500 else "http_error"
     return _Failed(str(status), outcome, _retry_after(response.headers, now))
 
 
@@ -485,13 +593,20 @@ def _all_failed(request_id: str, attempts: list[_Attempt], *, called: int) -> Ap
     )
 
 
-def _error_event(model: str) -> bytes:
+_STREAM_ERROR_CODES = {"timeout": "stream_timeout", "malformed": "stream_malformed"}
+
+
+def _error_event(model: str, error_type: str) -> bytes:
+    what = {
+        "timeout": "stopped sending within its deadline",
+        "malformed": "sent an invalid event",
+    }.get(error_type, "failed")
     error = {
         "error": {
-            "message": f"the upstream of {model} failed while streaming its answer",
+            "message": f"the upstream of {model} {what} while streaming its answer",
             "type": "upstream_error",
             "param": None,
-            "code": "stream_interrupted",
+            "code": _STREAM_ERROR_CODES.get(error_type, "stream_interrupted"),
         }
     }
     return b"data: " + _dumps(error) + b"\n\n"
@@ -533,24 +648,35 @@ class _SseEvents:
 
 
 def _forward(event: bytes, model: str, tally: _StreamTally) -> bytes:
-    """The event as sent on: a JSON chunk gets `model` set to the catalog name; usage and text
-    are tallied. Anything else (comments, ``[DONE]``, other fields) passes unchanged."""
+    """The event as sent on, its data checked: `_Failed` malformed unless it is ``[DONE]`` or
+    one strict JSON object. A chunk gets `model` set to the catalog name; usage and text are
+    tallied. An event without data (a comment) passes unchanged."""
     lines = event.split(b"\n")
     data = [i for i, line in enumerate(lines) if line.startswith(b"data:")]
-    if len(data) == 1:
-        raw = lines[data[0]][5:]
-        raw = raw[1:] if raw.startswith(b" ") else raw
-        if raw.strip() != b"[DONE]":
-            try:
-                chunk = json.loads(raw)
-            except ValueError:
-                chunk = None
-            if isinstance(chunk, dict):
-                _tally(chunk, tally)
-                if "model" in chunk:
-                    chunk["model"] = model
-                    lines[data[0]] = b"data: " + _dumps(chunk)
-    return b"\n".join(lines) + b"\n\n"
+    if not data:
+        return event + b"\n\n"
+    # Several data lines make one value, joined by newlines (the SSE rule).
+    raw = b"\n".join(_field_value(lines[i]) for i in data)
+    if raw.strip() == b"[DONE]":
+        tally.done_before_data = tally.done_before_data or not tally.data_events
+        return event + b"\n\n"
+    chunk = _strict_json(raw)
+    if not isinstance(chunk, dict):
+        raise _Failed("malformed", "malformed")
+    _tally(chunk, tally)
+    tally.data_events += 1
+    if "model" in chunk:
+        chunk["model"] = model
+    # Sent re-encoded, on one data line where the first one was: what goes out is what was
+    # checked, byte for byte.
+    kept = [line for i, line in enumerate(lines) if i not in data[1:]]
+    kept[data[0]] = b"data: " + _dumps(chunk)
+    return b"\n".join(kept) + b"\n\n"
+
+
+def _field_value(line: bytes) -> bytes:
+    raw = line[5:]
+    return raw[1:] if raw.startswith(b" ") else raw
 
 
 def _tally(chunk: dict[str, Any], tally: _StreamTally) -> None:

@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from models.errors import ArtifactError, ConfigError
 from serving.deps import AdminDep, CatalogDep, HealthDep, ModelsDep
 from serving.errors import ApiError
+from serving.redact import quote
 from serving.schemas import ErrorResponse, ReloadRequest, ReloadResponse
 
 __all__ = ["router"]
@@ -63,7 +64,7 @@ async def reset_breaker(model: str, health: HealthDep, catalog: CatalogDep) -> d
         raise ApiError(
             404,
             "unknown_model",
-            f"unknown model {model!r}; known: {', '.join(known)}",
+            f"unknown model {quote(model)}; known: {', '.join(known)}",
             known=known,
         )
     return {"model": model, "breaker": await health.reset_breaker(model)}

@@ -41,6 +41,7 @@ from serving.gateway import ChatPlan, Gateway
 from serving.health import Health
 from serving.loaded_model import ModelSlot
 from serving.pipeline import Pipeline
+from serving.redact import quote
 from serving.routes.route import build_query, check_json
 from serving.schemas import RouteRequest, Text
 
@@ -145,6 +146,7 @@ _CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "The body is over the size limit."},
     422: {"description": "Invalid field (`param` names it), or no eligible model (`removed`)."},
     502: {"description": "Every upstream attempt failed (`attempts` lists them)."},
+    503: {"description": "No `upstreams:` are configured, or the service is starting."},
 }
 
 
@@ -157,6 +159,13 @@ async def chat_completions(
     gateway: GatewayDep,
 ) -> Response:
     """Answer with the routed model (or the one named), falling back when an upstream fails."""
+    if not gateway.has_upstreams:  # before routing: nothing is decided, nothing left pending
+        raise ApiError(
+            503,
+            "no_upstreams",
+            "no upstreams are configured: add an `upstreams:` section to the service config "
+            "(for each catalog model: base_url, and api_key_env if it needs a key)",
+        )
     payload = body.model_dump(exclude={"promptroute"}, exclude_unset=True)
     try:  # what goes upstream must be strict JSON
         json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
@@ -228,7 +237,7 @@ async def _plan(
         raise ApiError(
             404,
             "model_not_found",
-            f"model: {name!r} {why}; available: {', '.join(known)}",
+            f"model: {quote(name)} {why}; available: {', '.join(known)}",
             field="model",
         )
     for key in _ROUTING_ONLY:
@@ -288,7 +297,7 @@ def _routing_mode(model: str) -> tuple[Priority | None, float | None] | None:
         raise ApiError(
             422,
             "invalid_request",
-            f"model: unknown routing mode {mode!r}; use auto, "
+            f"model: unknown routing mode {quote(mode)}; use auto, "
             "auto:quality|balanced|cost|speed or auto:<knob ≥ 0>",
             field="model",
         )
