@@ -5,8 +5,9 @@ verified, and every config reference checked, when the app starts (``with TestCl
 or uvicorn's startup). A failure there stops start-up with the error; the service never serves
 half-configured. On shutdown, pending decisions are logged as unanswered and the log closed.
 
-Middleware, outermost first: request metrics (so even a refused body is counted), then the
-body-size limit (Content-Length checked up front, streamed bytes counted as they arrive).
+Middleware, outermost first: request metrics (so even a refused body is counted), client keys
+(`serving.auth`: a guarded path without a valid key is refused before its body is read), then
+the body-size limit (Content-Length checked up front, streamed bytes counted as they arrive).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.auth import ClientAuth, ClientKeys
 from serving.config import Settings
 from serving.errors import BodyTooLarge, error_body, install_error_handlers
 from serving.gateway import Gateway, Sleep, Upstreams
@@ -125,6 +127,11 @@ def create_app(
     app.include_router(api_router)
     app.include_router(openai_routes.router)
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
+
+    def client_keys() -> ClientKeys | None:
+        return app.state.service.clients if app.state.service is not None else None
+
+    app.add_middleware(ClientAuth, keys=client_keys)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 

@@ -65,6 +65,7 @@ class Feedback:
     error_type: str | None = None
     input_tokens: int | None = None  # from the upstream's usage, when the gateway made the call
     output_tokens: int | None = None
+    caller: str | None = None  # the client key's name (None: no client keys configured)
 
 
 def decision_row(

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BreakersConfig",
+    "ClientKeyConfig",
     "DecisionLogConfig",
     "ExperimentConfig",
     "GatewayConfig",
@@ -324,6 +325,13 @@ class UpstreamConfig(_Section):
         return value
 
 
+class ClientKeyConfig(_Section):
+    """One client API key: its name (who the caller is) and the variable that holds it."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN, max_length=100)]
+    key_env: _NonEmpty
+
+
 class GatewayConfig(_Section):
     """The OpenAI-compatible gateway: how many models one request may try, and waits."""
 
@@ -341,6 +349,9 @@ class Settings(_Section):
     default_priority: Priority = "balanced"
     degraded_mode: bool = False
     admin_api_key_env: _NonEmpty = "PROMPTROUTE_ADMIN_KEY"
+    # Client keys for /route, /feedback, /v1/*: none configured (here or in the variable) = open.
+    client_keys: list[ClientKeyConfig] = Field(default_factory=list)
+    client_keys_env: _NonEmpty = "PROMPTROUTE_CLIENT_KEYS"
     log_prompts: bool = False
     access_log: bool = False
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -357,6 +368,7 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
         _check_unique(self.rules, "rules", "rule")
+        _check_unique(self.client_keys, "client_keys", "client key")
         _check_unique(self.experiments, "experiments", "experiment")
         return self
 

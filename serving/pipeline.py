@@ -91,6 +91,7 @@ class RouteQuery:
     metadata: Mapping[str, Any] | None = None
     raw_prompt: str | None = None
     raw_messages: list[Any] | None = None
+    caller: str | None = None  # the client key's name; feedback must come from the same one
 
 
 @dataclass(slots=True)

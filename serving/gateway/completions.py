@@ -95,6 +95,7 @@ class ChatPlan:
     payload: Mapping[str, Any]
     stream: bool
     prompt_tokens: int
+    caller: str | None = None  # the client key's name; the gateway's outcome comes from it
 
 
 @dataclass(slots=True)
@@ -427,6 +428,7 @@ class Gateway:
             error_type=error_type,
             input_tokens=usage[0] if usage else None,
             output_tokens=usage[1] if usage else None,
+            caller=plan.caller,
         )
         try:
             await self.outcomes.apply(feedback)

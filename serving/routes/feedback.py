@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from serving.bookkeeping import Feedback
-from serving.deps import OutcomesDep
+from serving.deps import CallerDep, OutcomesDep
 from serving.schemas import FEEDBACK_EXAMPLES, ErrorResponse, FeedbackRequest, FeedbackResponse
 
 __all__ = ["router"]
@@ -26,9 +26,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def post_feedback(
     body: Annotated[FeedbackRequest, Body(openapi_examples=FEEDBACK_EXAMPLES)],
     outcomes: OutcomesDep,
+    caller: CallerDep,
 ) -> FeedbackResponse:
     """Report how the routed call went (once per request_id)."""
-    _decision, model = await outcomes.apply(Feedback(**body.model_dump()))
+    name = caller.name if caller is not None else None
+    _decision, model = await outcomes.apply(Feedback(**body.model_dump(), caller=name))
     return FeedbackResponse(
         request_id=body.request_id,
         model=model,

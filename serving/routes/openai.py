@@ -34,8 +34,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.text import PromptError
 from models.catalog import Catalog, estimate_tokens
+from serving.auth import Caller
 from serving.config import Priority
-from serving.deps import CatalogDep, HealthDep, ModelsDep, PipelineDep
+from serving.deps import CallerDep, CatalogDep, HealthDep, ModelsDep, PipelineDep
 from serving.errors import ApiError, render_loc
 from serving.gateway import ChatPlan, Gateway
 from serving.health import Health
@@ -142,6 +143,7 @@ class ChatCompletionRequest(BaseModel):
 
 _CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "The body is not valid JSON."},
+    401: {"description": "Client keys are configured and none, or a wrong one, was sent."},
     404: {"description": "`model` is neither `auto…` nor a model of GET /v1/models."},
     413: {"description": "The body is over the size limit."},
     422: {"description": "Invalid field (`param` names it), or no eligible model (`removed`)."},
@@ -157,6 +159,7 @@ async def chat_completions(
     health: HealthDep,
     catalog: CatalogDep,
     gateway: GatewayDep,
+    caller: CallerDep,
 ) -> Response:
     """Answer with the routed model (or the one named), falling back when an upstream fails."""
     if not gateway.has_upstreams:  # before routing: nothing is decided, nothing left pending
@@ -173,7 +176,7 @@ async def chat_completions(
         raise ApiError(
             422, "invalid_request", "the body must hold only finite numbers and valid text"
         ) from None
-    plan = await _plan(body, payload, pipeline, health, catalog, gateway)
+    plan = await _plan(body, payload, pipeline, health, catalog, gateway, caller)
     reply = await gateway.complete(plan)
     if reply.stream is not None:
         return StreamingResponse(
@@ -188,7 +191,7 @@ async def chat_completions(
 
 @router.get("/models")
 async def list_models(
-    models: ModelsDep, catalog: CatalogDep, gateway: GatewayDep
+    models: ModelsDep, catalog: CatalogDep, gateway: GatewayDep, _caller: CallerDep
 ) -> dict[str, Any]:
     """`auto` and every routable model with an upstream, in OpenAI's list format."""
     return {
@@ -213,19 +216,24 @@ async def _plan(
     health: Health,
     catalog: Catalog,
     gateway: Gateway,
+    caller: Caller | None,
 ) -> ChatPlan:
     limits = pipeline.settings.limits
     # The whole payload is forwarded upstream (tools, response_format…), so all of it must be
     # strict JSON of bounded depth, not just the messages.
     check_json(payload, "body")
+    caller_name = caller.name if caller is not None else None
     mode = _routing_mode(body.model)
     if mode is not None:
         priority, knob = mode
         with _extension_fields():
             query = build_query(_route_request(body, priority, knob), limits)
+            query.caller = caller_name
             decision = await pipeline.route(query)
         models = (decision.model, *decision.fallbacks)
-        return ChatPlan(decision.request_id, models, payload, body.stream, decision.input_tokens)
+        return ChatPlan(
+            decision.request_id, models, payload, body.stream, decision.input_tokens, caller_name
+        )
     name = body.model
     known = [n for n, _ in _listed(pipeline.models, catalog, gateway)]
     if name not in known:
@@ -250,6 +258,7 @@ async def _plan(
             )
     with _extension_fields():
         query = build_query(_route_request(body, None, None), limits)
+    query.caller = caller_name  # for the pending decision, as a routed one has it
     input_tokens = estimate_tokens(len(query.prompt.text))
     request_id = uuid.uuid4().hex
     # The caller chose the model: no filters and no breaker veto, but a half-open breaker still
@@ -265,7 +274,7 @@ async def _plan(
         router_version=pipeline.models.current.version,
         experiment=None,
     )
-    return ChatPlan(request_id, (name,), payload, body.stream, input_tokens)
+    return ChatPlan(request_id, (name,), payload, body.stream, input_tokens, caller_name)
 
 
 @contextlib.contextmanager
