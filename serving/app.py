@@ -6,8 +6,10 @@ or uvicorn's startup). A failure there stops start-up with the error; the servic
 half-configured. On shutdown, pending decisions are logged as unanswered and the log closed.
 
 Middleware, outermost first: request metrics (so even a refused body is counted), client keys
-(`serving.auth`: a guarded path without a valid key is refused before its body is read), then
-the body-size limit (Content-Length checked up front, streamed bytes counted as they arrive).
+(`serving.auth`: a guarded path without a valid key is refused before its body is read), the
+body deadline (`serving.read_deadlines`: the whole body within `limits.body_timeout_seconds`),
+then the body-size limit (Content-Length checked up front, streamed bytes counted as they
+arrive). The header deadline is the server's: see `serving.server.uvicorn_config`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from serving.config import Settings
 from serving.errors import BodyTooLarge, error_body, install_error_handlers
 from serving.gateway import Gateway, Sleep, Upstreams
 from serving.metrics import Metrics, RequestMetrics
+from serving.read_deadlines import BodyDeadline
 from serving.routes import api_router
 from serving.routes import openai as openai_routes
 from serving.service import Service
@@ -127,6 +130,7 @@ def create_app(
     app.include_router(api_router)
     app.include_router(openai_routes.router)
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyDeadline, seconds=settings.limits.body_timeout_seconds)
 
     def client_keys() -> ClientKeys | None:
         return app.state.service.clients if app.state.service is not None else None

@@ -88,9 +88,16 @@ def _check_unique(items: Iterable[Any], field: str, what: str) -> None:
 
 
 class LimitsConfig(_Section):
-    """Request size limits, checked before any parsing work is done."""
+    """Request size limits, checked before any parsing work is done, and read deadlines.
+
+    A request's head must arrive within `header_timeout_seconds` of the connection opening (or
+    of the previous response on it), and its body within `body_timeout_seconds` of the head;
+    otherwise 408 and the connection is closed (`serving.read_deadlines`).
+    """
 
     max_body_bytes: int = Field(1_000_000, gt=0)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
     max_prompt_chars: int = Field(400_000, gt=0)
     max_messages: int = Field(1_000, gt=0)
     max_metadata_depth: int = Field(8, gt=0, le=64)

@@ -13,9 +13,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["serve"]
+if TYPE_CHECKING:
+    import uvicorn
+
+    from serving.config import Settings
+
+__all__ = ["serve", "uvicorn_config"]
 
 _GRACEFUL_SHUTDOWN_SECONDS = 10
 
@@ -77,20 +82,7 @@ def serve(
         len(service.models.current.universe),
     )
     app = create_app(settings, service=service)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            lifespan="on",
-            # Not uvloop even when installed: under saturation it served some connections far
-            # later than others (p99 820 ms vs 50 ms at concurrency 64, bench/http.py).
-            loop="asyncio",
-            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
-            log_config=log_config,
-            access_log=settings.access_log,
-        )
-    )
+    server = uvicorn.Server(uvicorn_config(app, settings, log_config=log_config))
     try:
         server.run()
     finally:
@@ -98,6 +90,30 @@ def serve(
             service.close()
         )  # no-op after a normal lifespan shutdown; drains if startup was cut short
     return 0 if server.started else 1
+
+
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn configuration `serve` runs `app` with (tests run the same one).
+
+    Its HTTP protocol closes connections whose request head does not arrive within
+    `limits.header_timeout_seconds` (`serving.read_deadlines`); `overrides` go to uvicorn.
+    """
+    import uvicorn
+
+    from serving.read_deadlines import header_protocol
+
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "lifespan": "on",
+        # Not uvloop even when installed: under saturation it served some connections far
+        # later than others (p99 820 ms vs 50 ms at concurrency 64, bench/http.py).
+        "loop": "asyncio",
+        "http": header_protocol(settings.limits.header_timeout_seconds),
+        "timeout_graceful_shutdown": _GRACEFUL_SHUTDOWN_SECONDS,
+        "access_log": settings.access_log,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
 
 
 def _log_config() -> dict[str, Any]:

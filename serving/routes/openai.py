@@ -65,7 +65,7 @@ _EXTENSION = (
     "metadata",
 )
 _ROUTING_ONLY = ("candidates", "max_cost_usd", "max_latency_ms")
-_HTTP_ERROR_CODE = {400: "invalid_json", 413: "body_too_large"}
+_HTTP_ERROR_CODE = {400: "invalid_json", 408: "body_timeout", 413: "body_too_large"}
 _ERROR_TYPE = {
     401: "authentication_error",
     403: "permission_error",
