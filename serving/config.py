@@ -96,12 +96,12 @@ class LimitsConfig(_Section):
     """
 
     max_body_bytes: int = Field(1_000_000, gt=0)
-    header_timeout_seconds: float = Field(10.0, gt=0)
-    body_timeout_seconds: float = Field(30.0, gt=0)
     max_prompt_chars: int = Field(400_000, gt=0)
     max_messages: int = Field(1_000, gt=0)
     max_metadata_depth: int = Field(8, gt=0, le=64)
     max_metadata_bytes: int = Field(16_384, gt=0)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
 
 
 class BreakersConfig(_Section):

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["REDACTED", "quote", "redact", "redact_bytes"]
+__all__ = ["REDACTED", "quote", "redact", "redact_bytes", "redact_json"]
 
 REDACTED = "[redacted]"
 
@@ -70,6 +71,22 @@ def _keep_name(match: re.Match[str]) -> str:
 def redact_bytes(body: bytes, known: Iterable[str] = ()) -> bytes:
     """`redact` for a relayed body (undecodable bytes become U+FFFD: the body is text anyway)."""
     return redact(body.decode("utf-8", errors="replace"), known).encode("utf-8")
+
+
+def redact_json(value: Any, known: Iterable[str] = ()) -> Any:
+    """`value` (parsed JSON) with `redact` applied to every string in it, keys included.
+
+    >>> redact_json({"error": {"message": "key sk-abcdefghijkl1234 revoked", "code": 401}})
+    {'error': {'message': 'key [redacted] revoked', 'code': 401}}
+    """
+    known = tuple(known)
+    if isinstance(value, str):
+        return redact(value, known)
+    if isinstance(value, list):
+        return [redact_json(item, known) for item in value]
+    if isinstance(value, dict):
+        return {redact(k, known): redact_json(v, known) for k, v in value.items()}
+    return value
 
 
 def quote(value: object, limit: int = 40) -> str:

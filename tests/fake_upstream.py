@@ -21,6 +21,7 @@ Behaviours, for ``POST <any prefix>/chat/completions``:
     nan         200 whose body holds a bare NaN (in the first chunk when streaming)
     not_json    200 event stream whose first event's data is not JSON
     leak        400 whose error body echoes the request's Authorization header and another key
+    error_midway  200 event stream: one chunk, then an error chunk that quotes a key, then ends
 
 Every request is kept in `requests` (path, headers, JSON body) so tests can see what was sent;
 `on_request`, when set, is called as each request arrives (a test advances its fake clock there,
@@ -262,6 +263,10 @@ async def _events(
         if behaviour == "stall" and i == 1:
             while not stopping.is_set():
                 await asyncio.sleep(0.01)
+            return
+        if behaviour == "error_midway" and i == 1:
+            error = {"error": {"message": "quota exceeded for key sk-live-0123456789abcdef"}}
+            yield b"data: " + json.dumps(error).encode() + b"\n\n"
             return
         if behaviour == "endless" and i == 1:
             while not stopping.is_set():

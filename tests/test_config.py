@@ -44,6 +44,7 @@ def _experiment(variants: str = "[{name: a, weight: 1}, {name: b, weight: 1}]", 
 def test_all_is_exact():
     assert sorted(config_module.__all__) == [
         "BreakersConfig",
+        "ClientKeyConfig",
         "DecisionLogConfig",
         "ExperimentConfig",
         "GatewayConfig",
@@ -504,8 +505,10 @@ def test_example_config_loads_covers_every_section_and_names_catalog_models():
     assert len(loaded.rules) == 1 and len(loaded.experiments) == 1
     catalog = yaml.safe_load(CATALOG.read_text(encoding="utf-8"))
     loaded.check_models(m["name"] for m in catalog["models"])
-    # Apart from its rule and experiment, the example spells out the defaults.
-    assert loaded.model_copy(update={"rules": [], "experiments": [], "upstreams": {}}) == Settings()
+    # Apart from its rule, experiment, upstreams and client key, the example spells out the
+    # defaults.
+    update = {"rules": [], "experiments": [], "upstreams": {}, "client_keys": []}
+    assert loaded.model_copy(update=update) == Settings()
 
 
 def test_breakers_to_settings():

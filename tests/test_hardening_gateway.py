@@ -314,6 +314,18 @@ def test_a_relayed_upstream_error_has_credentials_redacted(serve, fake, tiny_rou
     assert key not in response.text and "sk-live" not in response.text
 
 
+def test_an_upstream_error_event_mid_stream_is_relayed_with_credentials_redacted(serve, fake):
+    live = serve()
+    first = live.order()[0]
+    fake.behave(first, "error_midway")
+    response, raw = live.stream()
+    assert b"sk-live" not in raw
+    events = events_of(raw)
+    assert events[-1] == {"error": {"message": "quota exceeded for key [redacted]"}}
+    row = live.row(response.headers["x-promptroute-request-id"])
+    assert (row["model"], row["success"], row["error_type"]) == (first, False, "stream_error")
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "field_message"),
     [

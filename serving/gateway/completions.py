@@ -52,7 +52,7 @@ from serving.gateway.upstreams import Upstream, Upstreams
 from serving.health import Health
 from serving.metrics import Metrics
 from serving.outcomes import Outcomes
-from serving.redact import redact_bytes
+from serving.redact import redact_bytes, redact_json
 
 __all__ = [
     "CLIENT_ERRORS",
@@ -341,7 +341,7 @@ class Gateway:
                     event = await events.next()
                 if event is None:
                     raise _Failed("malformed", "malformed")
-                forwarded = _forward(event, upstream.model, tally)
+                forwarded = _forward(event, upstream.model, tally, self.upstreams.secrets)
                 first += forwarded
                 if tally.data_events:
                     break
@@ -377,7 +377,7 @@ class Gateway:
                         raise _Failed("timeout", "timeout")
                     if event is None:
                         break
-                    yield _forward(event, model, tally)
+                    yield _forward(event, model, tally, self.upstreams.secrets)
                 outcome = error_type = "stream_error" if tally.error else "ok"
             except _Failed as failed:
                 _log.warning("stream from %s failed after it started: %s", model, failed.label)
@@ -649,10 +649,11 @@ class _SseEvents:
             self._buffer = (self._buffer + chunk).replace(b"\r\n", b"\n")
 
 
-def _forward(event: bytes, model: str, tally: _StreamTally) -> bytes:
+def _forward(event: bytes, model: str, tally: _StreamTally, secrets: Sequence[str] = ()) -> bytes:
     """The event as sent on, its data checked: `_Failed` malformed unless it is ``[DONE]`` or
-    one strict JSON object. A chunk gets `model` set to the catalog name; usage and text are
-    tallied. An event without data (a comment) passes unchanged."""
+    one strict JSON object. A chunk gets `model` set to the catalog name, an error chunk its
+    credentials redacted; usage and text are tallied. An event without data (a comment)
+    passes unchanged."""
     lines = event.split(b"\n")
     data = [i for i, line in enumerate(lines) if line.startswith(b"data:")]
     if not data:
@@ -667,6 +668,8 @@ def _forward(event: bytes, model: str, tally: _StreamTally) -> bytes:
         raise _Failed("malformed", "malformed")
     _tally(chunk, tally)
     tally.data_events += 1
+    if "error" in chunk:  # relayed to the caller: a provider's message may quote a key
+        chunk = redact_json(chunk, secrets)
     if "model" in chunk:
         chunk["model"] = model
     # Sent re-encoded, on one data line where the first one was: what goes out is what was
