@@ -107,6 +107,7 @@ class FakeUpstream:
         self.slow_seconds = slow_seconds
         self.dribble_seconds = dribble_seconds
         self.retry_after = retry_after
+        self._retry_after_default = retry_after
         self.usage: tuple[int, int] | None = (12, 7)
         self.on_request: Callable[[], None] | None = None
         self.requests: list[Received] = []
@@ -140,6 +141,7 @@ class FakeUpstream:
             self.requests.clear()
             self.usage = (12, 7)
             self.on_request = None
+            self.retry_after = self._retry_after_default
 
     def models_called(self) -> list[str]:
         with self._lock:

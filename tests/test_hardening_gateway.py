@@ -359,3 +359,54 @@ def test_error_bodies_quote_caller_values_short_and_escaped(
     assert len(message) < 600
     assert "x" * 41 not in message and "y" * 41 not in message and "z" * 41 not in message
     assert "\u202e" not in message  # a bidi override is escaped, not echoed
+
+
+# ---------------------------------------------------------------------------------------------
+# Every fault, streamed or not: never a 500, never a broken answer
+
+FAULTS = [
+    "500",
+    "429",
+    "401",
+    "403",
+    "404",
+    "slow",
+    "dribble",
+    "malformed",
+    "huge_usage",
+    "nan",
+    "leak",
+    "empty",
+    "break",
+    "stall",
+    "endless",
+    "not_json",
+    "error_midway",
+]
+
+
+def test_every_upstream_fault_ends_in_a_well_formed_answer_and_never_a_500(serve, fake):
+    """The first choice misbehaves, the second answers: a complete answer from one of them,
+    or a 400 relayed (redacted) — never a 500, a reset connection, or invalid JSON."""
+    # Breakers that do not trip here, so that every case goes to the same first choice.
+    breakers = {"window_size": 100, "min_calls": 100, "consecutive_failures": 1000}
+    live = serve(
+        upstream={"stream_idle_seconds": 0.3, "stream_max_seconds": 0.6}, breakers=breakers
+    )
+    first = live.order()[0]
+    fake.retry_after = "0"  # a 429's wait is the gateway's Retry-After tests' business
+    statuses: dict[int, int] = {}
+    for fault in FAULTS:
+        for stream in (False, True):
+            fake.behave(first, fault)
+            if stream:
+                response, raw = live.stream()
+                events = events_of(raw)  # every event parses as strict JSON, or is [DONE]
+                assert events[-1] == "[DONE]" or "error" in events[-1], (fault, raw[-200:])
+            elif (response := live.chat()).status_code == 200:
+                assert json.loads(response.content, parse_constant=pytest.fail)["choices"]
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            assert response.status_code in (200, 400), (fault, stream, response.text)
+            assert "sk-live" not in response.text if not stream else b"sk-live" not in raw
+    assert sum(statuses.values()) == 2 * len(FAULTS)
+    assert statuses[400] == 2  # "leak", relayed as the caller's own fault, redacted
