@@ -60,8 +60,8 @@ class Live:
         text = self.client.get("/metrics").text
         wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         for line in text.splitlines():
-            match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-            if match and ",".join(sorted(match.group(1).split(","))) == wanted:
+            match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+            if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
                 return float(match.group(2))
         return 0.0
 
@@ -275,7 +275,7 @@ def test_a_revoked_key_everywhere_opens_the_breakers_instead_of_blaming_the_call
 # 9. No upstreams at all
 
 
-def test_no_upstreams_configured_is_503_and_leaves_nothing_pending(serve, fake):
+def test_no_upstreams_configured_is_503_and_leaves_nothing_pending(serve, fake, tiny_router):
     live = serve(upstreams={})
     before = live.metric("promptroute_pending_decisions")
     response = live.chat()
@@ -289,8 +289,18 @@ def test_no_upstreams_configured_is_503_and_leaves_nothing_pending(serve, fake):
             "code": "no_upstreams",
         }
     }
+    named = live.chat(model=tiny_router.models[0])  # a routable model named directly: the same
+    assert (named.status_code, named.json()) == (503, response.json())
+    # An invalid request is still told what is wrong with it first.
+    invalid = live.chat(promptroute={"max_cost_usd": -1})
+    assert (invalid.status_code, invalid.json()["error"]["param"]) == (
+        422,
+        "promptroute.max_cost_usd",
+    )
     assert live.metric("promptroute_pending_decisions") == before == 0
     assert fake.requests == []
+    live.order()  # while /route still decides (and its decision waits): the gauge moves
+    assert live.metric("promptroute_pending_decisions") == 1
 
 
 # ---------------------------------------------------------------------------------------------

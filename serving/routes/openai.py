@@ -162,13 +162,6 @@ async def chat_completions(
     caller: CallerDep,
 ) -> Response:
     """Answer with the routed model (or the one named), falling back when an upstream fails."""
-    if not gateway.has_upstreams:  # before routing: nothing is decided, nothing left pending
-        raise ApiError(
-            503,
-            "no_upstreams",
-            "no upstreams are configured: add an `upstreams:` section to the service config "
-            "(for each catalog model: base_url, and api_key_env if it needs a key)",
-        )
     payload = body.model_dump(exclude={"promptroute"}, exclude_unset=True)
     try:  # what goes upstream must be strict JSON
         json.dumps(payload, allow_nan=False, ensure_ascii=False).encode("utf-8")
@@ -228,7 +221,9 @@ async def _plan(
         priority, knob = mode
         with _extension_fields():
             query = build_query(_route_request(body, priority, knob), limits)
-            query.caller = caller_name
+        _check_upstreams(gateway)  # a valid request, and nothing to call: before routing
+        query.caller = caller_name
+        with _extension_fields():
             decision = await pipeline.route(query)
         models = (decision.model, *decision.fallbacks)
         return ChatPlan(
@@ -237,6 +232,8 @@ async def _plan(
     name = body.model
     known = [n for n, _ in _listed(pipeline.models, catalog, gateway)]
     if name not in known:
+        if name in pipeline.models.routable_names():
+            _check_upstreams(gateway)
         why = (
             "has no upstream configured"
             if name in pipeline.models.routable_names()
@@ -275,6 +272,18 @@ async def _plan(
         experiment=None,
     )
     return ChatPlan(request_id, (name,), payload, body.stream, input_tokens, caller_name)
+
+
+def _check_upstreams(gateway: Gateway) -> None:
+    """503 when no upstream is configured at all: nothing could answer, so nothing is routed
+    and no decision is left pending."""
+    if not gateway.has_upstreams:
+        raise ApiError(
+            503,
+            "no_upstreams",
+            "no upstreams are configured: add an `upstreams:` section to the service config "
+            "(for each catalog model: base_url, and api_key_env if it needs a key)",
+        )
 
 
 @contextlib.contextmanager
