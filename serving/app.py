@@ -8,8 +8,8 @@ half-configured. On shutdown, pending decisions are logged as unanswered and the
 Middleware, outermost first: request metrics (so even a refused body is counted), client keys
 (`serving.auth`: a guarded path without a valid key is refused before its body is read), the
 body deadline (`serving.read_deadlines`: the whole body within `limits.body_timeout_seconds`),
-the body-size limit (Content-Length checked up front, streamed bytes counted as they arrive),
-then the repeated-key check of JSON bodies (`serving.unique_keys`). The header deadline is the server's: see `serving.server.uvicorn_config`.
+then the body-size limit (Content-Length checked up front, streamed bytes counted as they
+arrive). The header deadline is the server's: see `serving.server.uvicorn_config`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from serving.read_deadlines import BodyDeadline
 from serving.routes import api_router
 from serving.routes import openai as openai_routes
 from serving.service import Service
-from serving.unique_keys import UniqueKeys
 
 __all__ = ["create_app"]
 
@@ -130,8 +129,6 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(openai_routes.router)
-    # Innermost: it reads the body through the size limit and the deadline around it.
-    app.add_middleware(UniqueKeys, guarded=_guarded_for_duplicates)
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(BodyDeadline, seconds=settings.limits.body_timeout_seconds)
 
@@ -141,12 +138,6 @@ def create_app(
     app.add_middleware(ClientAuth, keys=client_keys)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
-
-
-def _guarded_for_duplicates(path: str) -> bool:
-    # The gateway's and the admin JSON bodies. /route and /feedback are left to their own body
-    # parsing: their hot path reads the JSON once.
-    return path.startswith(("/v1/", "/admin/"))
 
 
 async def _expire_periodically(service: Service, every: float) -> None:
