@@ -28,6 +28,7 @@ import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from models.errors import ConfigError
 from serving.errors import ApiError
@@ -38,6 +39,7 @@ __all__ = [
     "ClientAuth",
     "ClientKeys",
     "Headers",
+    "caller_of",
     "guarded",
     "presented_key",
     "unauthorized",
@@ -195,6 +197,13 @@ def _parse_list(value: str, variable: str) -> list[tuple[str, str]]:
             raise ConfigError(variable, f"entry {i + 1} is not name=key")
         out.append((name.strip(), key.strip()))
     return out
+
+
+def caller_of(scope: Mapping[str, Any]) -> Caller | None:
+    """The caller `ClientAuth` authenticated for this request (None: no keys configured, or
+    not a guarded path). A handler that bypasses FastAPI's dependencies reads it here."""
+    state = scope.get("state") or {}
+    return state.get("caller")
 
 
 def guarded(path: str) -> bool:

@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from models.catalog import Catalog
-from serving.auth import Caller, presented_key
+from serving.auth import Caller, caller_of, presented_key
 from serving.bookkeeping import Bookkeeping
 from serving.config import Settings
 from serving.errors import ApiError
@@ -100,9 +100,9 @@ async def get_caller(request: Request, service: _ServiceDep) -> Caller | None:
     `serving.auth.ClientAuth` has usually checked the key already, before the body was read;
     without it (an app built differently) the check happens here. 401 without a valid key.
     """
-    state = request.scope.get("state") or {}
-    if "caller" in state:
-        return state["caller"]
+    caller = caller_of(request.scope)
+    if caller is not None or not service.clients.enabled:
+        return caller
     return service.clients.authenticate(request.headers)
 
 

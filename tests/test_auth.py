@@ -242,3 +242,27 @@ def test_bad_key_configuration_stops_start_up_naming_the_field(entries, listed, 
         ClientKeys.from_config(entries, "PROMPTROUTE_CLIENT_KEYS", environ, admin_key=ADMIN)
     assert (caught.value.field, caught.value.reason) == (field, reason)
     assert TEAM_A not in str(caught.value) and ADMIN not in str(caught.value)
+
+
+def test_the_dependency_authenticates_itself_when_the_middleware_did_not():
+    """A route reached some other way than through `ClientAuth` still needs the key."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from starlette.requests import Request
+
+    from serving.deps import get_caller
+    from serving.errors import ApiError
+
+    service = SimpleNamespace(clients=ClientKeys({"team-a": TEAM_A}))
+
+    def request(headers: list[tuple[bytes, bytes]]) -> Request:
+        return Request({"type": "http", "method": "POST", "path": "/route", "headers": headers})
+
+    found = asyncio.run(get_caller(request([(b"x-api-key", TEAM_A.encode())]), service))
+    assert found == Caller("team-a")
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(get_caller(request([]), service))
+    assert caught.value.status == 401
+    open_service = SimpleNamespace(clients=ClientKeys({}))
+    assert asyncio.run(get_caller(request([]), open_service)) is None
