@@ -22,6 +22,7 @@ Behaviours, for ``POST <any prefix>/chat/completions``:
     not_json    200 event stream whose first event's data is not JSON
     leak        400 whose error body echoes the request's Authorization header and another key
     error_midway  200 event stream: one chunk, then an error chunk that quotes a key, then ends
+    bulky       200 whose body carries 64 KiB of padding
 
 Every request is kept in `requests` (path, headers, JSON body) so tests can see what was sent;
 `on_request`, when set, is called as each request arrives (a test advances its fake clock there,
@@ -187,6 +188,8 @@ class FakeUpstream:
         body = completion(model, usage)
         if behaviour == "nan":
             body["choices"][0]["logprobs"] = math.nan
+        if behaviour == "bulky":
+            body["padding"] = "x" * 2**16
         if behaviour == "dribble":
             return StreamingResponse(
                 self._dribble(json.dumps(body).encode()), media_type="application/json"

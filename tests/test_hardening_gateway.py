@@ -226,6 +226,19 @@ def test_a_malformed_reply_falls_back_while_nothing_was_sent(serve, fake, behavi
     assert live.breaker(first)["calls_in_window"] == 1
 
 
+def test_a_reply_too_big_to_hold_is_malformed_and_falls_back(serve, fake, monkeypatch):
+    from serving.gateway import completions
+
+    monkeypatch.setattr(completions, "_MAX_REPLY_BYTES", 2**15)  # 32 MiB in production
+    live = serve()
+    first, second = live.order()[:2]
+    fake.behave(first, "bulky")
+    response = live.chat()
+    assert response.status_code == 200
+    assert response.json() == completion(second, (12, 7))
+    assert response.headers["x-promptroute-attempts"] == f"{first}:malformed,{second}:ok"
+
+
 def test_a_malformed_chunk_after_the_stream_started_ends_it_with_an_error_and_a_row(serve, fake):
     # The 400-digit usage arrives in the last chunk: the answer's text was already relayed.
     live = serve()

@@ -77,6 +77,7 @@ PROVIDER_ERRORS = frozenset({401, 403, 404})
 MAX_TOKENS = 10**9
 _MAX_REPLY_DEPTH = 64
 _MAX_EVENT_BYTES = 8 * 2**20  # one server-sent event; a stream that never ends one is broken
+_MAX_REPLY_BYTES = 32 * 2**20  # one non-streamed reply (or error body): beyond it, malformed
 _JSON = "application/json"
 
 
@@ -302,20 +303,25 @@ class Gateway:
     ) -> tuple[dict[str, Any], tuple[int, int] | None] | _Refused:
         """A non-streaming call: (body, (prompt, completion) tokens or None) or a refusal."""
         with _network_failures():
-            response = await self.upstreams.client.send(self._request(upstream, plan))
+            response = await self.upstreams.client.send(self._request(upstream, plan), stream=True)
+        try:
+            content = await _read_capped(response)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
         status = response.status_code
         if status in CLIENT_ERRORS:
-            return self._refused(response)
+            return self._refused(response, content)
         if not 200 <= status < 300:
             raise _status_failure(response, self.wall_clock())
-        body = _strict_json(response.content)
+        body = _strict_json(content)
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
             raise _Failed("malformed", "malformed")
         return body, _usage(body.get("usage")) or _estimated(plan, body)
 
-    def _refused(self, response: httpx.Response) -> _Refused:
+    def _refused(self, response: httpx.Response, content: bytes) -> _Refused:
         # Relayed to the caller: a provider may echo the key it was sent, so redact it.
-        body = redact_bytes(response.content, self.upstreams.secrets)
+        body = redact_bytes(content, self.upstreams.secrets)
         return _Refused(response.status_code, body, _media_type(response))
 
     async def _open_stream(self, upstream: Upstream, plan: ChatPlan) -> _Opened | _Refused:
@@ -326,10 +332,9 @@ class Gateway:
         try:
             status = response.status_code
             if status in CLIENT_ERRORS or not 200 <= status < 300:
-                with _network_failures():
-                    await response.aread()
+                content = await _read_capped(response)
                 if status in CLIENT_ERRORS:
-                    return self._refused(response)
+                    return self._refused(response, content)
                 raise _status_failure(response, self.wall_clock())
             if _media_type(response).split(";")[0].strip() != "text/event-stream":
                 raise _Failed("malformed", "malformed")
@@ -521,6 +526,20 @@ def _network_failures() -> Iterator[None]:
         raise _Failed("network_error", "network_error") from exc
     except httpx.DecodingError as exc:
         raise _Failed("malformed", "malformed") from exc
+
+
+async def _read_capped(response: httpx.Response) -> bytes:
+    """The whole body of a reply opened as a stream; `_Failed` malformed past _MAX_REPLY_BYTES
+    (an upstream cannot make the gateway hold an unbounded body in memory)."""
+    chunks: list[bytes] = []
+    size = 0
+    with _network_failures():
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > _MAX_REPLY_BYTES:
+                raise _Failed("malformed", "malformed")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _status_failure(response: httpx.Response, now: float) -> _Failed:
