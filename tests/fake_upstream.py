@@ -24,6 +24,9 @@ Behaviours, for ``POST <any prefix>/chat/completions``:
     error_midway  200 event stream: one chunk, then an error chunk that quotes a key, then ends
     bulky       200 whose body carries 64 KiB of padding
 
+`reply(model, fn)` makes a non-streaming ``ok`` answer's content ``fn(request_body)`` for that
+model (a fake judge reads the prompt it was sent and scores it).
+
 Every request is kept in `requests` (path, headers, JSON body) so tests can see what was sent;
 `on_request`, when set, is called as each request arrives (a test advances its fake clock there,
 so that the call "takes" a known time).
@@ -113,6 +116,7 @@ class FakeUpstream:
         self.on_request: Callable[[], None] | None = None
         self.requests: list[Received] = []
         self._behaviour: dict[str, str] = {}
+        self._replies: dict[str, Callable[[dict[str, Any]], str]] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._stack = contextlib.ExitStack()
@@ -136,9 +140,14 @@ class FakeUpstream:
         with self._lock:
             self._behaviour[model] = behaviour
 
+    def reply(self, model: str, fn: Callable[[dict[str, Any]], str]) -> None:
+        with self._lock:
+            self._replies[model] = fn
+
     def reset(self) -> None:
         with self._lock:
             self._behaviour.clear()
+            self._replies.clear()
             self.requests.clear()
             self.usage = (12, 7)
             self.on_request = None
@@ -158,6 +167,7 @@ class FakeUpstream:
             behaviour = self._behaviour.get(model, "ok")
             usage = self.usage
             hook = self.on_request
+            reply = self._replies.get(model)
         if hook is not None:
             hook()
         stream = body.get("stream") is True
@@ -185,7 +195,8 @@ class FakeUpstream:
             if behaviour == "dribble":
                 events = self._dribble(b"".join([e async for e in events]))
             return StreamingResponse(events, media_type="text/event-stream")
-        body = completion(model, usage)
+        content = reply(body) if reply is not None else None
+        body = completion(model, usage, content)
         if behaviour == "nan":
             body["choices"][0]["logprobs"] = math.nan
         if behaviour == "bulky":
@@ -204,8 +215,10 @@ class FakeUpstream:
             await asyncio.sleep(self.dribble_seconds)
 
 
-def completion(model: str, usage: tuple[int, int] | None) -> dict[str, Any]:
-    """The body the fake answers a non-streaming request with."""
+def completion(
+    model: str, usage: tuple[int, int] | None, content: str | None = None
+) -> dict[str, Any]:
+    """The body the fake answers a non-streaming request with (`content`: default ANSWER)."""
     body: dict[str, Any] = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -214,7 +227,10 @@ def completion(model: str, usage: tuple[int, int] | None) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "".join(ANSWER)},
+                "message": {
+                    "role": "assistant",
+                    "content": "".join(ANSWER) if content is None else content,
+                },
                 "finish_reason": "stop",
             }
         ],

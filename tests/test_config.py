@@ -47,6 +47,7 @@ def test_all_is_exact():
         "ClientKeyConfig",
         "DecisionLogConfig",
         "ExperimentConfig",
+        "ExplorationConfig",
         "GatewayConfig",
         "LimitsConfig",
         "PendingConfig",
