@@ -255,7 +255,6 @@ async def _plan(
             )
     with _extension_fields():
         query = build_query(_route_request(body, None, None), limits)
-    query.caller = caller_name  # for the pending decision, as a routed one has it
     input_tokens = estimate_tokens(len(query.prompt.text))
     request_id = uuid.uuid4().hex
     # The caller chose the model: no filters and no breaker veto, but a half-open breaker still
