@@ -266,3 +266,20 @@ def test_the_dependency_authenticates_itself_when_the_middleware_did_not():
     assert caught.value.status == 401
     open_service = SimpleNamespace(clients=ClientKeys({}))
     assert asyncio.run(get_caller(request([]), open_service)) is None
+
+
+def test_all_is_exact():
+    from serving import auth
+
+    assert sorted(auth.__all__) == [
+        "Caller",
+        "ClientAuth",
+        "ClientKeys",
+        "Headers",
+        "MIN_KEY_CHARS",
+        "caller_of",
+        "guarded",
+        "presented_key",
+        "unauthorized",
+    ]
+    assert all(hasattr(auth, name) for name in auth.__all__)

@@ -213,3 +213,9 @@ def test_honest_requests_still_work_and_keep_alive_is_bounded(address):
     (raw,) = read_until_closed([sock], 5).values()
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert raw.count(b"HTTP/1.1 200 ") == 2  # the kept-alive connection served both
+
+
+def test_all_is_exact():
+    from serving import read_deadlines
+
+    assert sorted(read_deadlines.__all__) == ["BodyDeadline", "BodyTimeout", "header_protocol"]
