@@ -7,7 +7,10 @@ its connection (and, for the body, a task) forever. Two deadlines close that:
 
     header deadline   `header_protocol(seconds)`: a uvicorn HTTP protocol class whose
                       connections must deliver a complete request head within `seconds` of
-                      opening (or of the previous response) — else 408 and closed
+                      opening (or of the previous response) — else 408 and closed.
+                      `HeaderDeadlineProtocol` is the same class by import string
+                      (``serving.read_deadlines:HeaderDeadlineProtocol``), for uvicorn's worker
+                      processes; its `header_timeout` is set in each worker
     body deadline     `BodyDeadline`: ASGI middleware; the whole body must arrive within
                       `seconds` of the head — else 408 (``Connection: close``) and closed
 
@@ -24,7 +27,9 @@ from typing import Any
 import anyio
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["BodyDeadline", "BodyTimeout", "header_protocol"]
+__all__ = ["BodyDeadline", "BodyTimeout", "HeaderDeadlineProtocol", "header_protocol"]
+
+_DEFAULT_HEADER_SECONDS = 10.0
 
 
 def _raw_408(code: str, message: str) -> bytes:
@@ -38,24 +43,34 @@ def _raw_408(code: str, message: str) -> bytes:
     return head.encode("ascii") + body
 
 
+def _default_base() -> type:
+    # uvicorn's "auto" picks httptools when it is installed (it is a dependency), else h11.
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - httptools is a dependency
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return H11Protocol
+    return HttpToolsProtocol
+
+
 def header_protocol(seconds: float, *, base: type | None = None) -> type:
     """A uvicorn HTTP protocol class (for ``uvicorn.Config(http=...)``) with a header deadline.
 
-    `base` is uvicorn's httptools protocol when httptools is installed (as uvicorn's "auto"
-    picks it), else its h11 protocol.
+    `base` is one of uvicorn's HTTP protocols; by default httptools', as uvicorn would pick.
     """
-    if base is None:
-        try:
-            from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
-        except ImportError:  # pragma: no cover - httptools is a dependency
-            from uvicorn.protocols.http.h11_impl import H11Protocol as base
-    message = f"the request head did not arrive within {seconds:g} s"
-    response = _raw_408("header_timeout", message)
+    return type(
+        "HeaderDeadlineProtocol",
+        (_with_head_deadline(base or _default_base()),),
+        {"header_timeout": seconds},
+    )
 
+
+def _with_head_deadline(base: type) -> type:
     class HeaderDeadlineProtocol(base):  # type: ignore[misc, valid-type]
         # uvicorn's protocols share these names: `cycle` is the request being served (set when
         # a head is complete), `on_response_complete` runs when its response has been sent.
-        header_timeout = seconds
+        header_timeout = _DEFAULT_HEADER_SECONDS
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._head_timer: asyncio.TimerHandle | None = None
@@ -90,10 +105,16 @@ def header_protocol(seconds: float, *, base: type | None = None) -> type:
             )
             if head_arrived or self.transport.is_closing():
                 return
-            self.transport.write(response)
+            message = f"the request head did not arrive within {self.header_timeout:g} s"
+            self.transport.write(_raw_408("header_timeout", message))
             self.transport.close()
 
     return HeaderDeadlineProtocol
+
+
+# By import string, for uvicorn's worker processes (a class made at run time cannot be sent to
+# them); `serving.server.worker_app` sets its `header_timeout` from the settings.
+HeaderDeadlineProtocol = _with_head_deadline(_default_base())
 
 
 class BodyTimeout(StarletteHTTPException):

@@ -218,4 +218,26 @@ def test_honest_requests_still_work_and_keep_alive_is_bounded(address):
 def test_all_is_exact():
     from serving import read_deadlines
 
-    assert sorted(read_deadlines.__all__) == ["BodyDeadline", "BodyTimeout", "header_protocol"]
+    assert sorted(read_deadlines.__all__) == [
+        "BodyDeadline",
+        "BodyTimeout",
+        "HeaderDeadlineProtocol",
+        "header_protocol",
+    ]
+
+
+def test_worker_processes_get_the_deadline_by_import_string(monkeypatch, tiny_artifact):
+    """With `workers > 1`, uvicorn imports the protocol in each worker; worker_app sets its
+    deadline there from the settings `serve` passed on."""
+    from uvicorn.importer import import_from_string
+
+    from serving import server
+    from serving.read_deadlines import HeaderDeadlineProtocol
+
+    protocol = import_from_string("serving.read_deadlines:HeaderDeadlineProtocol")
+    assert protocol is HeaderDeadlineProtocol and issubclass(protocol, HttpToolsProtocol)
+    settings = load_settings(artifact=str(tiny_artifact), limits={"header_timeout_seconds": 4.5})
+    monkeypatch.setenv(server._WORKER_SETTINGS, settings.model_dump_json())
+    monkeypatch.setattr(HeaderDeadlineProtocol, "header_timeout", 10.0)
+    server.worker_app()
+    assert HeaderDeadlineProtocol.header_timeout == 4.5
