@@ -30,6 +30,7 @@ import sklearn
 from features.extractor import FEATURE_VERSION, PromptFeaturizer
 from models.errors import ArtifactError
 from models.router import LinearHead, Router
+from models.verifier import Verifier
 
 __all__ = [
     "FORMAT_VERSION",
@@ -93,6 +94,8 @@ def save_router(
         "default_strategy": router.default_strategy,
         "default_knob": float(router.default_knob),
     }
+    if router.verifiers:
+        payload["verifiers"] = {m: v.to_payload() for m, v in router.verifiers.items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -109,6 +112,7 @@ def save_router(
             "default_strategy": router.default_strategy,
             "default_knob": float(router.default_knob),
             "strategies": sorted(router.heads),
+            "verifiers": {m: v.report for m, v in router.verifiers.items()},
             "catalog": catalog,
             "training": training,
             "metrics": metrics,
@@ -199,6 +203,9 @@ def load_router(path: str | Path) -> tuple[Router, dict[str, Any]]:
             default_strategy=str(data["default_strategy"]),
             default_knob=float(data["default_knob"]),
             version=str(manifest.get("router_version", "")),
+            verifiers={
+                m: Verifier.from_payload(v) for m, v in (data.get("verifiers") or {}).items()
+            },
         )
     except ArtifactError:
         raise

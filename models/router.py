@@ -31,6 +31,7 @@ from features.extractor import PromptFeaturizer
 from features.text import Prompt
 from models.catalog import estimate_tokens
 from models.errors import UnknownModelError
+from models.verifier import Verifier
 
 __all__ = ["HeadKind", "LinearHead", "Router", "Scored", "STRATEGIES"]
 
@@ -141,6 +142,8 @@ class Router:
     default_strategy: str = "quality"
     default_knob: float = 0.0
     version: str = ""
+    # Answer verifiers per model (escalation after the call); empty when the logs had no answers.
+    verifiers: dict[str, Verifier] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.default_strategy not in self.heads:

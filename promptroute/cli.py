@@ -98,6 +98,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         skip_invalid=a.skip_invalid,
         options=opts,
         progress=_progress,
+        verifier_logs=a.verifier_logs or (),
     )
     m = manifest["metrics"]
     print(
@@ -111,6 +112,10 @@ def cmd_train(a: argparse.Namespace) -> int:
                 "default_knob": m["default_knob"],
                 "cv_routing": m["cv_routing"],
                 "calibration": m["calibration"],
+                "verifiers": {
+                    model: {k: v.get(k) for k in ("examples", "oof_auc", "threshold_rule")}
+                    for model, v in (m.get("verifiers") or {}).items()
+                },
                 "train_seconds": m["train_seconds"],
             },
             indent=2,
@@ -153,6 +158,7 @@ def _print_table(report: dict[str, Any]) -> None:
         print(
             f"  alternative head {s}: AIQ {alt['aiq']}  cost to match best {alt['cost_to_match_best']}"
         )
+    _print_cascade(report.get("cascade"), "")
     if report.get("by_task"):
         print("by task:")
         for task, v in report["by_task"].items():
@@ -161,6 +167,33 @@ def _print_table(report: dict[str, Any]) -> None:
                 f"  {task[:28]:28s} n={v['n']:<6d} "
                 f"AIQ {v['router']['aiq']}  zero {v['zero_router']['aiq']}  match-best {v['router']['cost_to_match_best']}{tm}"
             )
+            _print_cascade(v.get("cascade"), f" [{task}]")
+
+
+def _print_cascade(c: dict[str, Any] | None, label: str) -> None:
+    if not c:
+        return
+    pre, cas = c["precall"], c["cascade"]
+    print(f"cascade{label} ({c['weak']} → {c['strong']}, n={c['n']}; {c['score_source']}):")
+    print(
+        f"        AUC for 'cheap model is right': cascade {c['auc_weak_right']['cascade']}  "
+        f"pre-call {c['auc_weak_right']['precall']}   cheap call costs "
+        f"{c['weak_cost_share']} of the strong one"
+    )
+    print(
+        f"        APGR: cascade {cas['apgr']}  pre-call {pre['apgr']}   cost to 95% of strong: "
+        f"cascade {cas['cost_to_95pct_strong']}  pre-call {pre['cost_to_95pct_strong']}"
+    )
+    d = c.get("at_default_threshold")
+    if d:
+        print(
+            f"        at the verifier's threshold {d['threshold']}: escalates {d['strong_share']}, "
+            f"quality {d['quality']}, cost {d['cost_vs_strong']} of strong"
+        )
+    lat = c.get("latency")
+    added = "no latency in the logs" if lat is None else f"{lat['added_ms_at_95pct']} ms"
+    print(f"        added latency at 95%: {added}")
+    print(f"        cascade pays: {'yes' if c['pays'] else 'no'}")
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -294,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     logs_args(t)
     t.add_argument("--out", required=True, help="artifact folder to write")
+    t.add_argument(
+        "--verifier-logs",
+        nargs="+",
+        metavar="FILE",
+        help="extra logs with answer text ('response' per outcome) that train only the answer "
+        "verifiers (the --logs train them too when they carry answers)",
+    )
     t.add_argument(
         "--tolerance",
         type=float,

@@ -47,13 +47,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from features.extractor import PromptFeaturizer
-from training import metrics
 from models.catalog import Catalog
-from training.curves import KNOB_GRID, sweep
 from models.errors import DataError, UnknownModelError
+from models.router import LinearHead, Router
+from training import metrics
+from training.curves import KNOB_GRID, sweep
 from training.labels import Targets, build_targets
 from training.records import Record
-from models.router import LinearHead, Router
 
 __all__ = ["TrainOptions", "TrainResult", "fold_ids", "train"]
 
@@ -398,8 +398,15 @@ def train(
     options: TrainOptions | None = None,
     *,
     progress: Progress | None = None,
+    verifier_records: Sequence[Record] = (),
 ) -> TrainResult:
-    """Train a router on `records` (see the module docstring for the steps)."""
+    """Train a router on `records` (see the module docstring for the steps).
+
+    The answer verifier is trained too when `records` or `verifier_records` (logs used for the
+    verifier only) carry answer text (`training/verifier.py`).
+    """
+    from training.verifier import train_verifiers
+
     opts = options or TrainOptions()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -589,7 +596,10 @@ def train(
             "sigmoid" if head == "quality" else "softmax", coef, bias, featurizer.n_dense_
         )
         report.setdefault("best_c", {})[head] = dict(zip(models, fits[head].best_c, strict=True))
-    say(f"final fit: {time.perf_counter() - t2:.1f}s; total {time.perf_counter() - t0:.1f}s")
+    say(f"final fit: {time.perf_counter() - t2:.1f}s")
+    verifiers = train_verifiers([*records, *verifier_records], catalog, progress=say)
+    report["verifiers"] = {m: v.report for m, v in verifiers.items()}
+    say(f"total {time.perf_counter() - t0:.1f}s")
     report["cv_loss"] = {h: f.cv_loss for h, f in fits.items()}
     report["train_seconds"] = round(time.perf_counter() - t0, 2)
     report["options"] = asdict(opts)
@@ -604,6 +614,7 @@ def train(
         cost_ref=cost_ref,
         default_strategy=strategy,
         default_knob=knob,
+        verifiers=verifiers,
     )
     return TrainResult(router=router, report=report)
 
