@@ -37,8 +37,10 @@ if TYPE_CHECKING:
     from serving.stats import StatsSettings
 
 __all__ = [
+    "ESCALATION_CHECKS",
     "BreakersConfig",
     "DecisionLogConfig",
+    "EscalationConfig",
     "ExperimentConfig",
     "GatewayConfig",
     "LimitsConfig",
@@ -317,11 +319,30 @@ class UpstreamConfig(_Section):
         return value
 
 
+# The answer checks of the gateway's escalation, cheapest first (serving/gateway/escalation.py).
+ESCALATION_CHECKS = ("length", "empty", "refusal", "json", "tool_args", "verifier")
+_Check = Literal["length", "empty", "refusal", "json", "tool_args", "verifier"]
+
+
+class EscalationConfig(_Section):
+    """Verify and escalate: check the answer, call a stronger model when a check fails.
+
+    `enabled` turns it on for every /v1 request (a request's ``promptroute.escalate`` overrides
+    it either way); `threshold` overrides each verifier's trained threshold.
+    """
+
+    enabled: bool = False
+    checks: list[_Check] = Field(default_factory=lambda: list(ESCALATION_CHECKS), min_length=1)
+    threshold: float | None = Field(None, gt=0, lt=1)
+    max_escalations: int = Field(1, ge=1, le=3)
+
+
 class GatewayConfig(_Section):
     """The OpenAI-compatible gateway: how many models one request may try, and waits."""
 
     max_attempts: int = Field(3, gt=0)
     max_retry_after_seconds: float = Field(5.0, ge=0)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
 
 
 class Settings(_Section):
