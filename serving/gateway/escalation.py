@@ -174,10 +174,11 @@ def _json_check(text: str, response_format: Any) -> str | None:
     if not isinstance(schema, dict):
         return None
     try:
-        validator = jsonschema.validators.validator_for(schema)(schema)
-        error = next(iter(validator.iter_errors(value)), None)
-    except jsonschema.exceptions.SchemaError:
-        return None  # the client's schema is broken; the model is not to blame
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+        error = next(iter(cls(schema).iter_errors(value)), None)
+    except Exception:  # noqa: BLE001 - a schema jsonschema cannot use (bad $ref, …)
+        return None  # the client's schema is broken: the model is not to blame
     return None if error is None else "json:schema"
 
 
