@@ -277,3 +277,44 @@ def test_bundled_file_has_every_gsm8k_prompt_with_both_answers() -> None:
     assert all(r.outcomes[m].response for r in records for m in (WEAK, STRONG))
     mean = {m: np.mean([r.outcomes[m].quality for r in records]) for m in (WEAK, STRONG)}
     assert round(mean[STRONG], 3) == 0.857 and round(mean[WEAK], 3) == 0.638
+
+
+# ------------------------------------------------------------------------------ evaluation
+def test_eval_reports_the_cascade_next_to_the_pre_call_router(tiny_router, catalog) -> None:
+    import dataclasses
+
+    from training.evaluate import evaluate
+
+    answered = _synthetic(60)
+    for r in answered:
+        r.task = "answered"
+    silent = [
+        Record(
+            prompt=normalize(prompt=f"Which letter, {i}? A) x B) y"),
+            outcomes={WEAK: Outcome(quality=float(i % 3 == 0)), STRONG: Outcome(quality=1.0)},
+            task="letters",
+        )
+        for i in range(40)
+    ]
+    verifiers = train_verifiers(answered, catalog, VerifierOptions(c_grid=(1.0,), folds=3))
+    router = dataclasses.replace(tiny_router, verifiers=verifiers)
+    report = evaluate(router, silent + answered, catalog, min_task_size=20)
+    by_task = report["by_task"]
+    cas = by_task["answered"]["cascade"]
+    assert (cas["weak"], cas["strong"], cas["n"]) == (WEAK, STRONG, 60)
+    assert cas["score_source"] == f"verifier on {WEAK}'s logged answer"
+    assert cas["auc_weak_right"]["cascade"] > 0.95
+    assert cas["cascade"]["apgr"] > cas["precall"]["apgr"]
+    assert cas["pays"] is True and cas["latency"] is None
+    assert set(cas["at_default_threshold"]) == {
+        "threshold",
+        "strong_share",
+        "quality",
+        "cost_vs_strong",
+    }
+    letters = by_task["letters"]["cascade"]
+    assert letters["score_source"].startswith("prompt only: the logs have no answer text")
+    # Same ordering as the pre-call router, with the cheap call paid on top: never cheaper.
+    assert letters["cascade"]["apgr"] == letters["precall"]["apgr"]
+    assert letters["pays"] is False
+    assert report["cascade"]["n"] == 60  # over all records, the answered ones are used

@@ -310,7 +310,7 @@ def _summary(
     }
     if len(present) == 2 and mask[:, present].all():
         out["two_model"] = _two_model(sc.models, present, q, score, single)
-    out["cascade"] = _cascade(sc, rows, score, present, sq, scost)
+    out["cascade"] = _cascade(sc, rows, strategy, present, sq, scost)
     return out
 
 
@@ -331,7 +331,7 @@ def _latency(records: Sequence[Record], model: str) -> np.ndarray | None:
 def _cascade(
     sc: _Scored,
     rows: np.ndarray,
-    score: np.ndarray,
+    strategy: str,
     present: np.ndarray,
     sq: np.ndarray,
     scost: np.ndarray,
@@ -363,6 +363,7 @@ def _cascade(
     cw, cs = t.cost[sel, weak_j], t.cost[sel, strong_j]
     lw, ls = _latency(recs, weak), _latency(recs, strong)
     # Pre-call: escalate where the router prefers the strong model most (RouteLLM's ordering).
+    score = sc.scores[strategy]
     pref = np.nan_to_num(score[sel, weak_j]) - np.nan_to_num(score[sel, strong_j])
     pre = escalation_curve(
         pref, qw, qs, cw, cs, cheap_always_paid=False, lat_weak=lw, lat_strong=ls
