@@ -202,7 +202,10 @@ def _print_cascade(c: dict[str, Any] | None, label: str) -> None:
     lat = c.get("latency")
     added = "no latency in the logs" if lat is None else f"{lat['added_ms_at_95pct']} ms"
     print(f"        added latency at 95%: {added}")
-    print(f"        cascade pays: {'yes' if c['pays'] else 'no'}")
+    print(
+        f"        cascade pays: {'yes' if c['pays'] else 'no'}   (it would while the cheap call "
+        f"costs under ~{c['break_even_weak_cost_share']} of the strong one)"
+    )
 
 
 def cmd_eval(a: argparse.Namespace) -> int:

@@ -316,5 +316,6 @@ def test_eval_reports_the_cascade_next_to_the_pre_call_router(tiny_router, catal
     assert letters["score_source"].startswith("prompt only: the logs have no answer text")
     # Same ordering as the pre-call router, with the cheap call paid on top: never cheaper.
     assert letters["cascade"]["apgr"] == letters["precall"]["apgr"]
-    assert letters["pays"] is False
+    assert letters["pays"] is False and letters["break_even_weak_cost_share"] == 0.0
+    assert cas["break_even_weak_cost_share"] > 0.3
     assert report["cascade"]["n"] == 60  # over all records, the answered ones are used

@@ -323,6 +323,17 @@ def _auc(score: np.ndarray, correct: np.ndarray) -> float | None:
     return _r(roc_auc_score(correct[hard], score[hard]), 4)
 
 
+def _break_even(pre: dict[str, Any], cas: dict[str, Any]) -> float | None:
+    """The cheap/strong price ratio below which the cascade reaches 95% of the strong model
+    for less than the pre-call router: 1 − s_cascade / s_precall, from the strong-call shares
+    each needs (costs per request taken as proportional to the mean; None if one never gets
+    there). Cascade r + s_c < pre-call (1 − s_p)·r + s_p ⇔ r < 1 − s_c / s_p."""
+    s_c, s_p = cas["strong_share_at_95pct"], pre["strong_share_at_95pct"]
+    if s_c is None or s_p is None or s_p <= 0:
+        return None
+    return _r(max(1.0 - s_c / s_p, 0.0), 4)
+
+
 def _latency(records: Sequence[Record], model: str) -> np.ndarray | None:
     lat = [r.outcomes[model].latency_ms for r in records]
     return None if any(v is None for v in lat) else np.array(lat, dtype=np.float64)
@@ -398,6 +409,7 @@ def _cascade(
         "precall": pre_s,
         "cascade": cas_s,
         "pays": bool(reach(cas_s) < reach(pre_s)),
+        "break_even_weak_cost_share": _break_even(pre_s, cas_s),
     }
     if use_answers and verifier is not None:
         th = verifier.threshold
