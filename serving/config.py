@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from serving.stats import StatsSettings
 
 __all__ = [
-    "ESCALATION_CHECKS",
     "BreakersConfig",
     "DecisionLogConfig",
+    "ESCALATION_CHECKS",
     "EscalationConfig",
     "ExperimentConfig",
     "GatewayConfig",

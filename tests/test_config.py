@@ -45,6 +45,8 @@ def test_all_is_exact():
     assert sorted(config_module.__all__) == [
         "BreakersConfig",
         "DecisionLogConfig",
+        "ESCALATION_CHECKS",
+        "EscalationConfig",
         "ExperimentConfig",
         "GatewayConfig",
         "LimitsConfig",
