@@ -161,7 +161,7 @@ def make_service(artifact, catalog_path, tmp_path, upstream):
             settings = load_settings(
                 artifact=str(artifact),
                 catalog=str(catalog_path),
-                decision_log={"path": str(log_path)},
+                decision_log={"path": str(log_path), **overrides.pop("decision_log", {})},
                 log_prompts=True,
                 upstreams={
                     m: {"base_url": f"{upstream.origin}/v1", "timeout_seconds": 5.0}
@@ -419,3 +419,10 @@ def test_policy_for_merges_the_request_with_the_config() -> None:
     custom = policy_for({"checks": ["verifier", "empty"], "threshold": 0.7}, config)
     assert custom == EscalationPolicy(("empty", "verifier"), 0.7, 1)
     assert policy_for(None, EscalationConfig(enabled=True)) is not None
+
+
+def test_the_answer_text_is_not_logged_when_prompts_are_not(make_service, upstream):
+    service = make_service(decision_log={"store_prompt": False})
+    response = service.chat()
+    row = service.row(response.headers["x-promptroute-request-id"])
+    assert "response" not in row and "messages" not in row and "prompt_sha256" in row
