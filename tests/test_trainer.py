@@ -34,6 +34,7 @@ REPORT_KEYS = {
     "best_c",
     "cv_loss",
     "train_seconds",
+    "verifiers",
     "options",
 }
 

@@ -596,10 +596,10 @@ def train(
             "sigmoid" if head == "quality" else "softmax", coef, bias, featurizer.n_dense_
         )
         report.setdefault("best_c", {})[head] = dict(zip(models, fits[head].best_c, strict=True))
-    say(f"final fit: {time.perf_counter() - t2:.1f}s")
+    final_seconds = time.perf_counter() - t2
     verifiers = train_verifiers([*records, *verifier_records], catalog, progress=say)
     report["verifiers"] = {m: v.report for m, v in verifiers.items()}
-    say(f"total {time.perf_counter() - t0:.1f}s")
+    say(f"final fit: {final_seconds:.1f}s; total {time.perf_counter() - t0:.1f}s")
     report["cv_loss"] = {h: f.cv_loss for h, f in fits.items()}
     report["train_seconds"] = round(time.perf_counter() - t0, 2)
     report["options"] = asdict(opts)
