@@ -88,10 +88,12 @@ def _number(text: str) -> float | None:
     try:
         if "/" in text:
             a, b = text.split("/", 1)
-            return float(a) / float(b) if float(b) else None
-        return float(text)
+            value = float(a) / float(b) if float(b) else math.nan
+        else:
+            value = float(text)
     except ValueError:
         return None
+    return value if math.isfinite(value) else None  # "1" * 400 overflows to inf
 
 
 def _final_answer(answer: str) -> tuple[str | None, int, str]:

@@ -426,3 +426,15 @@ def test_the_answer_text_is_not_logged_when_prompts_are_not(make_service, upstre
     response = service.chat()
     row = service.row(response.headers["x-promptroute-request-id"])
     assert "response" not in row and "messages" not in row and "prompt_sha256" in row
+
+
+def test_bad_escalation_config_names_the_field(artifact, catalog_path) -> None:
+    from models.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_settings(
+            artifact=str(artifact),
+            catalog=str(catalog_path),
+            gateway={"escalation": {"checks": ["vibes"]}},
+        )
+    assert "gateway.escalation.checks[0]" in str(e.value)

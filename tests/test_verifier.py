@@ -76,6 +76,12 @@ def test_features_are_finite_and_deterministic(prompt: str, answer: str) -> None
         assert float(vals @ vals) == pytest.approx(1.0)
 
 
+def test_numbers_too_large_for_a_float_are_no_final_answer() -> None:
+    f = _f("How many?", "#### " + "9" * 400)
+    assert f["marker_hash"] == 1.0 and f["final_present"] == 1.0 and f["final_integer"] == 0.0
+    assert np.all(np.isfinite(structure("How many?", "#### " + "9" * 400)))
+
+
 def test_text_features_ignore_the_particular_numbers() -> None:
     a = text_features("so she pays 12 dollars", 1024)
     b = text_features("so she pays 97 dollars", 1024)
