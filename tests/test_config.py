@@ -48,6 +48,7 @@ def test_all_is_exact():
         "ESCALATION_CHECKS",
         "EscalationConfig",
         "ExperimentConfig",
+        "ExplorationConfig",
         "GatewayConfig",
         "LimitsConfig",
         "PendingConfig",
