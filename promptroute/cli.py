@@ -201,16 +201,18 @@ def _print_table(report: dict[str, Any]) -> None:
 def _print_cascade(c: dict[str, Any] | None, label: str) -> None:
     if not c:
         return
-    pre, cas = c["precall"], c["cascade"]
+    pre, cas, auc = c["precall"], c["cascade"], c["auc_weak_right"]
+    na = "n/a (one outcome only)"
     print(f"cascade{label} ({c['weak']} → {c['strong']}, n={c['n']}; {c['score_source']}):")
     print(
-        f"        AUC for 'cheap model is right': cascade {c['auc_weak_right']['cascade']}  "
-        f"pre-call {c['auc_weak_right']['precall']}   cheap call costs "
-        f"{c['weak_cost_share']} of the strong one"
+        f"        AUC for 'cheap model is right': cascade {_shown(auc['cascade'], na)}  "
+        f"pre-call {_shown(auc['precall'], na)}   cheap call costs "
+        f"{_shown(c['weak_cost_share'], 'n/a')} of the strong one"
     )
     print(
-        f"        APGR: cascade {cas['apgr']}  pre-call {pre['apgr']}   cost to 95% of strong: "
-        f"cascade {cas['cost_to_95pct_strong']}  pre-call {pre['cost_to_95pct_strong']}"
+        f"        APGR: cascade {_shown(cas['apgr'], 'n/a')}  pre-call {_shown(pre['apgr'], 'n/a')}"
+        f"   cost to 95% of strong: cascade {_shown(cas['cost_to_95pct_strong'])}  "
+        f"pre-call {_shown(pre['cost_to_95pct_strong'])}"
     )
     d = c.get("at_default_threshold")
     if d:
@@ -219,12 +221,19 @@ def _print_cascade(c: dict[str, Any] | None, label: str) -> None:
             f"quality {d['quality']}, cost {d['cost_vs_strong']} of strong"
         )
     lat = c.get("latency")
-    added = "no latency in the logs" if lat is None else f"{lat['added_ms_at_95pct']} ms"
-    print(f"        added latency at 95%: {added}")
-    print(
-        f"        cascade pays: {'yes' if c['pays'] else 'no'}   (it would while the cheap call "
-        f"costs under ~{c['break_even_weak_cost_share']} of the strong one)"
+    added = (
+        "no latency in the logs"
+        if lat is None
+        else f"{_shown(lat['added_ms_at_95pct'], 'n/a (95% never reached)')} ms"
     )
+    print(f"        added latency at 95%: {added}")
+    even = c["break_even_weak_cost_share"]
+    why = (
+        "no break-even: 95% of the strong model is never reached"
+        if even is None
+        else f"it would while the cheap call costs under ~{even} of the strong one"
+    )
+    print(f"        cascade pays: {'yes' if c['pays'] else 'no'}   ({why})")
 
 
 def _dataset_name(a: argparse.Namespace) -> str:
