@@ -31,6 +31,7 @@ from features.extractor import PromptFeaturizer
 from features.text import Prompt
 from models.catalog import estimate_tokens
 from models.errors import UnknownModelError
+from models.verifier import Verifier
 
 # Free-form copies of the dense features (features/extractor.py) carry this prefix.
 _FREE_FORM_PREFIX = "ff."
@@ -146,6 +147,8 @@ class Router:
     default_strategy: str = "quality"
     default_knob: float = 0.0
     version: str = ""
+    # Answer verifiers per model (escalation after the call); empty when the logs had no answers.
+    verifiers: dict[str, Verifier] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.default_strategy not in self.heads:
@@ -166,6 +169,7 @@ class Router:
             "cost_ref": float(self.cost_ref),
             "default_strategy": self.default_strategy,
             "default_knob": float(self.default_knob),
+            "verifiers": {m: v.to_payload() for m, v in self.verifiers.items()},
         }
 
     @classmethod
@@ -189,6 +193,9 @@ class Router:
             default_strategy=str(data["default_strategy"]),
             default_knob=float(data["default_knob"]),
             version=version,
+            verifiers={
+                str(m): Verifier.from_payload(v) for m, v in (data.get("verifiers") or {}).items()
+            },
         )
 
     # ----------------------------------------------------------------- hot path

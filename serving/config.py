@@ -40,6 +40,8 @@ __all__ = [
     "BreakersConfig",
     "ClientKeyConfig",
     "DecisionLogConfig",
+    "ESCALATION_CHECKS",
+    "EscalationConfig",
     "ExperimentConfig",
     "ExplorationConfig",
     "GatewayConfig",
@@ -342,6 +344,24 @@ class ClientKeyConfig(_Section):
     key_env: _NonEmpty
 
 
+# The answer checks of the gateway's escalation, cheapest first (serving/gateway/escalation.py).
+ESCALATION_CHECKS = ("length", "empty", "refusal", "json", "tool_args", "verifier")
+_Check = Literal["length", "empty", "refusal", "json", "tool_args", "verifier"]
+
+
+class EscalationConfig(_Section):
+    """Verify and escalate: check the answer, call a stronger model when a check fails.
+
+    `enabled` turns it on for every /v1 request (a request's ``promptroute.escalate`` overrides
+    it either way); `threshold` overrides each verifier's trained threshold.
+    """
+
+    enabled: bool = False
+    checks: list[_Check] = Field(default_factory=lambda: list(ESCALATION_CHECKS), min_length=1)
+    threshold: float | None = Field(None, gt=0, lt=1)
+    max_escalations: int = Field(1, ge=1, le=3)
+
+
 class ExplorationConfig(_Section):
     """Route a small random share of decisions to another eligible model, so that the decision
     log learns how the models the router does not pick would have done.
@@ -365,6 +385,7 @@ class GatewayConfig(_Section):
 
     max_attempts: int = Field(3, gt=0)
     max_retry_after_seconds: float = Field(5.0, ge=0)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
 
 
 class Settings(_Section):

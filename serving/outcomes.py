@@ -65,6 +65,8 @@ async def apply_feedback(
             success=fb.success,
             latency_ms=fb.latency_ms,
             quality=fb.quality,
+            cost_usd=fb.cost_usd,
+            escalated=bool(fb.escalations),
         )
     await book.log_outcome(fb.request_id, decision, model, fb)
     return decision, model

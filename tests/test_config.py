@@ -46,6 +46,8 @@ def test_all_is_exact():
         "BreakersConfig",
         "ClientKeyConfig",
         "DecisionLogConfig",
+        "ESCALATION_CHECKS",
+        "EscalationConfig",
         "ExperimentConfig",
         "ExplorationConfig",
         "GatewayConfig",

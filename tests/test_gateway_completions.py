@@ -171,6 +171,7 @@ def test_plain_completion_is_routed_answered_and_logged(make_service, fake):
         "latency_ms": 420.0,
         "input_tokens": 12,  # the upstream's usage, not the estimate
         "output_tokens": 7,
+        "response": "The answer is 42.",
         "ts": WALL,
         "router_version": service.client.get("/readyz").json()["router_version"],
     }

@@ -133,7 +133,7 @@ def test_all_is_exact(module, names):
         pytest.param(
             {"gateway": {"retries": 2}},
             "gateway.retries",
-            "unknown field (expected one of: max_attempts, max_retry_after_seconds)",
+            "unknown field (expected one of: max_attempts, max_retry_after_seconds, escalation)",
             id="gateway-unknown-field",
         ),
     ],
@@ -147,7 +147,16 @@ def test_config_errors_name_the_field(overrides, field, reason):
 def test_defaults():
     defaults = load_settings()
     assert defaults.upstreams == {}
-    assert defaults.gateway.model_dump() == {"max_attempts": 3, "max_retry_after_seconds": 5.0}
+    assert defaults.gateway.model_dump() == {
+        "max_attempts": 3,
+        "max_retry_after_seconds": 5.0,
+        "escalation": {
+            "enabled": False,
+            "checks": ["length", "empty", "refusal", "json", "tool_args", "verifier"],
+            "threshold": None,
+            "max_escalations": 1,
+        },
+    }
 
 
 def test_check_models_covers_upstream_keys():

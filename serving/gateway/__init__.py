@@ -2,7 +2,10 @@
 
     upstreams.py     per catalog model: URL, upstream model name, API key, timeout; the pooled
                      HTTP client the app's lifespan opens and closes
-    completions.py   the attempt loop: fallbacks, retries, Retry-After, streaming, outcomes
+    completions.py   the attempt loop: fallbacks, retries, Retry-After, streaming, outcomes,
+                     and escalation to a stronger model when an answer fails a check
+    escalation.py    the answer checks (length, empty, refusal, JSON, tool arguments, the
+                     learned verifier), the per-request policy, the buffered stream
 
 The HTTP endpoints are in `serving.routes.openai`.
 """

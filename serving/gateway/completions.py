@@ -27,6 +27,9 @@ usage at catalog prices, and the model that answered. A streamed answer is passe
 by event; it can fall back only until its first event has arrived. After that, a break, a
 malformed event, a silence longer than `stream_idle_seconds` or a stream longer than
 `stream_max_seconds` ends it with one error event, and the outcome is recorded when it ends.
+
+With escalation on for a request (`ChatPlan.escalation`), the answer is checked and a stronger
+model called when a check fails; see `serving.gateway.escalation`.
 """
 
 from __future__ import annotations
@@ -38,16 +41,25 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
 import httpx
 
+from features.text import PromptError, normalize
 from models.catalog import Catalog, estimate_tokens
 from serving.bookkeeping import Feedback
 from serving.config import GatewayConfig
 from serving.errors import ApiError
+from serving.gateway.escalation import (
+    EscalationPolicy,
+    answer_text,
+    check_answer,
+    sse_events,
+    stronger_models,
+    unstreamed,
+)
 from serving.gateway.upstreams import Upstream, Upstreams
 from serving.health import Health
 from serving.metrics import Metrics
@@ -89,6 +101,8 @@ class ChatPlan:
     `payload` is the client's body without promptroute's extension field — its ``model`` is
     replaced by each upstream's model name; `prompt_tokens` is the estimate used when an
     upstream reports no usage. The decision `request_id` must be pending.
+    `escalation` turns on verify-and-escalate for this request; `scores` are the router's
+    per-model scores, which say which model is stronger.
     """
 
     request_id: str
@@ -97,6 +111,18 @@ class ChatPlan:
     stream: bool
     prompt_tokens: int
     caller: str | None = None  # the client key's name; the gateway's outcome comes from it
+    escalation: EscalationPolicy | None = None
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One answered call of a request: who answered, how long it took, what it cost."""
+
+    model: str
+    latency_ms: float
+    cost_usd: float
+    usage: tuple[int, int]
 
 
 @dataclass(slots=True)
@@ -108,6 +134,8 @@ class GatewayReply:
     body: bytes = b""
     media_type: str = _JSON
     stream: AsyncIterator[bytes] | None = None
+    answer: dict[str, Any] | None = None  # the parsed body of a non-streamed success
+    leg: Leg | None = None
 
 
 @dataclass(slots=True)
@@ -212,8 +240,17 @@ class Gateway:
         """The models of `names` that have an upstream, in order."""
         return [name for name in names if name in self.upstreams]
 
-    async def complete(self, plan: ChatPlan) -> GatewayReply:
-        """Try the plan's models in order; the reply, or ApiError 502 listing every attempt."""
+    async def complete(
+        self, plan: ChatPlan, *, settle_success: bool = True, settle_failure: bool = True
+    ) -> GatewayReply:
+        """Try the plan's models in order; the reply, or ApiError 502 listing every attempt.
+
+        With `settle_success` False a success is not recorded as the request's outcome (the
+        caller settles it); with `settle_failure` False the last failure is recorded on the
+        model's health only, as earlier failures are.
+        """
+        if plan.escalation is not None and settle_success:
+            return await self._complete_escalating(plan, plan.escalation)
         attempts: list[_Attempt] = []
         failure: tuple[str, float, str] | None = None  # recorded once it is known not to be last
         wait: tuple[str, float] | None = None  # a Retry-After: (base_url, seconds)
@@ -272,19 +309,120 @@ class Gateway:
             self.metrics.upstream_attempt(model, "ok")
             body, usage = result
             body["model"] = model
-            await self._settle(
-                plan,
-                model,
-                success=True,
-                latency_ms=_ms(self.clock() - started),
-                cost_usd=self._cost(model, usage),
-                usage=usage,
-            )
-            return GatewayReply(200, headers, _dumps(body))
+            leg = Leg(model, _ms(self.clock() - started), self._cost(model, usage), usage)
+            if settle_success:
+                await self._settle(
+                    plan,
+                    model,
+                    success=True,
+                    latency_ms=leg.latency_ms,
+                    cost_usd=leg.cost_usd,
+                    usage=usage,
+                    response=answer_text(body),
+                )
+            return GatewayReply(200, headers, _dumps(body), answer=body, leg=leg)
         if failure is not None:
             model, latency, label = failure
-            await self._settle(plan, model, success=False, latency_ms=latency, error_type=label)
+            if settle_failure:
+                await self._settle(plan, model, success=False, latency_ms=latency, error_type=label)
+            else:
+                await self.health.record_outcome(model, success=False, latency_ms=latency)
         raise _all_failed(plan.request_id, attempts, called=calls)
+
+    # -- verify and escalate --------------------------------------------------------------------
+
+    async def _complete_escalating(self, plan: ChatPlan, policy: EscalationPolicy) -> GatewayReply:
+        """Answer, check, and call a stronger model while a check fails (at most
+        `policy.max_escalations` times); the request's outcome sums every answered call."""
+        started = self.clock()
+        buffered = replace(plan, payload=unstreamed(plan.payload), stream=False, escalation=None)
+        prompt = _prompt_text(plan.payload)
+        reply = await self.complete(buffered, settle_success=False)
+        if reply.leg is None or reply.answer is None:  # the upstream refused the request itself
+            return reply
+        attempts = [reply.headers["x-promptroute-attempts"]]
+        escalated: list[tuple[Leg, str]] = []
+        tried = {reply.leg.model}
+        verdict_header = "passed"
+        while True:
+            leg, answer = reply.leg, reply.answer
+            assert leg is not None and answer is not None
+            verdict = check_answer(
+                answer, buffered.payload, prompt, self._verifier(leg.model), policy
+            )
+            if verdict.passed:
+                if verdict.score is not None:
+                    verdict_header = f"passed:verifier:{verdict.score:.2f}"
+                break
+            reason = verdict.reason or ""
+            if len(escalated) >= policy.max_escalations:
+                verdict_header = f"{reason};max_escalations"
+                break
+            targets = stronger_models(leg.model, plan.models, plan.scores, tried)
+            if not targets:
+                verdict_header = f"{reason};no_stronger_model"
+                break
+            self.metrics.escalation(leg.model, reason.partition(":")[0])
+            try:
+                stronger: GatewayReply | None = await self.complete(
+                    replace(buffered, models=tuple(targets)),
+                    settle_success=False,
+                    settle_failure=False,
+                )
+            except ApiError as exc:
+                attempts.append((exc.headers or {}).get("x-promptroute-attempts", ""))
+                stronger = None
+            if stronger is None or stronger.leg is None or stronger.answer is None:
+                verdict_header = f"{reason};escalation_failed"
+                break
+            # The discarded answer's upstream worked: its breaker and latency see a success.
+            await self.health.record_outcome(leg.model, success=True, latency_ms=leg.latency_ms)
+            attempts[-1] = _relabel_last(attempts[-1], leg.model, "escalated")
+            attempts.append(stronger.headers["x-promptroute-attempts"])
+            escalated.append((leg, reason))
+            tried.add(stronger.leg.model)
+            reply = stronger
+        final, answer = reply.leg, reply.answer
+        assert final is not None and answer is not None
+        extra_cost = sum(leg.cost_usd for leg, _ in escalated)
+        if escalated:
+            self.metrics.escalation_cost(extra_cost)
+        await self._settle(
+            plan,
+            final.model,
+            success=True,
+            latency_ms=_ms(self.clock() - started),
+            cost_usd=final.cost_usd + extra_cost,
+            usage=final.usage,
+            response=answer_text(answer),
+            escalations=[
+                {
+                    "model": leg.model,
+                    "reason": reason,
+                    "cost_usd": leg.cost_usd,
+                    "latency_ms": leg.latency_ms,
+                }
+                for leg, reason in escalated
+            ],
+        )
+        headers = {
+            **reply.headers,
+            "x-promptroute-attempts": ",".join(a for a in attempts if a),
+            "x-promptroute-verdict": verdict_header,
+        }
+        if escalated:
+            headers["x-promptroute-escalated"] = ",".join(reason for _, reason in escalated)
+        if plan.stream:
+            return GatewayReply(
+                200, headers, media_type="text/event-stream", stream=sse_events(answer)
+            )
+        return GatewayReply(200, headers, _dumps(answer), answer=answer, leg=final)
+
+    def _verifier(self, model: str) -> Any:
+        """The loaded artifact's answer verifier for `model`, or None."""
+        slot = getattr(self.outcomes, "models", None)
+        router = getattr(getattr(slot, "current", None), "router", None)
+        return getattr(router, "verifiers", {}).get(model)
 
     # -- one call ------------------------------------------------------------------------------
 
@@ -422,8 +560,13 @@ class Gateway:
         cost_usd: float | None = None,
         error_type: str | None = None,
         usage: tuple[int, int] | None = None,
+        response: str | None = None,
+        escalations: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        """Record the request's outcome as its feedback (with token usage for the log)."""
+        """Record the request's outcome as its feedback (with token usage for the log; the
+        answer text too when the decision log keeps texts)."""
+        book = getattr(self.outcomes, "book", None)
+        keep_text = bool(getattr(book, "keeps_text", False))
         feedback = Feedback(
             request_id=plan.request_id,
             success=success,
@@ -434,6 +577,8 @@ class Gateway:
             input_tokens=usage[0] if usage else None,
             output_tokens=usage[1] if usage else None,
             caller=plan.caller,
+            response=response if keep_text else None,
+            escalations=tuple(dict(e) for e in escalations),
         )
         try:
             await self.outcomes.apply(feedback)
@@ -585,6 +730,21 @@ def _ms(seconds: float) -> float:
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _prompt_text(payload: Mapping[str, Any]) -> str:
+    """The last user turn, which the verifier reads as the question."""
+    try:
+        return normalize(messages=payload.get("messages")).last_user
+    except PromptError:
+        return ""
+
+
+def _relabel_last(attempts: str, model: str, label: str) -> str:
+    head, _, last = attempts.rpartition(",")
+    if last.startswith(f"{model}:"):
+        last = f"{model}:{label}"
+    return f"{head},{last}" if head else last
 
 
 def _headers(request_id: str, model: str | None, attempts: list[_Attempt]) -> dict[str, str]:

@@ -9,7 +9,8 @@ The `model` field says what to do:
 
 Routing constraints ride in the extension field ``promptroute`` (``candidates``,
 ``max_cost_usd``, ``max_latency_ms``, ``expected_output_tokens``, ``task_type``, ``user_id``,
-``metadata``; OpenAI's ``user`` is the default ``user_id``). Everything else in the body goes to
+``metadata``; OpenAI's ``user`` is the default ``user_id``), and so does ``escalate`` (verify the
+answer and call a stronger model when it fails: `serving.gateway.escalation`). Everything else in the body goes to
 the upstream unchanged. The same decision pipeline as ``POST /route`` chooses the model and the
 same feedback path as ``POST /feedback`` records the outcome (`serving.gateway.completions`).
 Errors on these endpoints have OpenAI's shape, ``{"error": {"message", "type", "param",
@@ -39,6 +40,7 @@ from serving.config import Priority
 from serving.deps import CallerDep, CatalogDep, HealthDep, ModelsDep, PipelineDep
 from serving.errors import ApiError, render_loc
 from serving.gateway import ChatPlan, Gateway
+from serving.gateway.escalation import policy_for
 from serving.health import Health
 from serving.loaded_model import ModelSlot
 from serving.pipeline import Pipeline
@@ -63,8 +65,9 @@ _EXTENSION = (
     "task_type",
     "user_id",
     "metadata",
+    "escalate",
 )
-_ROUTING_ONLY = ("candidates", "max_cost_usd", "max_latency_ms")
+_ROUTING_ONLY = ("candidates", "max_cost_usd", "max_latency_ms", "escalate")
 _HTTP_ERROR_CODE = {400: "invalid_json", 408: "body_timeout", 413: "body_too_large"}
 _ERROR_TYPE = {
     401: "authentication_error",
@@ -219,6 +222,7 @@ async def _plan(
     mode = _routing_mode(body.model)
     if mode is not None:
         priority, knob = mode
+        escalation = policy_for((body.promptroute or {}).get("escalate"), gateway.config.escalation)
         with _extension_fields():
             query = build_query(_route_request(body, priority, knob), limits)
         _check_upstreams(gateway)  # a valid request, and nothing to call: before routing
@@ -227,7 +231,14 @@ async def _plan(
             decision = await pipeline.route(query)
         models = (decision.model, *decision.fallbacks)
         return ChatPlan(
-            decision.request_id, models, payload, body.stream, decision.input_tokens, caller_name
+            decision.request_id,
+            models,
+            payload,
+            body.stream,
+            decision.input_tokens,
+            escalation=escalation,
+            scores=decision.scores,
+            caller=caller_name,
         )
     name = body.model
     known = [n for n, _ in _listed(pipeline.models, catalog, gateway)]
@@ -334,7 +345,7 @@ def _route_request(
                 f"promptroute.{key}: unknown field (expected one of: {', '.join(_EXTENSION)})",
                 field=f"promptroute.{key}",
             )
-    fields = dict(extension)
+    fields = {k: v for k, v in extension.items() if k != "escalate"}
     if "user_id" not in fields and body.user is not None:
         fields["user_id"] = body.user
     fields.update(messages=body.messages, priority=priority, knob=knob)
