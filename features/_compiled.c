@@ -1052,12 +1052,887 @@ keyword_counts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return count_list(counts, n_counters);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The whole dense block: the compiled twin of features.signals._dense_signals_python, in one
+ * call. Tokenisation, the character classes, the keyword groups, the arithmetic operators, the
+ * quantities, the counted characters and substrings, and every value's arithmetic (the same
+ * libm log1p and IEEE divisions as Python's float code) happen here. Five regexes stay Python's:
+ * they are called from here, and only when a gate the reference also applies lets them run
+ * (a code pattern's gate token, a backslash, a dollar, a brace), except the line-start pattern,
+ * which is tried only on lines whose first character could start a match.
+ */
+
+/* What signals.py passes, once per call: (lexicon, n_counters, n_groups, code_patterns,
+ * latex_cmd_re, latex_dollar_re, json_re, line_start_re, split_punct, tail_chars). */
+typedef struct {
+    PyObject *lexicon;
+    Py_ssize_t n_counters, n_groups;
+    PyObject *code_patterns; /* tuple: pattern j is gated by counter n_groups + j */
+    PyObject *latex_cmd, *latex_dollar, *json, *line_start;
+    PyObject *split_punct;
+    Py_ssize_t tail;
+} SignalSpec;
+
+#define SPEC_ITEMS 10
+
+static int
+parse_signal_spec(PyObject *spec, SignalSpec *s)
+{
+    if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != SPEC_ITEMS) {
+        PyErr_SetString(PyExc_TypeError, "spec must be the 10-tuple features.signals builds");
+        return -1;
+    }
+    s->lexicon = PyTuple_GET_ITEM(spec, 0);
+    s->code_patterns = PyTuple_GET_ITEM(spec, 3);
+    s->latex_cmd = PyTuple_GET_ITEM(spec, 4);
+    s->latex_dollar = PyTuple_GET_ITEM(spec, 5);
+    s->json = PyTuple_GET_ITEM(spec, 6);
+    s->line_start = PyTuple_GET_ITEM(spec, 7);
+    s->split_punct = PyTuple_GET_ITEM(spec, 8);
+    if (!PyDict_CheckExact(s->lexicon) || !PyTuple_CheckExact(s->code_patterns)
+        || !PyUnicode_Check(s->split_punct)) {
+        PyErr_SetString(PyExc_TypeError, "spec: malformed lexicon, patterns or punctuation");
+        return -1;
+    }
+    if (index_in(PyTuple_GET_ITEM(spec, 1), MAX_COUNTERS + 1, &s->n_counters) < 0
+        || index_in(PyTuple_GET_ITEM(spec, 2), s->n_counters + 1, &s->n_groups) < 0
+        || index_in(PyTuple_GET_ITEM(spec, 9), PY_SSIZE_T_MAX, &s->tail) < 0) {
+        return -1;
+    }
+    if (s->n_groups + PyTuple_GET_SIZE(s->code_patterns) > s->n_counters) {
+        PyErr_SetString(PyExc_ValueError, "spec: more code patterns than counters");
+        return -1;
+    }
+    return 0;
+}
+
+/* Splitting punctuation: an ASCII table and the sorted code points above it, rebuilt when
+ * signals.py passes a different string (it passes the same object every call). */
+static PyObject *punct_source = NULL;
+static unsigned char punct_ascii[128];
+static Py_UCS4 *punct_wide = NULL;
+static Py_ssize_t punct_wide_n = 0;
+
+static int
+ucs4_order(const void *a, const void *b)
+{
+    Py_UCS4 x = *(const Py_UCS4 *)a, y = *(const Py_UCS4 *)b;
+    return (x > y) - (x < y);
+}
+
+static int
+punct_load(PyObject *punct)
+{
+    if (punct == punct_source) {
+        return 0;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(punct);
+    Py_UCS4 *wide = PyMem_New(Py_UCS4, n > 0 ? n : 1);
+    if (wide == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(punct_ascii, 0, sizeof(punct_ascii));
+    Py_ssize_t n_wide = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ_CHAR(punct, i);
+        if (c < 128) {
+            punct_ascii[c] = 1;
+        }
+        else {
+            wide[n_wide++] = c;
+        }
+    }
+    qsort(wide, (size_t)n_wide, sizeof(Py_UCS4), ucs4_order);
+    PyMem_Free(punct_wide);
+    punct_wide = wide;
+    punct_wide_n = n_wide;
+    Py_XDECREF(punct_source);
+    punct_source = Py_NewRef(punct);
+    return 0;
+}
+
+static inline int
+is_split_punct(Py_UCS4 c)
+{
+    if (c < 128) {
+        return punct_ascii[c];
+    }
+    Py_ssize_t lo = 0, hi = punct_wide_n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (punct_wide[mid] < c) {
+            lo = mid + 1;
+        }
+        else {
+            hi = mid;
+        }
+    }
+    return lo < punct_wide_n && punct_wide[lo] == c;
+}
+
+/* signals.tokenize: the maximal runs of characters that are neither whitespace (str.split's
+ * and re's \s, both Py_UNICODE_ISSPACE) nor splitting punctuation, as new str. Adds the total
+ * length of the words to *chars. */
+static PyObject *
+tokenize_str(PyObject *lower, Py_ssize_t *chars)
+{
+    PyObject *words = PyList_New(0);
+    if (words == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(lower);
+    int kind = PyUnicode_KIND(lower);
+    const void *data = PyUnicode_DATA(lower);
+    Py_ssize_t start = -1;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        int split = 1;
+        if (i < n) {
+            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            split = Py_UNICODE_ISSPACE(c) || is_split_punct(c);
+        }
+        if (!split) {
+            if (start < 0) {
+                start = i;
+            }
+            continue;
+        }
+        if (start >= 0) {
+            PyObject *word = PyUnicode_Substring(lower, start, i);
+            if (word == NULL || PyList_Append(words, word) < 0) {
+                Py_XDECREF(word);
+                Py_DECREF(words);
+                return NULL;
+            }
+            Py_DECREF(word);
+            *chars += i - start;
+            start = -1;
+        }
+    }
+    return words;
+}
+
+/* What one pass over the window counts besides the character classes. */
+typedef struct {
+    Py_ssize_t classes[N_CLASSES];
+    Py_ssize_t fences, questions, percents, commas;
+    int backslash, dollar, brace, colon, w; /* seen at all */
+} WindowCounts;
+
+static ALWAYS_INLINE void
+window_counts_kind(int kind, const void *data, Py_ssize_t n, WindowCounts *w)
+{
+    Py_ssize_t ticks = 0; /* backticks in the current run: str.count("```") takes run // 3 */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        w->classes[c < 256 ? latin1_class[c] : script_class(c)]++;
+        if (c == '`') {
+            ticks++;
+            continue;
+        }
+        w->fences += ticks / 3;
+        ticks = 0;
+        switch (c) {
+        case '?':
+        case 0xFF1F:
+            w->questions++;
+            break;
+        case '%':
+            w->percents++;
+            break;
+        case ',':
+            w->commas++;
+            break;
+        case '\\':
+            w->backslash = 1;
+            break;
+        case '$':
+            w->dollar = 1;
+            break;
+        case '{':
+            w->brace = 1;
+            break;
+        case ':':
+            w->colon = 1;
+            break;
+        case 'w':
+        case 'W':
+            w->w = 1;
+            break;
+        default:
+            break;
+        }
+    }
+    w->fences += ticks / 3;
+}
+
+#define AT(i) PyUnicode_READ(kind, data, (i))
+
+/* signals._arithmetic: per operator, findall of op(?:(?<=\d.)|(?<=\d[ \t].))[ \t]?(?=\d). A
+ * match is the operator (and one space or tab after it), never another operator, so the
+ * matches are exactly the operators with a digit before (optionally one space or tab between)
+ * and a digit after (likewise). */
+static ALWAYS_INLINE Py_ssize_t
+arithmetic_kind(int kind, const void *data, Py_ssize_t n)
+{
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 1; i + 1 < n; i++) {
+        Py_UCS4 c = AT(i);
+        if (!(c == '+' || c == '-' || c == '*' || c == '/' || c == '^' || c == '=' || c == 0xD7
+              || c == 0xF7)) {
+            continue;
+        }
+        Py_UCS4 before = AT(i - 1), after = AT(i + 1);
+        int left = IS_DIGIT(before)
+                   || ((before == ' ' || before == '\t') && i >= 2 && IS_DIGIT(AT(i - 2)));
+        int right = IS_DIGIT(after)
+                    || ((after == ' ' || after == '\t') && i + 2 < n && IS_DIGIT(AT(i + 2)));
+        count += left && right;
+    }
+    return count;
+}
+
+/* The line-start prefilter: whether signals._LINE_START_RE could match a line whose first
+ * character after spaces and tabs is at q. It only rules lines out (the pattern itself decides
+ * the rest), and never on a character beyond ASCII: those may be Unicode digits, or letters
+ * such as "ı" or "ſ" that (?i) matches to ASCII ones. */
+
+/* After a marker word: whether (?:[ \t]{0,3}#?\d{1,3})?[ \t*]{0,3}: could follow from t, i.e.
+ * whether a ":" (or a non-ASCII character) comes within 10 characters of [ \t*#0-9]. */
+static ALWAYS_INLINE int
+marker_tail_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t t)
+{
+    for (Py_ssize_t k = t; k < n && k <= t + 10; k++) {
+        Py_UCS4 c = AT(k);
+        if (c == ':' || c >= 128) {
+            return 1;
+        }
+        if (!(c == ' ' || c == '\t' || c == '*' || c == '#' || (c >= '0' && c <= '9'))) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* Whether `word` (lower-case ASCII) is at q in any case, then a marker tail could follow. */
+static ALWAYS_INLINE int
+marker_at_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t q, const char *word)
+{
+    for (; *word; word++, q++) {
+        if (q >= n) {
+            return 0;
+        }
+        Py_UCS4 c = AT(q);
+        if (c >= 128) {
+            return 1;
+        }
+        if ((c | 0x20) != (Py_UCS4)*word || !((c | 0x20) >= 'a' && (c | 0x20) <= 'z')) {
+            return 0;
+        }
+    }
+    return marker_tail_kind(kind, data, n, q);
+}
+
+static ALWAYS_INLINE int
+line_may_start_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t q)
+{
+    Py_UCS4 c = AT(q);
+    if (c >= 128 || c == '#' || c == '*') {
+        return 1;
+    }
+    Py_UCS4 next = q + 1 < n ? AT(q + 1) : 0;
+    if (c >= '0' && c <= '9') { /* a step: \d{1,3}[.)][ \t] */
+        for (Py_ssize_t k = q + 1; k < n && k <= q + 3; k++) {
+            Py_UCS4 d = AT(k);
+            if (d >= 128) {
+                return 1;
+            }
+            if (d == '.' || d == ')') {
+                return k + 1 < n && (AT(k + 1) == ' ' || AT(k + 1) == '\t');
+            }
+            if (!(d >= '0' && d <= '9')) {
+                return 0;
+            }
+        }
+        return 0;
+    }
+    if (c == '(') { /* an option: \([A-Ha-h]\) */
+        return q + 2 < n && ((next >= 'A' && next <= 'H') || (next >= 'a' && next <= 'h'))
+               && AT(q + 2) == ')';
+    }
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'))) {
+        return 0;
+    }
+    Py_UCS4 lc = c | 0x20;
+    if (lc <= 'h' && (next == '.' || next == ')')) { /* an option: [A-Ha-h][.)] */
+        return 1;
+    }
+    switch (lc) {
+    case 'q':
+        return marker_at_kind(kind, data, n, q, "q") || marker_at_kind(kind, data, n, q, "question");
+    case 'a':
+        return marker_at_kind(kind, data, n, q, "a") || marker_at_kind(kind, data, n, q, "answer");
+    case 'i':
+        return marker_at_kind(kind, data, n, q, "input");
+    case 'o':
+        return marker_at_kind(kind, data, n, q, "output");
+    case 'e':
+        return marker_at_kind(kind, data, n, q, "example");
+    case 's':
+        return marker_at_kind(kind, data, n, q, "solution");
+    case 'p':
+        return marker_at_kind(kind, data, n, q, "problem");
+    default:
+        return 0;
+    }
+}
+
+/* Fills `starts` with the positions of the newlines (-1 for the virtual one before the
+ * window) whose lines may match; returns how many. */
+static ALWAYS_INLINE Py_ssize_t
+line_candidates_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t *starts)
+{
+    Py_ssize_t found = 0;
+    for (Py_ssize_t p = -1; p < n; p++) {
+        if (p >= 0 && AT(p) != '\n') {
+            continue;
+        }
+        Py_ssize_t q = p + 1;
+        while (q < n && (AT(q) == ' ' || AT(q) == '\t')) {
+            q++;
+        }
+        if (q < n && line_may_start_kind(kind, data, n, q)) {
+            starts[found++] = p;
+        }
+    }
+    return found;
+}
+
+#undef AT
+
+static PyObject *str_findall, *str_match, *str_lower, *str_groups, *str_newline;
+static PyObject *str_scheme, *str_www, *str_scheme_www;
+
+static Py_ssize_t
+findall_count(PyObject *pattern, PyObject *text)
+{
+    PyObject *found = PyObject_CallMethodOneArg(pattern, str_findall, text);
+    if (found == NULL) {
+        return -1;
+    }
+    Py_ssize_t count = PyObject_Length(found);
+    Py_DECREF(found);
+    return count;
+}
+
+/* signals._line_starts over the candidate lines: numbered steps, options, and repeats of
+ * few-shot markers (per lower-cased marker, occurrences - 1). */
+static int
+line_starts(const SignalSpec *s, PyObject *window, const Py_ssize_t *starts, Py_ssize_t found,
+            Py_ssize_t out[3])
+{
+    PyObject *markers = PySet_New(NULL);
+    if (markers == NULL) {
+        return -1;
+    }
+    Py_ssize_t n_markers = 0;
+    for (Py_ssize_t k = 0; k < found; k++) {
+        PyObject *m;
+        if (starts[k] >= 0) {
+            PyObject *pos = PyLong_FromSsize_t(starts[k]);
+            if (pos == NULL) {
+                goto fail;
+            }
+            m = PyObject_CallMethodObjArgs(s->line_start, str_match, window, pos, NULL);
+            Py_DECREF(pos);
+        }
+        else {
+            /* "\n" + the window's first line (and its newline): the pattern never reads past
+             * the character after a line, and "$" there agrees with the "\n" that follows. */
+            Py_ssize_t n = PyUnicode_GET_LENGTH(window);
+            Py_ssize_t end = PyUnicode_FindChar(window, '\n', 0, n, 1);
+            if (end == -2) {
+                goto fail;
+            }
+            PyObject *line = PyUnicode_Substring(window, 0, end < 0 ? n : end + 1);
+            PyObject *first = line == NULL ? NULL : PyUnicode_Concat(str_newline, line);
+            Py_XDECREF(line);
+            if (first == NULL) {
+                goto fail;
+            }
+            m = PyObject_CallMethodOneArg(s->line_start, str_match, first);
+            Py_DECREF(first);
+        }
+        if (m == NULL) {
+            goto fail;
+        }
+        if (m == Py_None) {
+            Py_DECREF(m);
+            continue;
+        }
+        PyObject *groups = PyObject_CallMethodNoArgs(m, str_groups);
+        Py_DECREF(m);
+        if (groups == NULL) {
+            goto fail;
+        }
+        if (!PyTuple_Check(groups) || PyTuple_GET_SIZE(groups) != 3) {
+            Py_DECREF(groups);
+            PyErr_SetString(PyExc_TypeError, "the line-start pattern must have 3 groups");
+            goto fail;
+        }
+        if (PyTuple_GET_ITEM(groups, 0) != Py_None) {
+            out[0]++;
+        }
+        else if (PyTuple_GET_ITEM(groups, 1) != Py_None) {
+            out[1]++;
+        }
+        else {
+            PyObject *lowered = PyObject_CallMethodNoArgs(PyTuple_GET_ITEM(groups, 2), str_lower);
+            int added = lowered == NULL ? -1 : PySet_Add(markers, lowered);
+            Py_XDECREF(lowered);
+            if (added < 0) {
+                Py_DECREF(groups);
+                goto fail;
+            }
+            n_markers++;
+        }
+        Py_DECREF(groups);
+    }
+    out[2] = n_markers - PySet_GET_SIZE(markers);
+    Py_DECREF(markers);
+    return 0;
+fail:
+    Py_DECREF(markers);
+    return -1;
+}
+
+/* math.log1p of a float, errors included. */
+static int
+log1p_of(double x, double *out)
+{
+    if (x <= -1.0) {
+        PyErr_SetString(PyExc_ValueError, "math domain error");
+        return -1;
+    }
+    *out = x == 0.0 ? x : log1p(x);
+    return 0;
+}
+
+static int
+log1p_obj(PyObject *obj, double *out)
+{
+    double x = PyFloat_AsDouble(obj);
+    if (x == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    return log1p_of(x, out);
+}
+
+#define N_LENGTH 9
+#define N_COUNTS 10
+#define N_RATIOS 4
+#define N_SCRIPTS 6
+#define N_QUANTITIES 8
+
+/* round(n_words * n_chars / n_window), with Python's exact int arithmetic and rounding. */
+static int
+extrapolated_words(Py_ssize_t n_words, Py_ssize_t n_chars, Py_ssize_t n_window, double *out)
+{
+    PyObject *a = PyLong_FromSsize_t(n_words), *b = PyLong_FromSsize_t(n_chars);
+    PyObject *c = PyLong_FromSsize_t(n_window);
+    PyObject *product = a && b ? PyNumber_Multiply(a, b) : NULL;
+    PyObject *ratio = product && c ? PyNumber_TrueDivide(product, c) : NULL;
+    PyObject *rounded = ratio ? PyObject_CallMethod(ratio, "__round__", NULL) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(c);
+    Py_XDECREF(product);
+    Py_XDECREF(ratio);
+    if (rounded == NULL) {
+        return -1;
+    }
+    *out = PyFloat_AsDouble(rounded);
+    Py_DECREF(rounded);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* The window's counts, everything dense_signals reads from it. */
+typedef struct {
+    WindowCounts w;
+    Py_ssize_t arithmetic, code, latex, urls, json, lines[3];
+    Quantities q;
+} Scan;
+
+static int
+scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
+                const Py_ssize_t *counters, Scan *out)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(window);
+    const void *data = PyUnicode_DATA(window);
+    int kind = PyUnicode_KIND(window);
+    Py_ssize_t *starts = PyMem_New(Py_ssize_t, n + 1);
+    if (starts == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t found;
+    SpanSet set;
+    memset(set.local, 0, sizeof(set.local));
+    set.slots = set.local;
+    set.mask = sizeof(set.local) / sizeof(set.local[0]) - 1;
+    set.used = 0;
+    int status = 0;
+    switch (kind) {
+    case PyUnicode_1BYTE_KIND:
+        window_counts_kind(PyUnicode_1BYTE_KIND, data, n, &out->w);
+        found = line_candidates_kind(PyUnicode_1BYTE_KIND, data, n, starts);
+        out->arithmetic = out->w.classes[C_DIGIT] > 1
+                              ? arithmetic_kind(PyUnicode_1BYTE_KIND, data, n) : 0;
+        status = quantities_kind(PyUnicode_1BYTE_KIND, data, n, out->w.classes[C_DIGIT] > 0,
+                                 &out->q, &set);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        window_counts_kind(PyUnicode_2BYTE_KIND, data, n, &out->w);
+        found = line_candidates_kind(PyUnicode_2BYTE_KIND, data, n, starts);
+        out->arithmetic = out->w.classes[C_DIGIT] > 1
+                              ? arithmetic_kind(PyUnicode_2BYTE_KIND, data, n) : 0;
+        status = quantities_kind(PyUnicode_2BYTE_KIND, data, n, out->w.classes[C_DIGIT] > 0,
+                                 &out->q, &set);
+        break;
+    default:
+        window_counts_kind(PyUnicode_4BYTE_KIND, data, n, &out->w);
+        found = line_candidates_kind(PyUnicode_4BYTE_KIND, data, n, starts);
+        out->arithmetic = out->w.classes[C_DIGIT] > 1
+                              ? arithmetic_kind(PyUnicode_4BYTE_KIND, data, n) : 0;
+        status = quantities_kind(PyUnicode_4BYTE_KIND, data, n, out->w.classes[C_DIGIT] > 0,
+                                 &out->q, &set);
+        break;
+    }
+    if (set.slots != set.local) {
+        PyMem_Free(set.slots);
+    }
+    if (status < 0 || line_starts(s, window, starts, found, out->lines) < 0) {
+        PyMem_Free(starts);
+        return -1;
+    }
+    PyMem_Free(starts);
+
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(s->code_patterns); j++) {
+        if (counters[s->n_groups + j]) {
+            Py_ssize_t c = findall_count(PyTuple_GET_ITEM(s->code_patterns, j), window);
+            if (c < 0) {
+                return -1;
+            }
+            out->code += c;
+        }
+    }
+    if (out->w.backslash) {
+        Py_ssize_t c = findall_count(s->latex_cmd, window);
+        if (c < 0) {
+            return -1;
+        }
+        out->latex += c;
+    }
+    if (out->w.dollar) {
+        Py_ssize_t c = findall_count(s->latex_dollar, window);
+        if (c < 0) {
+            return -1;
+        }
+        out->latex += c;
+    }
+    if (out->w.brace && (out->json = findall_count(s->json, window)) < 0) {
+        return -1;
+    }
+    /* URLs on the lower-cased window, as str.count counts: "://", plus "www." not preceded by
+     * "://". Lower-casing makes no ":" and no "w" but from "W", so without them there is none. */
+    Py_ssize_t len = PyUnicode_GET_LENGTH(lower), urls = 0;
+    if (out->w.colon && (urls = PyUnicode_Count(lower, str_scheme, 0, len)) < 0) {
+        return -1;
+    }
+    Py_ssize_t www = out->w.w ? PyUnicode_Count(lower, str_www, 0, len) : 0;
+    if (www < 0) {
+        return -1;
+    }
+    if (www && urls) {
+        Py_ssize_t both = PyUnicode_Count(lower, str_scheme_www, 0, len);
+        if (both < 0) {
+            return -1;
+        }
+        www -= both;
+    }
+    urls += www;
+    out->urls = urls;
+    return 0;
+}
+
+PyDoc_STRVAR(dense_signals_doc,
+"dense_signals(text, last_user_chars, turns, images, has_system, max_scan_chars, spec)\n"
+"    -> (values, words)\n\n"
+"The dense feature values (float64 bytes in a bytearray) and the scan window's word tokens,\n"
+"exactly as features.signals._dense_signals_python gives them; `spec` is the tuple\n"
+"features.signals builds once (lexicon, patterns, punctuation).");
+
+static PyObject *
+dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "dense_signals takes 7 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *text = args[0];
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "dense_signals: text must be a str");
+        return NULL;
+    }
+    SignalSpec s;
+    Py_ssize_t last_user_chars, max_scan;
+    if (index_in(args[1], PY_SSIZE_T_MAX, &last_user_chars) < 0
+        || index_in(args[5], PY_SSIZE_T_MAX, &max_scan) < 0 || parse_signal_spec(args[6], &s) < 0
+        || punct_load(s.split_punct) < 0) {
+        return NULL;
+    }
+    if (PyUnicode_READY(text) < 0) {
+        return NULL;
+    }
+    double values[2 * (N_LENGTH + N_COUNTS + N_RATIOS + MAX_COUNTERS + N_SCRIPTS + N_QUANTITIES)
+                  + 1];
+    Py_ssize_t n_chars = PyUnicode_GET_LENGTH(text);
+    /* signals.scan_window */
+    PyObject *window;
+    if (max_scan > PY_SSIZE_T_MAX - s.tail || n_chars <= max_scan + s.tail) {
+        window = Py_NewRef(text);
+    }
+    else {
+        PyObject *head = PyUnicode_Substring(text, 0, max_scan);
+        PyObject *tail = PyUnicode_Substring(text, n_chars - s.tail, n_chars);
+        PyObject *joined = head ? PyUnicode_Concat(head, str_newline) : NULL;
+        window = joined && tail ? PyUnicode_Concat(joined, tail) : NULL;
+        Py_XDECREF(head);
+        Py_XDECREF(tail);
+        Py_XDECREF(joined);
+        if (window == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *lower = NULL, *words = NULL, *result = NULL;
+    Py_ssize_t counters[MAX_COUNTERS];
+    memset(counters, 0, sizeof(counters));
+    lower = PyObject_CallMethodNoArgs(window, str_lower);
+    if (lower == NULL) {
+        goto done;
+    }
+    if (!PyUnicode_Check(lower)) {
+        PyErr_SetString(PyExc_TypeError, "dense_signals: lower() must return a str");
+        goto done;
+    }
+    Py_ssize_t word_chars = 0;
+    words = tokenize_str(lower, &word_chars);
+    if (words == NULL || count_keywords(words, s.lexicon, s.n_counters, counters) < 0) {
+        goto done;
+    }
+    Scan scan;
+    memset(&scan, 0, sizeof(scan));
+    if (scan_window_str(&s, window, lower, counters, &scan) < 0) {
+        goto done;
+    }
+
+    Py_ssize_t n_window = PyUnicode_GET_LENGTH(window);
+    Py_ssize_t n_words = PyList_GET_SIZE(words);
+    double *v = values;
+    /* Length. */
+    double total_words = (double)n_words;
+    if (n_window < n_chars && extrapolated_words(n_words, n_chars, n_window, &total_words) < 0) {
+        goto done;
+    }
+    Py_ssize_t newlines = 0;
+    if (n_chars) {
+        newlines = PyUnicode_Count(text, str_newline, 0, n_chars);
+        if (newlines < 0) {
+            goto done;
+        }
+        newlines++;
+    }
+    int has_system = PyObject_IsTrue(args[4]);
+    if (has_system < 0 || log1p_of((double)n_chars, v++) < 0
+        || log1p_of(total_words, v++) < 0
+        || log1p_of((double)(n_chars / 4 + (n_chars % 4 != 0)), v++) < 0
+        || log1p_of((double)newlines, v++) < 0 || log1p_obj(args[2], v++) < 0
+        || log1p_obj(args[3], v++) < 0) {
+        goto done;
+    }
+    *v++ = has_system ? 1.0 : 0.0;
+    if (log1p_of((double)last_user_chars, v++) < 0) {
+        goto done;
+    }
+    double share = (double)last_user_chars / (double)(n_chars > 1 ? n_chars : 1);
+    *v++ = share < 1.0 ? share : 1.0; /* min(1.0, share): 1.0 unless share is smaller */
+    /* Regex signals' counts. */
+    const Py_ssize_t *cls = scan.w.classes;
+    Py_ssize_t counts[N_COUNTS] = {
+        scan.w.fences, scan.code,     scan.arithmetic, scan.latex,     scan.urls,
+        scan.json,     scan.lines[0], scan.lines[1],   scan.lines[2], scan.w.questions,
+    };
+    for (int k = 0; k < N_COUNTS; k++) {
+        log1p_of((double)counts[k], v++);
+    }
+    Py_ssize_t letters = cls[C_UPPER] + cls[C_LOWER];
+    double per_char = 1.0 / (double)(n_window > 1 ? n_window : 1);
+    *v++ = (double)cls[C_DIGIT] * per_char;
+    *v++ = (double)cls[C_UPPER] / (double)(letters > 1 ? letters : 1);
+    *v++ = (double)cls[C_PUNCT] * per_char;
+    if (n_words) {
+        log1p_of((double)word_chars / (double)n_words, v++);
+    }
+    else {
+        *v++ = 0.0;
+    }
+    for (Py_ssize_t g = 0; g < s.n_groups; g++) {
+        log1p_of((double)counters[g], v++);
+    }
+    *v++ = (double)(letters + cls[C_LATIN_EXT]) * per_char;
+    *v++ = (double)cls[C_CJK] * per_char;
+    *v++ = (double)cls[C_CYRILLIC] * per_char;
+    *v++ = (double)cls[C_ARABIC] * per_char;
+    *v++ = (double)cls[C_DEVANAGARI] * per_char;
+    *v++ = (double)cls[C_OTHER] * per_char;
+    Py_ssize_t quantities[N_QUANTITIES] = {
+        scan.q.numbers,   scan.q.distinct,  scan.q.longest,  scan.q.sentences,
+        scan.w.percents,  scan.q.fractions, scan.q.decimals, scan.w.commas,
+    };
+    for (int k = 0; k < N_QUANTITIES; k++) {
+        log1p_of((double)quantities[k], v++);
+    }
+    /* Free-form copies: the base block again when there is no multiple-choice option. */
+    Py_ssize_t base = v - values;
+    if (scan.lines[1] == 0) {
+        memcpy(v, values, (size_t)base * sizeof(double));
+        v += base;
+        *v++ = 1.0;
+    }
+    else {
+        memset(v, 0, (size_t)(base + 1) * sizeof(double));
+        v += base + 1;
+    }
+    PyObject *row = PyByteArray_FromStringAndSize((const char *)values,
+                                                  (Py_ssize_t)((v - values) * sizeof(double)));
+    if (row == NULL) {
+        goto done;
+    }
+    result = PyTuple_Pack(2, row, words);
+    Py_DECREF(row);
+done:
+    Py_DECREF(window);
+    Py_XDECREF(lower);
+    Py_XDECREF(words);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The head's gather (models.router.LinearHead.logits_one): rows of the float32 hashed weights,
+ * converted to float64 in the same pass. `vals @ rows` then runs the same float64 BLAS product
+ * that `vals @ weights.take(idx - offset, axis=0)` runs after numpy's own (exact) cast, without
+ * the index arithmetic, the float32 copy and the cast copy.
+ */
+PyDoc_STRVAR(gather_rows_doc,
+"gather_rows(weights, idx, offset) -> bytearray\n\n"
+"Rows idx - offset of the float32 matrix `weights` (idx: int64 vector), as the\n"
+"float64 bytes of a C-ordered (len(idx), weights.shape[1]) matrix. IndexError on a row out\n"
+"of range.");
+
+static int
+buffer_is(const Py_buffer *b, int ndim, Py_ssize_t itemsize, const char *codes)
+{
+    if (b->ndim != ndim || b->itemsize != itemsize || b->format == NULL) {
+        return 0;
+    }
+    const char *f = b->format;
+    if (*f == '<' || *f == '=' || *f == '@') {
+        f++;
+    }
+    return f[0] != '\0' && f[1] == '\0' && strchr(codes, f[0]) != NULL;
+}
+
+static PyObject *
+gather_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "gather_rows takes 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
+    if (offset == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer w, r;
+    if (PyObject_GetBuffer(args[0], &w, PyBUF_RECORDS_RO) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &r, PyBUF_RECORDS_RO) < 0) {
+        PyBuffer_Release(&w);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (!buffer_is(&w, 2, 4, "f") || !buffer_is(&r, 1, 8, "lq")) {
+        PyErr_SetString(PyExc_TypeError,
+                        "gather_rows takes a 2-D float32 matrix and a 1-D int64 vector");
+        goto done;
+    }
+    Py_ssize_t n_rows = w.shape[0], width = w.shape[1], n = r.shape[0];
+    if (width > 0 && n > PY_SSIZE_T_MAX / 8 / width) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    out = PyByteArray_FromStringAndSize(NULL, n * width * (Py_ssize_t)sizeof(double));
+    if (out == NULL) {
+        goto done;
+    }
+    /* Any strides (a loaded artifact's arrays need not be C-ordered), in bytes. */
+    const char *weights = (const char *)w.buf, *idx = (const char *)r.buf;
+    Py_ssize_t row_stride = w.strides[0], col_stride = w.strides[1], idx_stride = r.strides[0];
+    double *x = (double *)PyByteArray_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t row;
+        memcpy(&row, idx + i * idx_stride, sizeof(row));
+        row -= (int64_t)offset;
+        if (row < 0 || row >= n_rows) {
+            PyErr_Format(PyExc_IndexError, "row %lld is out of range for %zd rows",
+                         (long long)row, n_rows);
+            Py_CLEAR(out);
+            goto done;
+        }
+        const char *from = weights + row * row_stride;
+        if (col_stride == (Py_ssize_t)sizeof(float)) {
+            const float *cells = (const float *)from;
+            for (Py_ssize_t k = 0; k < width; k++) {
+                x[k] = (double)cells[k];
+            }
+        }
+        else {
+            for (Py_ssize_t k = 0; k < width; k++) {
+                float cell;
+                memcpy(&cell, from + k * col_stride, sizeof(cell));
+                x[k] = (double)cell;
+            }
+        }
+        x += width;
+    }
+done:
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&r);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"hashed_row", (PyCFunction)(void (*)(void))hashed_row, METH_FASTCALL, hashed_row_doc},
     {"char_classes", char_classes, METH_O, char_classes_doc},
     {"quantities", (PyCFunction)(void (*)(void))quantities, METH_FASTCALL, quantities_doc},
     {"keyword_counts", (PyCFunction)(void (*)(void))keyword_counts, METH_FASTCALL,
      keyword_counts_doc},
+    {"dense_signals", (PyCFunction)(void (*)(void))dense_signals_c, METH_FASTCALL,
+     dense_signals_doc},
+    {"gather_rows", (PyCFunction)(void (*)(void))gather_rows, METH_FASTCALL, gather_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1077,5 +1952,13 @@ PyInit__compiled(void)
     signals_init();
     word_seed = crc32_update(0, (const unsigned char *)"w:", 2);
     char_seed = crc32_update(0, (const unsigned char *)"c:", 2);
+    PyObject **interned[] = {&str_findall, &str_match,   &str_lower,      &str_groups,
+                             &str_newline, &str_scheme,  &str_www,        &str_scheme_www};
+    const char *names[] = {"findall", "match", "lower", "groups", "\n", "://", "www.", "://www."};
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        if (*interned[k] == NULL && (*interned[k] = PyUnicode_InternFromString(names[k])) == NULL) {
+            return NULL;
+        }
+    }
     return PyModule_Create(&module_def);
 }
