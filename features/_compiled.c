@@ -1144,8 +1144,7 @@ punct_load(PyObject *punct)
         }
     }
     qsort(wide, (size_t)n_wide, sizeof(Py_UCS4), ucs4_order);
-    PyMem_Free(punct_wide);
-    punct_wide = wide;
+    punct_wide = wide; /* the old table is left alone: see the lexicon table below */
     punct_wide_n = n_wide;
     Py_XDECREF(punct_source);
     punct_source = Py_NewRef(punct);
@@ -1171,43 +1170,194 @@ is_split_punct(Py_UCS4 c)
     return lo < punct_wide_n && punct_wide[lo] == c;
 }
 
-/* signals.tokenize: the maximal runs of characters that are neither whitespace (str.split's
- * and re's \s, both Py_UNICODE_ISSPACE) nor splitting punctuation, as new str. Adds the total
- * length of the words to *chars. */
-static PyObject *
-tokenize_str(PyObject *lower, Py_ssize_t *chars)
+/* The lexicon's keys in a table of our own, so that a word is looked up from its characters
+ * while it is being cut, without hashing a new str with SipHash and probing the dict: most of
+ * the keyword step's cost. Built from the dict signals.py passes (the same object every call,
+ * never changed), and rebuilt when another is passed. Keys compare by code points, which is
+ * str equality; a lexicon with a key that is not an exact str is looked up in the dict.
+ * A replaced table (and the punctuation table above) is never freed: Python code run by an
+ * allocation (a finalizer) could pass another spec while a scan still reads the old one, and
+ * there is one spec in practice. */
+typedef struct {
+    Py_UCS4 *chars; /* NULL: a free slot */
+    Py_ssize_t length;
+    uint64_t hash;
+    PyObject *entry;
+} LexSlot;
+
+static PyObject *lex_source = NULL; /* the dict the table was built from (held) */
+static LexSlot *lex_slots = NULL;
+static size_t lex_mask = 0;
+static int lex_use_dict = 0;
+
+#define FNV_START 0xcbf29ce484222325ull
+#define FNV_STEP(h, c) (((h) ^ (uint64_t)(c)) * 0x100000001b3ull)
+
+static int
+lex_load(PyObject *lexicon)
 {
-    PyObject *words = PyList_New(0);
-    if (words == NULL) {
-        return NULL;
+    if (lexicon == lex_source) {
+        return 0;
     }
+    lex_source = NULL; /* until the new table is complete */
+    lex_use_dict = 0;
+    size_t size = 16;
+    while (size < (size_t)PyDict_GET_SIZE(lexicon) * 2 + 1) {
+        size <<= 1;
+    }
+    LexSlot *slots = PyMem_Calloc(size, sizeof(LexSlot));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(lexicon, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key)) {
+            lex_use_dict = 1;
+            continue;
+        }
+        Py_ssize_t length = PyUnicode_GET_LENGTH(key);
+        Py_UCS4 *chars = PyUnicode_AsUCS4Copy(key);
+        if (chars == NULL) {
+            return -1;
+        }
+        uint64_t h = FNV_START;
+        for (Py_ssize_t k = 0; k < length; k++) {
+            h = FNV_STEP(h, chars[k]);
+        }
+        size_t j = (size_t)h & (size - 1);
+        while (slots[j].chars != NULL) {
+            j = (j + 1) & (size - 1);
+        }
+        slots[j] = (LexSlot){chars, length, h, Py_NewRef(value)};
+    }
+    lex_slots = slots;
+    lex_mask = size - 1;
+    lex_source = Py_NewRef(lexicon);
+    return 0;
+}
+
+/* The entry of the word data[start : end] (borrowed), or NULL when it is not a key. */
+static ALWAYS_INLINE PyObject *
+lex_find_kind(int kind, const void *data, Py_ssize_t start, Py_ssize_t end, uint64_t h)
+{
+    for (size_t j = (size_t)h & lex_mask;; j = (j + 1) & lex_mask) {
+        const LexSlot *slot = &lex_slots[j];
+        if (slot->chars == NULL) {
+            return NULL;
+        }
+        if (slot->hash == h && slot->length == end - start) {
+            Py_ssize_t k = 0;
+            while (k < slot->length && slot->chars[k] == PyUnicode_READ(kind, data, start + k)) {
+                k++;
+            }
+            if (k == slot->length) {
+                return slot->entry;
+            }
+        }
+    }
+}
+
+/* signals.tokenize: the maximal runs of characters that are neither whitespace (str.split's
+ * and re's \s, both Py_UNICODE_ISSPACE) nor splitting punctuation, as new str, with each
+ * word's lexicon entry (borrowed from the table; NULL when none) in `entries`. Adds the
+ * total length of the words to *chars. */
+static ALWAYS_INLINE int
+tokenize_kind(int kind, PyObject *lower, PyObject *words, PyObject ***entries,
+              Py_ssize_t *capacity, Py_ssize_t *chars)
+{
     Py_ssize_t n = PyUnicode_GET_LENGTH(lower);
-    int kind = PyUnicode_KIND(lower);
     const void *data = PyUnicode_DATA(lower);
     Py_ssize_t start = -1;
+    uint64_t h = FNV_START;
     for (Py_ssize_t i = 0; i <= n; i++) {
         int split = 1;
+        Py_UCS4 c = 0;
         if (i < n) {
-            Py_UCS4 c = PyUnicode_READ(kind, data, i);
+            c = PyUnicode_READ(kind, data, i);
             split = Py_UNICODE_ISSPACE(c) || is_split_punct(c);
         }
         if (!split) {
             if (start < 0) {
                 start = i;
+                h = FNV_START;
             }
+            h = FNV_STEP(h, c);
             continue;
         }
-        if (start >= 0) {
-            PyObject *word = PyUnicode_Substring(lower, start, i);
-            if (word == NULL || PyList_Append(words, word) < 0) {
-                Py_XDECREF(word);
-                Py_DECREF(words);
-                return NULL;
-            }
-            Py_DECREF(word);
-            *chars += i - start;
-            start = -1;
+        if (start < 0) {
+            continue;
         }
+        Py_ssize_t j = PyList_GET_SIZE(words);
+        if (j == *capacity) {
+            Py_ssize_t grown = *capacity * 2;
+            PyObject **more = PyMem_Resize(*entries, PyObject *, grown);
+            if (more == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            *entries = more;
+            *capacity = grown;
+        }
+        (*entries)[j] = lex_find_kind(kind, data, start, i, h);
+        PyObject *word = PyUnicode_Substring(lower, start, i);
+        if (word == NULL || PyList_Append(words, word) < 0) {
+            Py_XDECREF(word);
+            return -1;
+        }
+        Py_DECREF(word);
+        *chars += i - start;
+        start = -1;
+    }
+    return 0;
+}
+
+/* The words of `lower` and their keyword counts (signals._keyword_counts_python). */
+static PyObject *
+words_and_keywords(PyObject *lower, PyObject *lexicon, Py_ssize_t n_counters,
+                   Py_ssize_t *counters, Py_ssize_t *chars)
+{
+    if (lex_load(lexicon) < 0) {
+        return NULL;
+    }
+    PyObject *words = PyList_New(0);
+    Py_ssize_t capacity = 64;
+    PyObject **entries = PyMem_New(PyObject *, capacity);
+    if (words == NULL || entries == NULL) {
+        Py_XDECREF(words);
+        PyMem_Free(entries);
+        return PyErr_NoMemory();
+    }
+    int status;
+    switch (PyUnicode_KIND(lower)) {
+    case PyUnicode_1BYTE_KIND:
+        status = tokenize_kind(PyUnicode_1BYTE_KIND, lower, words, &entries, &capacity, chars);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        status = tokenize_kind(PyUnicode_2BYTE_KIND, lower, words, &entries, &capacity, chars);
+        break;
+    default:
+        status = tokenize_kind(PyUnicode_4BYTE_KIND, lower, words, &entries, &capacity, chars);
+        break;
+    }
+    if (status == 0) {
+        if (lex_use_dict) {
+            status = count_keywords(words, lexicon, n_counters, counters);
+        }
+        else {
+            /* The table holds its own references to the entries: none can go away here. */
+            for (Py_ssize_t i = 0; status == 0 && i < PyList_GET_SIZE(words); i++) {
+                if (entries[i] != NULL) {
+                    status = count_entry(words, i, entries[i], n_counters, counters);
+                }
+            }
+        }
+    }
+    PyMem_Free(entries);
+    if (status < 0) {
+        Py_DECREF(words);
+        return NULL;
     }
     return words;
 }
@@ -1727,8 +1877,8 @@ dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     }
     Py_ssize_t word_chars = 0;
-    words = tokenize_str(lower, &word_chars);
-    if (words == NULL || count_keywords(words, s.lexicon, s.n_counters, counters) < 0) {
+    words = words_and_keywords(lower, s.lexicon, s.n_counters, counters, &word_chars);
+    if (words == NULL) {
         goto done;
     }
     Scan scan;
@@ -1853,6 +2003,8 @@ buffer_is(const Py_buffer *b, int ndim, Py_ssize_t itemsize, const char *codes)
     return f[0] != '\0' && f[1] == '\0' && strchr(codes, f[0]) != NULL;
 }
 
+#define GATHER_AHEAD 8
+
 static PyObject *
 gather_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1894,6 +2046,20 @@ gather_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     double *x = (double *)PyByteArray_AS_STRING(out);
     for (Py_ssize_t i = 0; i < n; i++) {
         int64_t row;
+#if defined(__GNUC__) || defined(__clang__)
+        /* The rows are scattered over megabytes: ask for a later one while converting this
+         * one, so the cache misses overlap instead of queueing. */
+        if (i + GATHER_AHEAD < n) {
+            int64_t later;
+            memcpy(&later, idx + (i + GATHER_AHEAD) * idx_stride, sizeof(later));
+            later -= (int64_t)offset;
+            if (later >= 0 && later < n_rows) {
+                const char *at = weights + later * row_stride;
+                __builtin_prefetch(at);
+                __builtin_prefetch(at + (width - 1) * col_stride);
+            }
+        }
+#endif
         memcpy(&row, idx + i * idx_stride, sizeof(row));
         row -= (int64_t)offset;
         if (row < 0 || row >= n_rows) {

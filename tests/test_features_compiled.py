@@ -8,6 +8,7 @@ was built.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from features import Prompt, PromptFeaturizer, extractor, signals
+from features.signals import DENSE_FEATURE_NAMES
 
 # Set on a machine that cannot compile C, to run the suite on the Python path alone.
 ALLOW_PURE_PYTHON = os.environ.get("PROMPTROUTE_ALLOW_PURE_PYTHON") == "1"
@@ -543,3 +545,22 @@ def test_bad_gather_arguments_raise_instead_of_crashing(weights, idx, offset, er
     idx = np.asarray(idx, dtype=np.int64) if isinstance(idx, list) else idx
     with pytest.raises(error):
         signals._compiled.gather_rows(weights, idx, offset)
+
+
+@needs_build
+@pytest.mark.parametrize(
+    "lexicon",
+    [
+        pytest.param({"why": ((1,), ()), "how": ((1,), ())}, id="str-keys"),
+        pytest.param({"why": ((1,), ()), 7: ((2,), ()), "how": ((1,), ())}, id="an-int-key"),
+    ],
+)
+def test_another_lexicon_is_used_then_the_spec_s_own_again(lexicon):
+    # The compiled keyword table is rebuilt from whichever lexicon a spec holds.
+    prompt = Prompt("Why? How, why... step by step", "x")
+    spec = (lexicon, *signals._COMPILED_SPEC[1:])
+    values, _ = signals._compiled.dense_signals(prompt.text, 1, 1, 0, False, 16384, spec)
+    named = dict(zip(DENSE_FEATURE_NAMES, np.frombuffer(values), strict=True))
+    assert named["kw.simple"] == math.log1p(3)
+    assert named["kw.reasoning"] == named["kw.translate"] == 0.0
+    assert_same_signals(prompt, 16384)
