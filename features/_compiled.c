@@ -1109,6 +1109,10 @@ parse_signal_spec(PyObject *spec, SignalSpec *s)
 /* Splitting punctuation: an ASCII table and the sorted code points above it, rebuilt when
  * signals.py passes a different string (it passes the same object every call). */
 static PyObject *punct_source = NULL;
+/* dense_signals calls in progress: Python code run by an allocation (a finalizer) could call
+ * dense_signals again with another spec while a scan still reads the tables, so a replaced
+ * table is freed only when no scan is running (else it is left alone: one spec in practice). */
+static int scans_running = 0;
 static unsigned char punct_ascii[128];
 static Py_UCS4 *punct_wide = NULL;
 static Py_ssize_t punct_wide_n = 0;
@@ -1144,10 +1148,15 @@ punct_load(PyObject *punct)
         }
     }
     qsort(wide, (size_t)n_wide, sizeof(Py_UCS4), ucs4_order);
-    punct_wide = wide; /* the old table is left alone: see the lexicon table below */
+    Py_UCS4 *old_wide = punct_wide;
+    PyObject *old_source = punct_source;
+    punct_wide = wide;
     punct_wide_n = n_wide;
-    Py_XDECREF(punct_source);
     punct_source = Py_NewRef(punct);
+    if (scans_running == 0) {
+        PyMem_Free(old_wide);
+        Py_XDECREF(old_source);
+    }
     return 0;
 }
 
@@ -1174,10 +1183,7 @@ is_split_punct(Py_UCS4 c)
  * while it is being cut, without hashing a new str with SipHash and probing the dict: most of
  * the keyword step's cost. Built from the dict signals.py passes (the same object every call,
  * never changed), and rebuilt when another is passed. Keys compare by code points, which is
- * str equality; a lexicon with a key that is not an exact str is looked up in the dict.
- * A replaced table (and the punctuation table above) is never freed: Python code run by an
- * allocation (a finalizer) could pass another spec while a scan still reads the old one, and
- * there is one spec in practice. */
+ * str equality; a lexicon with a key that is not an exact str is looked up in the dict. */
 typedef struct {
     Py_UCS4 *chars; /* NULL: a free slot */
     Py_ssize_t length;
@@ -1193,14 +1199,34 @@ static int lex_use_dict = 0;
 #define FNV_START 0xcbf29ce484222325ull
 #define FNV_STEP(h, c) (((h) ^ (uint64_t)(c)) * 0x100000001b3ull)
 
+/* Frees a detached table (its globals already point elsewhere), unless a scan may read it. */
+static void
+lex_free(LexSlot *slots, size_t mask, PyObject *source)
+{
+    if (scans_running > 0) {
+        return;
+    }
+    for (size_t k = 0; slots != NULL && k <= mask; k++) {
+        PyMem_Free(slots[k].chars);
+        Py_XDECREF(slots[k].entry);
+    }
+    PyMem_Free(slots);
+    Py_XDECREF(source);
+}
+
 static int
 lex_load(PyObject *lexicon)
 {
     if (lexicon == lex_source) {
         return 0;
     }
+    LexSlot *old_slots = lex_slots;
+    PyObject *old_source = lex_source;
+    size_t old_mask = lex_mask;
+    lex_slots = NULL;
     lex_source = NULL; /* until the new table is complete */
     lex_use_dict = 0;
+    lex_free(old_slots, old_mask, old_source);
     size_t size = 16;
     while (size < (size_t)PyDict_GET_SIZE(lexicon) * 2 + 1) {
         size <<= 1;
@@ -1313,14 +1339,12 @@ tokenize_kind(int kind, PyObject *lower, PyObject *words, PyObject ***entries,
     return 0;
 }
 
-/* The words of `lower` and their keyword counts (signals._keyword_counts_python). */
+/* The words of `lower` and their keyword counts (signals._keyword_counts_python), with the
+ * table lex_load built from `lexicon`. */
 static PyObject *
 words_and_keywords(PyObject *lower, PyObject *lexicon, Py_ssize_t n_counters,
                    Py_ssize_t *counters, Py_ssize_t *chars)
 {
-    if (lex_load(lexicon) < 0) {
-        return NULL;
-    }
     PyObject *words = PyList_New(0);
     Py_ssize_t capacity = 64;
     PyObject **entries = PyMem_New(PyObject *, capacity);
@@ -1839,7 +1863,7 @@ dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t last_user_chars, max_scan;
     if (index_in(args[1], PY_SSIZE_T_MAX, &last_user_chars) < 0
         || index_in(args[5], PY_SSIZE_T_MAX, &max_scan) < 0 || parse_signal_spec(args[6], &s) < 0
-        || punct_load(s.split_punct) < 0) {
+        || punct_load(s.split_punct) < 0 || lex_load(s.lexicon) < 0) {
         return NULL;
     }
     if (PyUnicode_READY(text) < 0) {
@@ -1868,6 +1892,7 @@ dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *lower = NULL, *words = NULL, *result = NULL;
     Py_ssize_t counters[MAX_COUNTERS];
     memset(counters, 0, sizeof(counters));
+    scans_running++; /* from here on, Python code may run (allocations, regexes) */
     lower = PyObject_CallMethodNoArgs(window, str_lower);
     if (lower == NULL) {
         goto done;
@@ -1972,6 +1997,7 @@ dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     result = PyTuple_Pack(2, row, words);
     Py_DECREF(row);
 done:
+    scans_running--;
     Py_DECREF(window);
     Py_XDECREF(lower);
     Py_XDECREF(words);

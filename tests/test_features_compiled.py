@@ -564,3 +564,25 @@ def test_another_lexicon_is_used_then_the_spec_s_own_again(lexicon):
     assert named["kw.simple"] == math.log1p(3)
     assert named["kw.reasoning"] == named["kw.translate"] == 0.0
     assert_same_signals(prompt, 16384)
+
+
+@needs_build
+def test_switching_lexicons_frees_the_tables_it_replaces():
+    import tracemalloc
+
+    other = ({"why": ((1,), ())}, *signals._COMPILED_SPEC[1:])
+    specs = (other, signals._COMPILED_SPEC)
+
+    def switch(times: int) -> None:
+        for k in range(times):
+            signals._compiled.dense_signals("why not", 1, 1, 0, False, 16384, specs[k % 2])
+
+    switch(10)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        switch(400)  # a leaked table is ~20 KB: 400 of them would be ~8 MB
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000
