@@ -36,8 +36,7 @@ from bench._common import real_prompts
 # annotations in this module's namespace.
 from serving.app import create_app
 from serving.config import load_settings
-from serving.deps import StateDep
-from serving.pipeline import route
+from serving.deps import PipelineDep
 from serving.routes.route import build_query
 from serving.schemas import RouteRequest
 
@@ -86,7 +85,7 @@ def _app(artifact: Path) -> Any:
     app = create_app(load_settings(None, artifact=str(artifact)))
 
     @app.post("/__bench_noop", include_in_schema=False)
-    async def noop_post(body: Annotated[RouteRequest, Body()], state: StateDep) -> Response:
+    async def noop_post(body: Annotated[RouteRequest, Body()], pipeline: PipelineDep) -> Response:
         return Response(b"{}", media_type="application/json")
 
     return app
@@ -99,10 +98,10 @@ async def _measure(artifact: Path, bodies: list[bytes], rounds: int) -> dict[str
     times = {name: np.empty((rounds, n), dtype=np.int64) for name in names}
     clock = time.perf_counter_ns
     async with app.router.lifespan_context(app):
-        state = app.state.service
-        router = state.model.router
+        pipeline = app.state.service.pipeline
+        router = pipeline.models.current.router
         head = router.heads[router.default_strategy]
-        limits = state.settings.limits
+        limits = pipeline.settings.limits
         queries = [build_query(RouteRequest.model_validate_json(b), limits) for b in bodies]
         for b in bodies:  # warm-up, untimed; every status checked once
             for method, path in (
@@ -129,7 +128,7 @@ async def _measure(artifact: Path, bodies: list[bytes], rounds: int) -> dict[str
                     elif name == "pipeline":
                         t0 = clock()
                         query = build_query(RouteRequest.model_validate_json(b), limits)
-                        orjson.dumps(route(state, query).to_response())
+                        orjson.dumps((await pipeline.route(query)).to_response())
                     elif name == "features":
                         t0 = clock()
                         router.featurizer.transform_one(queries[i].prompt)

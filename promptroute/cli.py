@@ -199,47 +199,29 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_route(a: argparse.Namespace) -> int:
-    from features.text import normalize
-    from models.artifact import load_router
+    """Route one prompt through the in-process API and print /route's answer, explained."""
+    from promptroute.api import PromptRouter
 
-    router, manifest = load_router(_resolve_artifact(a.model))
+    fields: dict[str, Any] = {
+        "candidates": a.candidates,
+        "task_type": a.task_type,
+        "expected_output_tokens": a.output_tokens,
+        "knob": a.knob,
+    }
+    text: dict[str, Any]
     if a.messages:
-        prompt = normalize(messages=json.loads(a.prompt))
+        text = {"messages": json.loads(a.prompt)}
     else:
-        prompt = normalize(prompt=a.prompt)
-    mask = router.mask_for(a.candidates)
-    scored = router.score(
-        prompt,
-        task_type=a.task_type,
-        expected_output_tokens=a.output_tokens,
-        strategy=a.strategy,
-        mask=mask,
-    )
-    knob = router.default_knob if a.knob is None else a.knob
-    order = router.rank(scored, knob, mask)
-    chosen = int(order[0])
-    runner = int(order[1]) if len(order) > 1 else None
-    print(
-        json.dumps(
-            {
-                "model": router.models[chosen],
-                "fallbacks": [router.models[i] for i in order[1:]],
-                "knob": knob,
-                "strategy": scored.strategy,
-                "scores": {router.models[i]: round(float(scored.score[i]), 4) for i in order},
-                "estimated_cost_usd": {
-                    router.models[i]: float(f"{scored.cost_usd[i]:.3g}") for i in order
-                },
-                "input_tokens": scored.input_tokens,
-                "explanation": {
-                    "versus": router.models[runner] if runner is not None else None,
-                    "top_features": router.explain(scored, chosen, runner),
-                },
-                "router_version": manifest["router_version"],
-            },
-            indent=2,
+        text = {"prompt": a.prompt}
+    with PromptRouter.load(_resolve_artifact(a.model)) as router:
+        decision = router.route(**text, **fields)
+        answer = decision.to_response()
+        answer["explanation"] = router.explain(
+            **text,
+            model=decision.model,
+            versus=decision.fallbacks[0] if decision.fallbacks else None,
         )
-    )
+    print(json.dumps(answer, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -365,7 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", metavar="OUT.png", help="draw the cost-quality curve")
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("route", help="route one prompt and explain the decision")
+    r = sub.add_parser(
+        "route",
+        help="route one prompt and explain the decision",
+        description="Route one prompt with the same pipeline as POST /route (filters, "
+        "breakers, rules, the learned router) and print its answer with the features that "
+        "decided between the chosen model and the first fallback.",
+    )
     r.add_argument(
         "prompt", help="the prompt text (or a JSON list of chat messages with --messages)"
     )
@@ -374,7 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--model", help="artifact folder (default: the bundled default model)")
     r.add_argument("--knob", type=float, help="cost weight λ ≥ 0 (default: the artifact's)")
-    r.add_argument("--strategy", choices=("quality", "classifier"))
     r.add_argument("--candidates", nargs="+", help="restrict to these models")
     r.add_argument("--task-type", help="request task type, if the caller knows it")
     r.add_argument("--output-tokens", type=int, help="expected output tokens (for cost estimates)")

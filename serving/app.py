@@ -29,7 +29,7 @@ from serving.gateway import Gateway, Sleep, Upstreams
 from serving.metrics import Metrics, RequestMetrics
 from serving.routes import api_router
 from serving.routes import openai as openai_routes
-from serving.state import ServiceState
+from serving.service import Service
 
 __all__ = ["create_app"]
 
@@ -50,7 +50,7 @@ def create_app(
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     environ: Mapping[str, str] | None = None,
-    state: ServiceState | None = None,
+    service: Service | None = None,
     expire_every_seconds: float = 30.0,
     sleep: Sleep = asyncio.sleep,
 ) -> FastAPI:
@@ -62,28 +62,38 @@ def create_app(
     clock, wall_clock : monotonic and unix time sources (fakes in tests)
     environ : where the admin key and upstream API key variables are read (``os.environ``
         when None)
-    state : an already loaded state to serve (``serve`` loads it before starting uvicorn, so
+    service : an already loaded service (``serve`` loads it before starting uvicorn, so
         that a bad artifact is a one-line error instead of a server traceback)
     expire_every_seconds : how often pending decisions past their age limit are logged and
         dropped, besides on every new decision
     sleep : how the /v1 gateway waits out an upstream's Retry-After (a fake in tests)
     """
     settings = settings if settings is not None else Settings()
-    metrics = state.metrics if state is not None else Metrics()
+    metrics = service.metrics if service is not None else Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = state or ServiceState(
+        loaded = service or Service.load(
             settings, clock=clock, wall_clock=wall_clock, metrics=metrics, environ=environ
         )
         try:  # the gateway's HTTP client: one per app, its connections pooled across requests
-            upstreams = Upstreams.open(service.settings, os.environ if environ is None else environ)
+            upstreams = Upstreams.open(loaded.settings, os.environ if environ is None else environ)
         except BaseException:
-            service.close()
+            await loaded.close()
             raise
-        app.state.service = service
-        app.state.gateway = Gateway(upstreams, service.settings.gateway, sleep=sleep)
-        expiry = asyncio.create_task(_expire_periodically(service, expire_every_seconds))
+        app.state.service = loaded
+        app.state.gateway = Gateway(
+            upstreams,
+            loaded.settings.gateway,
+            outcomes=loaded.outcomes,
+            health=loaded.health,
+            catalog=loaded.catalog,
+            metrics=loaded.metrics,
+            clock=loaded.clock,
+            wall_clock=loaded.wall_clock,
+            sleep=sleep,
+        )
+        expiry = asyncio.create_task(_expire_periodically(loaded, expire_every_seconds))
         # What is loaded by now lives as long as the app: frozen out of the cyclic collector's
         # sight, a full collection no longer walks the model, numpy, scikit-learn and FastAPI.
         # Walking them took 75 ms here, on whichever /route request triggered it.
@@ -99,7 +109,7 @@ def create_app(
             app.state.gateway = None
             await upstreams.aclose()
             app.state.service = None
-            service.close()
+            await loaded.close()
 
     app = FastAPI(
         title="promptroute",
@@ -119,11 +129,11 @@ def create_app(
     return app
 
 
-async def _expire_periodically(state: ServiceState, every: float) -> None:
+async def _expire_periodically(service: Service, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            state.pending.expire()
+            service.book.expire()
         except Exception:  # keep the task alive: the next put() expires them anyway
             _log.exception("expiring pending decisions failed")
 

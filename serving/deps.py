@@ -1,6 +1,7 @@
 """Dependencies of the route handlers, declared once as `Annotated` aliases.
 
-Tests can replace any of them with ``app.dependency_overrides[get_state] = ...``.
+Each resource has its own dependency, so a handler's signature says which parts of the service
+it reads or changes. Tests can replace any of them with ``app.dependency_overrides[...]``.
 """
 
 from __future__ import annotations
@@ -10,22 +11,84 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from models.catalog import Catalog
+from serving.bookkeeping import Bookkeeping
+from serving.config import Settings
 from serving.errors import ApiError
-from serving.state import ServiceState
+from serving.experiments import Experiments
+from serving.health import Health
+from serving.loaded_model import ModelSlot
+from serving.outcomes import Outcomes
+from serving.pipeline import Pipeline
+from serving.service import Service
 
-__all__ = ["AdminDep", "StateDep", "get_state", "require_admin"]
+__all__ = [
+    "AdminDep",
+    "BookDep",
+    "CatalogDep",
+    "ExperimentsDep",
+    "HealthDep",
+    "ModelsDep",
+    "OutcomesDep",
+    "PipelineDep",
+    "SettingsDep",
+    "get_service",
+    "require_admin",
+]
 
 
 # async: a sync dependency would cost every request a hop to the threadpool and back.
-async def get_state(request: Request) -> ServiceState:
-    """The app's state; 503 until the lifespan has loaded a model."""
-    state = getattr(request.app.state, "service", None)
-    if state is None:
+async def get_service(request: Request) -> Service:
+    """The loaded service; 503 until the lifespan has loaded a model."""
+    service = getattr(request.app.state, "service", None)
+    if service is None:
         raise ApiError(503, "not_ready", "the service has not loaded a model yet")
-    return state
+    return service
 
 
-StateDep = Annotated[ServiceState, Depends(get_state)]
+_ServiceDep = Annotated[Service, Depends(get_service)]
+
+
+async def _pipeline(service: _ServiceDep) -> Pipeline:
+    return service.pipeline
+
+
+async def _outcomes(service: _ServiceDep) -> Outcomes:
+    return service.outcomes
+
+
+async def _models(service: _ServiceDep) -> ModelSlot:
+    return service.models
+
+
+async def _health(service: _ServiceDep) -> Health:
+    return service.health
+
+
+async def _book(service: _ServiceDep) -> Bookkeeping:
+    return service.book
+
+
+async def _experiments(service: _ServiceDep) -> Experiments:
+    return service.experiments
+
+
+async def _catalog(service: _ServiceDep) -> Catalog:
+    return service.catalog
+
+
+async def _settings(service: _ServiceDep) -> Settings:
+    return service.settings
+
+
+PipelineDep = Annotated[Pipeline, Depends(_pipeline)]
+OutcomesDep = Annotated[Outcomes, Depends(_outcomes)]
+ModelsDep = Annotated[ModelSlot, Depends(_models)]
+HealthDep = Annotated[Health, Depends(_health)]
+BookDep = Annotated[Bookkeeping, Depends(_book)]
+ExperimentsDep = Annotated[Experiments, Depends(_experiments)]
+CatalogDep = Annotated[Catalog, Depends(_catalog)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
 def _presented_key(request: Request) -> str | None:
@@ -38,22 +101,22 @@ def _presented_key(request: Request) -> str | None:
     return None
 
 
-async def require_admin(request: Request, state: StateDep) -> None:
+async def require_admin(request: Request, service: _ServiceDep) -> None:
     """Admin endpoints need the key from the configured environment variable.
 
     No key configured: 403 ``admin_disabled`` (disabled, never open). A missing or wrong key:
     401. The comparison takes the same time however much of the key matches.
     """
-    if state.admin_key is None:
+    if service.admin_key is None:
         raise ApiError(
             403,
             "admin_disabled",
-            f"admin endpoints are disabled: set the {state.settings.admin_api_key_env} "
+            f"admin endpoints are disabled: set the {service.settings.admin_api_key_env} "
             "environment variable to enable them",
         )
     presented = _presented_key(request)
     if presented is None or not hmac.compare_digest(
-        presented.encode("utf-8"), state.admin_key.encode("utf-8")
+        presented.encode("utf-8"), service.admin_key.encode("utf-8")
     ):
         raise ApiError(
             401,

@@ -27,7 +27,7 @@
 
 Every removal is recorded with the filter and a reason, and `reason.detail` says what decided.
 Only per-request work happens here: the arrays the filters compare against were built when the
-model was loaded (`serving.state.LoadedModel`).
+model was loaded (`serving.loaded_model.LoadedModel`).
 """
 
 from __future__ import annotations
@@ -42,9 +42,12 @@ from typing import Any
 import numpy as np
 
 from features.text import Prompt
+from models.catalog import estimate_tokens
+from models.router import Router, Scored
+from serving.bookkeeping import Bookkeeping, PendingDecision
 from serving.config import Priority, Settings
 from serving.errors import ApiError
-from serving.experiments import Assignment
+from serving.experiments import Assignment, Experiments
 from serving.filters import (
     context_ok,
     cost_ok,
@@ -56,12 +59,12 @@ from serving.filters import (
     needed_tokens,
     vision_ok,
 )
+from serving.health import Health, HealthView
+from serving.loaded_model import LoadedModel, ModelSlot
 from serving.metrics import Metrics
-from serving.state import LiveStats, LoadedModel, ServiceState
-from models.catalog import estimate_tokens
-from models.router import Router, Scored
+from serving.rules import RuleSet
 
-__all__ = ["Decision", "RouteQuery", "route"]
+__all__ = ["Decision", "Pipeline", "RouteQuery"]
 
 _log = logging.getLogger("promptroute.route")
 
@@ -128,147 +131,215 @@ class Decision:
         }
 
 
-def route(state: ServiceState, query: RouteQuery) -> Decision:
-    """Run the eight stages for `query`, commit the decision, and return it.
+@dataclass(eq=False)
+class Pipeline:
+    """The decision, wired to exactly what it reads and changes.
 
-    Committing means: a half-open breaker of the chosen model takes a probe, the experiment
-    counts the assignment, the decision waits in `state.pending` for its feedback, and the
-    metrics count it.
-
-    Raises
-    ------
-    ApiError
-        422 ``unknown_model`` for a candidate that is not routable (``field`` is
-        ``candidates[i]``); 422 ``no_eligible_model`` with every removal when nothing is left.
+    Reads: `settings`, the loaded model (`models`), the health view, `rules`, `experiments`'
+    assignment. Changes, when a decision is committed: a half-open breaker's probe slot
+    (`health`), the experiment's assignment count, the pending decision (`book`), `metrics`.
     """
-    started = time.perf_counter()
-    settings = state.settings
-    # The experiment assignment is a pure function of (user, task type), made up front because a
-    # variant may route with another artifact, whose models every stage then works on.
-    assignment = (
-        state.experiments.assign(user_id=query.user_id, task_type=query.task_type)
-        if state.has_experiments
-        else None
-    )
-    loaded = state.model
-    if assignment is not None and assignment.artifact is not None:
-        loaded = state.variants[assignment.artifact]
-    router = loaded.router
-    names = loaded.names
-    at = loaded.catalog_index  # this router's models in the live (catalog-order) arrays
-    prompt = query.prompt
-    live = state.live.current()
-    removals = _Removals(names, state.metrics)
-    notes: list[str] = []
-    input_tokens = estimate_tokens(len(prompt.text))
 
-    # 1. candidates
-    mask = _candidates(loaded, query.candidates, removals)
+    settings: Settings
+    models: ModelSlot
+    health: Health
+    book: Bookkeeping
+    experiments: Experiments
+    rules: RuleSet
+    metrics: Metrics
 
-    # 2-4 are one vectorised test each; reasons are worked out only for models they remove.
-    checks = [
-        *_capability(loaded, prompt, input_tokens, query.expected_output_tokens),  # 2.
-        *_cost(router, input_tokens, query),  # 3.
-        *_latency(live, at, query.max_latency_ms, settings.stats.latency_percentile),  # 4.
-    ]
-    if checks:
-        mask = removals.apply_all(mask, checks)
+    def __post_init__(self) -> None:
+        self.has_experiments = any(e.enabled for e in self.settings.experiments)
 
-    # 5. breakers
-    mask, blocked = _breakers(live, loaded, mask, removals)
-    degraded = False
-    if not mask.any():
-        if settings.degraded_mode and blocked.any():
-            mask, degraded = blocked, True
-        else:
-            state.metrics.no_eligible.inc()
-            raise _no_eligible(removals.reasons, len(loaded.universe))
+    async def route(self, query: RouteQuery) -> Decision:
+        """Run the eight stages for `query`, commit the decision, and return it.
 
-    pinned: int | None = None
-    stage = "degraded" if degraded else "classifier"
-    experiment = None if degraded else assignment  # degraded answers stay out of experiments
-    if not degraded:
-        # 6. static rules
-        pinned, mask = _rules(state, loaded, query, input_tokens, mask, removals, notes)
-        if pinned is not None:
-            stage = "rule"
-        # 7. experiments
-        if experiment is not None:
-            if pinned is None:
-                pinned, applied = _experiment(experiment, loaded, mask, notes)
-                if applied:
-                    stage = "experiment"
-            else:
-                notes.append(
-                    f"experiment {experiment.experiment!r} variant {experiment.variant!r}: "
-                    "not applied, a rule decided"
-                )
+        Committing means: a half-open breaker of the chosen model takes a probe, the experiment
+        counts the assignment, the decision waits in `book` for its feedback, and the metrics
+        count it.
 
-    # 8. the learned router
-    knob, priority = _knob(settings, router, query, experiment)
-    scored = router.score(
-        prompt,
-        task_type=query.task_type,
-        expected_output_tokens=query.expected_output_tokens,
-        mask=mask,
-    )
-    ranked = _reliability(live, loaded, scored, mask, notes)
-    order = router.rank(ranked, knob, mask)
-    if priority == "speed" and pinned is None:
-        order, headline = _fastest_first(router, ranked, order, knob, live.latency[at], settings)
-    else:
-        headline = f"{scored.strategy} head ranked {len(order)} eligible model(s) at knob {knob:g}"
-    ranking = order.tolist()
-    chosen = ranking[0] if pinned is None else pinned
-    fallbacks = [i for i in ranking if i != chosen]
-    if degraded:
-        headline = (
-            "every model that passed the filters has an open circuit; degraded mode returns "
-            f"the best-ranked of them ({headline})"
+        Raises
+        ------
+        ApiError
+            422 ``unknown_model`` for a candidate that is not routable (``field`` is
+            ``candidates[i]``); 422 ``no_eligible_model`` with every removal when nothing is
+            left.
+        """
+        started = time.perf_counter()
+        decision, loaded = self.decide(query)
+        await self.commit(decision, query, loaded, started)
+        return decision
+
+    def decide(self, query: RouteQuery) -> tuple[Decision, LoadedModel]:
+        """Stages 1-8 without committing anything: the decision and the model that made it."""
+        settings = self.settings
+        # The experiment assignment is a pure function of (user, task type), made up front
+        # because a variant may route with another artifact, whose models every stage then uses.
+        assignment = (
+            self.experiments.assign(user_id=query.user_id, task_type=query.task_type)
+            if self.has_experiments
+            else None
         )
-    # A pinned model was decided by its rule or experiment, whose note says so.
-    detail = "; ".join(notes if pinned is not None else [headline, *notes])
+        loaded = self.models.for_artifact(assignment.artifact if assignment is not None else None)
+        router = loaded.router
+        names = loaded.names
+        at = loaded.catalog_index  # this router's models in the health view (catalog order)
+        prompt = query.prompt
+        view = self.health.view()
+        removals = _Removals(names, self.metrics)
+        notes: list[str] = []
+        input_tokens = estimate_tokens(len(prompt.text))
 
-    # Commit.
-    model = names[chosen]
-    breaker = loaded.breakers[chosen]
-    if breaker is not None:
-        breaker.on_routed()
-    if experiment is not None:
-        state.experiments.record_assignment(experiment)
-    request_id = _request_id()
-    state.remember(
-        request_id,
-        model=model,
-        raw_prompt=query.raw_prompt,
-        raw_messages=query.raw_messages,
-        input_tokens=input_tokens,
-        task_type=query.task_type,
-        loaded=loaded,
-        experiment=experiment,
-    )
-    state.metrics.decision(model, stage, time.perf_counter() - started)
-    if settings.log_prompts:
-        _log.info("route %s -> %s (%s): %r", request_id, model, stage, prompt.text[:2000])
-    else:
-        _log.debug("route %s -> %s (%s)", request_id, model, stage)
-    rounded = scored.score.round(6).tolist()
-    return Decision(
-        request_id=request_id,
-        model=model,
-        fallbacks=tuple(names[i] for i in fallbacks),
-        scores={names[i]: rounded[i] for i in (chosen, *fallbacks)},
-        estimated_cost_usd=float(scored.cost_usd[chosen]),
-        stage=stage,
-        detail=detail,
-        removed=removals.reasons,
-        experiment=experiment,
-        router_version=loaded.version,
-        knob=float(knob),
-        priority=priority,
-        degraded=degraded,
-        input_tokens=input_tokens,
-    )
+        # 1. candidates
+        mask = _candidates(loaded, query.candidates, removals)
+
+        # 2-4 are one vectorised test each; reasons are worked out only for models they remove.
+        checks = [
+            *_capability(loaded, prompt, input_tokens, query.expected_output_tokens),  # 2.
+            *_cost(router, input_tokens, query),  # 3.
+            *_latency(view, at, query.max_latency_ms, settings.stats.latency_percentile),  # 4.
+        ]
+        if checks:
+            mask = removals.apply_all(mask, checks)
+
+        # 5. breakers
+        mask, blocked = _breakers(self.health, view, loaded, mask, removals)
+        degraded = False
+        if not mask.any():
+            if settings.degraded_mode and blocked.any():
+                mask, degraded = blocked, True
+            else:
+                self.metrics.no_eligible.inc()
+                raise _no_eligible(removals.reasons, len(loaded.universe))
+
+        pinned: int | None = None
+        stage = "degraded" if degraded else "classifier"
+        experiment = None if degraded else assignment  # degraded answers stay out of experiments
+        if not degraded:
+            # 6. static rules
+            pinned, mask = _rules(self.rules, loaded, query, input_tokens, mask, removals, notes)
+            if pinned is not None:
+                stage = "rule"
+            # 7. experiments
+            if experiment is not None:
+                if pinned is None:
+                    pinned, applied = _experiment(experiment, loaded, mask, notes)
+                    if applied:
+                        stage = "experiment"
+                else:
+                    notes.append(
+                        f"experiment {experiment.experiment!r} variant {experiment.variant!r}: "
+                        "not applied, a rule decided"
+                    )
+
+        # 8. the learned router
+        knob, priority = _knob(settings, router, query, experiment)
+        scored = router.score(
+            prompt,
+            task_type=query.task_type,
+            expected_output_tokens=query.expected_output_tokens,
+            mask=mask,
+        )
+        ranked = _reliability(view, loaded, scored, mask, notes)
+        order = router.rank(ranked, knob, mask)
+        if priority == "speed" and pinned is None:
+            order, headline = _fastest_first(
+                router, ranked, order, knob, view.latency[at], settings
+            )
+        else:
+            headline = (
+                f"{scored.strategy} head ranked {len(order)} eligible model(s) at knob {knob:g}"
+            )
+        ranking = order.tolist()
+        chosen = ranking[0] if pinned is None else pinned
+        fallbacks = [i for i in ranking if i != chosen]
+        if degraded:
+            headline = (
+                "every model that passed the filters has an open circuit; degraded mode returns "
+                f"the best-ranked of them ({headline})"
+            )
+        # A pinned model was decided by its rule or experiment, whose note says so.
+        detail = "; ".join(notes if pinned is not None else [headline, *notes])
+        rounded = scored.score.round(6).tolist()
+        decision = Decision(
+            request_id=_request_id(),
+            model=names[chosen],
+            fallbacks=tuple(names[i] for i in fallbacks),
+            scores={names[i]: rounded[i] for i in (chosen, *fallbacks)},
+            estimated_cost_usd=float(scored.cost_usd[chosen]),
+            stage=stage,
+            detail=detail,
+            removed=removals.reasons,
+            experiment=experiment,
+            router_version=loaded.version,
+            knob=float(knob),
+            priority=priority,
+            degraded=degraded,
+            input_tokens=input_tokens,
+        )
+        return decision, loaded
+
+    async def commit(
+        self, decision: Decision, query: RouteQuery, loaded: LoadedModel, started: float
+    ) -> None:
+        """Take the chosen model's probe slot, count the assignment, remember the decision."""
+        model = decision.model
+        if model in self.health.view().not_closed:
+            # A closed circuit has no slot to take; a half-open one hands out a probe. Losing
+            # the race for the last slot still routes there (the filter saw it available).
+            await self.health.take_slot(model)
+        if decision.experiment is not None:
+            self.experiments.record_assignment(decision.experiment)
+        await self.remember(
+            decision.request_id,
+            model=model,
+            raw_prompt=query.raw_prompt,
+            raw_messages=query.raw_messages,
+            input_tokens=decision.input_tokens,
+            task_type=query.task_type,
+            router_version=loaded.version,
+            experiment=decision.experiment,
+        )
+        self.metrics.decision(model, decision.stage, time.perf_counter() - started)
+        if self.settings.log_prompts:
+            _log.info(
+                "route %s -> %s (%s): %r",
+                decision.request_id,
+                model,
+                decision.stage,
+                query.prompt.text[:2000],
+            )
+        else:
+            _log.debug("route %s -> %s (%s)", decision.request_id, model, decision.stage)
+
+    async def remember(
+        self,
+        request_id: str,
+        *,
+        model: str,
+        raw_prompt: str | None,
+        raw_messages: list[Any] | None,
+        input_tokens: int,
+        task_type: str | None,
+        router_version: str,
+        experiment: Assignment | None,
+    ) -> None:
+        """Keep a served decision until its feedback arrives (or it is evicted)."""
+        book = self.book
+        keep_text = book.keeps_text  # no log, no reason to hold prompts in memory
+        await book.remember(
+            request_id,
+            PendingDecision(
+                model=model,
+                prompt=raw_prompt if keep_text and raw_messages is None else None,
+                messages=raw_messages if keep_text else None,
+                input_tokens=input_tokens,
+                task_type=task_type,
+                router_version=router_version,
+                experiment=experiment,
+                ts=book.wall_clock(),
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -381,7 +452,7 @@ def _cost(router: Router, input_tokens: int, query: RouteQuery) -> list[_Check]:
 
 
 def _latency(
-    live: LiveStats, at: np.ndarray, ceiling: float | None, percentile: float
+    live: HealthView, at: np.ndarray, ceiling: float | None, percentile: float
 ) -> list[_Check]:
     if ceiling is None:
         return []
@@ -394,22 +465,23 @@ def _latency(
 
 
 def _breakers(
-    live: LiveStats, loaded: LoadedModel, mask: np.ndarray, removals: _Removals
+    health: Health, view: HealthView, loaded: LoadedModel, mask: np.ndarray, removals: _Removals
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mask without unavailable models, the models removed for their breaker alone)."""
     blocked = np.zeros_like(mask)
-    if not live.not_closed:  # a closed circuit is always available: nothing to ask
+    if not view.not_closed:  # a closed circuit is always available: nothing to ask
         return mask, blocked
-    for name in tuple(live.not_closed):
+    for name in tuple(view.not_closed):
         i = loaded.router.index.get(name)
         if i is not None and mask[i]:
-            blocked[i] = not loaded.breakers[i].available()  # type: ignore[union-attr]
-    mask = removals.apply(mask, ~blocked, "breaker", lambda i: _describe_breaker(loaded, i))
+            blocked[i] = not health.is_available(name)
+    names = loaded.names
+    mask = removals.apply(mask, ~blocked, "breaker", lambda i: _describe_breaker(health, names[i]))
     return mask, blocked
 
 
 def _reliability(
-    live: LiveStats, loaded: LoadedModel, scored: Scored, mask: np.ndarray, notes: list[str]
+    live: HealthView, loaded: LoadedModel, scored: Scored, mask: np.ndarray, notes: list[str]
 ) -> Scored:
     """`scored` with each score times the model's observed success rate (when it has one)."""
     if not live.any_unreliable:
@@ -432,16 +504,14 @@ def _not_a_candidate(_i: int) -> str:
     return "not in the request's candidates"
 
 
-def _describe_breaker(loaded: LoadedModel, i: int) -> str:
-    breaker = loaded.breakers[i]
-    assert breaker is not None
-    if breaker.state.value == "open":
+def _describe_breaker(health: Health, model: str) -> str:
+    if health.breaker_state(model).value == "open":
         return "circuit breaker is open (recent calls failed); retried after its cooldown"
     return "circuit breaker is half-open and its probe slots are taken"
 
 
 def _rules(
-    state: ServiceState,
+    rules: RuleSet,
     loaded: LoadedModel,
     query: RouteQuery,
     input_tokens: int,
@@ -449,9 +519,9 @@ def _rules(
     removals: _Removals,
     notes: list[str],
 ) -> tuple[int | None, np.ndarray]:
-    if not len(state.rules):
+    if not len(rules):
         return None, mask
-    outcome = state.rules.match(
+    outcome = rules.match(
         text=query.prompt.text,
         task_type=query.task_type,
         metadata=query.metadata,

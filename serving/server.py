@@ -6,6 +6,7 @@ starts, and reported as one line with exit code 2, like the rest of the CLI.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging.config
 import os
@@ -39,10 +40,10 @@ def serve(
     """
     import uvicorn
 
+    from models.errors import PromptrouteError
     from serving.app import create_app
     from serving.config import load_settings
-    from serving.state import ServiceState
-    from models.errors import PromptrouteError
+    from serving.service import Service
 
     overrides = {
         key: value
@@ -54,7 +55,7 @@ def serve(
         if settings.artifact is None and default_model is not None:
             artifact = default_model()
             settings = settings.model_copy(update={"artifact": str(artifact)})
-        state = ServiceState(settings)
+        service = Service.load(settings)
         # Upstream API keys are read again in the lifespan; checking them here turns a missing
         # key into this one-line error instead of a failed uvicorn start-up.
         from serving.gateway import resolve_upstreams
@@ -71,11 +72,11 @@ def serve(
     logging.config.dictConfig(log_config)
     logging.getLogger("promptroute.server").info(
         "serving %s (router %s): %d routable models",
-        state.artifact_path,
-        state.model.version,
-        len(state.model.universe),
+        service.models.artifact_path,
+        service.models.current.version,
+        len(service.models.current.universe),
     )
-    app = create_app(settings, state=state)
+    app = create_app(settings, service=service)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -93,7 +94,9 @@ def serve(
     try:
         server.run()
     finally:
-        state.close()  # no-op after a normal lifespan shutdown; drains if startup was cut short
+        asyncio.run(
+            service.close()
+        )  # no-op after a normal lifespan shutdown; drains if startup was cut short
     return 0 if server.started else 1
 
 

@@ -22,8 +22,8 @@ import pytest
 import uvicorn
 from fakes import TestClient
 
-from serving import create_app, load_settings, serve
 from models.artifact import MANIFEST, PAYLOAD, file_sha256
+from serving import create_app, load_settings, serve
 
 KEY = "refusal-admin-key"
 ADMIN = {"X-API-Key": KEY}
@@ -136,7 +136,7 @@ def admin(tiny_artifact, catalog_path):
 def test_reload_refuses_and_the_old_model_serves_on(admin, damaged, damage, reason):
     art = damaged(damage)
     state = admin.app.state.service
-    before, version = state.model, state.model.version
+    before, version = state.models.current, state.models.current.version
     response = admin.post("/admin/reload", json={"artifact": str(art)}, headers=ADMIN)
     assert response.status_code == 422
     error = response.json()["error"]
@@ -144,7 +144,7 @@ def test_reload_refuses_and_the_old_model_serves_on(admin, damaged, damage, reas
     assert reason in error["message"]
     assert error["message"].endswith(f"; still serving router {version}")
     assert not (art.parent / "pwned").exists()  # nothing was unpickled
-    assert state.model is before and state.artifact_path != str(art)
+    assert state.models.current is before and state.models.artifact_path != str(art)
     routed = admin.post("/route", json={"prompt": "Is the old model still here?"})
     assert (routed.status_code, routed.json()["router_version"]) == (200, version)
     metrics = admin.get("/metrics").text
@@ -155,7 +155,7 @@ def test_reload_refuses_and_the_old_model_serves_on(admin, damaged, damage, reas
 
 def test_failing_reloads_under_traffic_never_interrupt_routing(admin, damaged):
     art = damaged(_truncate)
-    version = admin.app.state.service.model.version
+    version = admin.app.state.service.models.current.version
     statuses: list[tuple[int, str | None]] = []
     stop = threading.Event()
 

@@ -8,9 +8,9 @@ from fakes import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.errors import UnknownModelError
 from serving import breakers
 from serving.breakers import BreakerBoard, BreakerSettings, BreakerState, CircuitBreaker
-from models.errors import UnknownModelError
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 

@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-import promptroute.cli as cli
 from models.artifact import PAYLOAD, file_sha256
 from promptroute.cli import main
+from serving.app import create_app
+from serving.config import load_settings
+from tests.fakes import TestClient
 from training.split import is_test
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -284,20 +286,27 @@ def _route(art: Path, *args: str) -> dict[str, Any]:
 
 
 def test_route_explains_the_decision(art: Path) -> None:
-    d = _route(art, "Write a Python function that merges two sorted lists.")
+    """`route` prints /route's answer for the same request, plus the deciding features."""
+    prompt = "Write a Python function that merges two sorted lists."
+    d = _route(art, prompt)
     models = json.loads((art / "manifest.json").read_text())["models"]
     assert d["model"] in models
     assert sorted([d["model"], *d["fallbacks"]]) == sorted(models)
     assert list(d["scores"]) == [d["model"], *d["fallbacks"]]
-    assert set(d["estimated_cost_usd"]) == set(models)
-    assert d["input_tokens"] == -(
-        -len("Write a Python function that merges two sorted lists.") // 4
-    )
+    assert d["estimated_cost_usd"] > 0
+    assert d["reason"]["stage"] == "classifier" and d["reason"]["removed"] == {}
+    assert d["input_tokens"] == -(-len(prompt) // 4)
+    assert d["explanation"]["model"] == d["model"]
     assert d["explanation"]["versus"] == d["fallbacks"][0]
     feats = d["explanation"]["top_features"]
     assert feats and all(set(f) == {"feature", "value", "contribution"} for f in feats)
     assert feats[-1]["feature"] == "hashed n-grams (total)"
     assert d["router_version"] == json.loads((art / "manifest.json").read_text())["router_version"]
+    # The same request over HTTP gets the same decision (request ids aside).
+    with TestClient(create_app(load_settings(artifact=str(art)), environ={})) as client:
+        http = client.post("/route", json={"prompt": prompt}).json()
+    for key in ("model", "fallbacks", "scores", "estimated_cost_usd", "reason", "knob"):
+        assert http[key] == d[key], key
 
 
 def test_route_knob_and_candidates(art: Path) -> None:
@@ -305,20 +314,12 @@ def test_route_knob_and_candidates(art: Path) -> None:
     cheap = _route(art, "Explain quantum tunnelling.", "--knob", "1000", "--candidates", *cands)
     assert cheap["knob"] == 1000.0
     assert set(cheap["scores"]) == set(cands)
-    costs = cheap["estimated_cost_usd"]
-    assert cheap["model"] == min(costs, key=costs.get)
-    best = _route(
-        art,
-        "Explain quantum tunnelling.",
-        "--knob",
-        "0",
-        "--strategy",
-        "quality",
-        "--candidates",
-        *cands,
+    assert set(cheap["reason"]["removed"]) == (
+        set(json.loads((art / "manifest.json").read_text())["models"]) - set(cands)
     )
-    assert best["strategy"] == "quality"
+    best = _route(art, "Explain quantum tunnelling.", "--knob", "0", "--candidates", *cands)
     assert best["model"] == max(best["scores"], key=best["scores"].get)
+    assert cheap["estimated_cost_usd"] <= best["estimated_cost_usd"]
     one = _route(art, "hi", "--candidates", "claude-v2")
     assert (one["model"], one["fallbacks"], one["explanation"]["versus"]) == ("claude-v2", [], None)
 
@@ -338,13 +339,13 @@ def test_route_messages(art: Path) -> None:
     [
         pytest.param(
             ["hi", "--candidates", "claude-v2", "gpt-5"],
-            "promptroute: error: candidates: unknown model 'gpt-5'; known: ",
+            "promptroute: error: candidates[1]: unknown model 'gpt-5'",
             id="unknown-candidate",
         ),
         pytest.param(["{not json", "--messages"], "promptroute: error: invalid JSON: ", id="json"),
         pytest.param(
             ['{"role": "user"}', "--messages"],
-            "promptroute: error: messages: must be a list of chat messages",
+            "promptroute: error: messages: Input should be a valid list",
             id="messages-shape",
         ),
         pytest.param(["   "], "promptroute: error: prompt: must not be empty", id="empty"),

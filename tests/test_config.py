@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import serving.config as config_module
+from models.errors import ConfigError
 from serving.config import (
     BreakersConfig,
     DecisionLogConfig,
@@ -19,7 +20,6 @@ from serving.config import (
     StatsConfig,
     load_settings,
 )
-from models.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "serving" / "example-config.yaml"

@@ -16,8 +16,8 @@ import pytest
 import uvicorn
 import yaml
 
-from serving import serve
 from models.catalog import load_catalog
+from serving import serve
 
 
 @pytest.fixture(autouse=True)

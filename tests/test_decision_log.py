@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from models.errors import DataError
 from serving import decision_log
 from serving.decision_log import DecisionLog, DecisionLogSettings, read_log_lines
-from models.errors import DataError
 
 PROMPT = "Summarise the secret merger memo for ACME\u2028Corp, line two\nand three"
 

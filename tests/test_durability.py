@@ -29,8 +29,8 @@ from fastapi import Request
 
 from serving import create_app, load_settings
 from serving.decision_log import DecisionLog, DecisionLogSettings, read_log_lines
-from serving.deps import get_state
-from serving.state import ServiceState
+from serving.deps import get_service
+from serving.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,13 +191,13 @@ def test_graceful_shutdown_lets_in_flight_requests_finish(tiny_artifact, catalog
     gate = threading.Event()
     inside = threading.Semaphore(0)
 
-    async def slow_state(request: Request) -> ServiceState:
+    async def slow_state(request: Request) -> Service:
         """A slow dependency: each request waits at the gate, holding its connection open."""
         inside.release()
         await asyncio.to_thread(gate.wait, 30)
-        return await get_state(request)
+        return await get_service(request)
 
-    app.dependency_overrides[get_state] = slow_state
+    app.dependency_overrides[get_service] = slow_state
     server = LiveServer(app, graceful_shutdown_seconds=20)
     url = server.start()
     in_flight = 6

@@ -12,10 +12,10 @@ import pytest
 from features.extractor import PromptFeaturizer
 from features.text import normalize
 from models.catalog import Catalog
+from models.router import LinearHead, Router
 from training.curves import KNOB_GRID
 from training.evaluate import cross_val_evaluate, evaluate
 from training.records import Outcome, Record
-from models.router import LinearHead, Router
 from training.trainer import TrainOptions
 
 SUMMARY_KEYS = {

@@ -181,6 +181,6 @@ def test_every_operation_holds_its_schema_under_generated_requests(served):
         if sample.name == "promptroute_decisions_total"
     )
     assert decided >= statuses[("POST /route", 200)]
-    assert len(state.pending) + state.decision_log.lines_written == decided
+    assert len(state.book.pending) + state.book.decision_log.lines_written == decided
     rows = list(read_log_lines(log))
-    assert len(rows) == len({row["id"] for row in rows}) == state.decision_log.lines_written
+    assert len(rows) == len({row["id"] for row in rows}) == state.book.decision_log.lines_written

@@ -18,9 +18,9 @@ import yaml
 from fake_upstream import ANSWER, FakeUpstream, chunks, completion
 from fakes import FakeClock, TestClient
 
-from serving import create_app, load_settings
 from models.catalog import estimate_tokens, load_catalog
 from models.errors import ConfigError
+from serving import create_app, load_settings
 
 WALL = 1_700_000_000.0
 MESSAGES = [
@@ -465,7 +465,7 @@ def test_a_fallback_whose_circuit_opened_during_the_request_is_skipped(make_serv
     first, second, third = service.order()[:3]
     state = service.client.app.state.service
     # While the first choice is being called, other traffic trips the second's breaker.
-    fake.on_request = state.breakers[second].record_failure
+    fake.on_request = state.health.breakers[second].record_failure
     fake.behave(first, "500")
     response = service.chat()
     assert response.status_code == 200

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from fake_upstream import ANSWER, FakeUpstream, serve_in_thread
 
-from serving import create_app, load_settings
 from models.catalog import load_catalog
+from serving import create_app, load_settings
 
 MESSAGES = [{"role": "user", "content": "Summarize the plot of Hamlet in three sentences."}]
 

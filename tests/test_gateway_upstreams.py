@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import serving.gateway as gateway_package
+from models.errors import ConfigError
 from serving import create_app, load_settings
 from serving.gateway import completions, upstreams
 from serving.gateway.completions import _forward, _retry_after, _SseEvents, _StreamTally
 from serving.gateway.upstreams import Upstreams, resolve_upstreams
 from serving.routes import openai as openai_routes
-from models.errors import ConfigError
 
 WALL = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 

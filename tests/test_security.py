@@ -122,17 +122,17 @@ def test_admin_access(make_client, call, environ, headers, outcome):
 def test_refused_admin_calls_change_nothing(make_client):
     client = make_client(environ={"PROMPTROUTE_ADMIN_KEY": KEY})
     state = client.app.state.service
-    before = state.model
+    before = state.models.current
     for _ in range(5):
         rid = client.post("/route", json={"prompt": "x", "candidates": ["claude-v1"]}).json()
         client.post("/feedback", json={"request_id": rid["request_id"], "success": False})
-    assert state.breakers["claude-v1"].state.value == "open"
+    assert state.health.breakers["claude-v1"].state.value == "open"
     for headers in ({}, {"X-API-Key": "wrong"}):
         assert client.post("/admin/reload", headers=headers).status_code == 401
         reset = client.post("/admin/breakers/claude-v1/reset", headers=headers)
         assert reset.status_code == 401
-    assert state.model is before
-    assert state.breakers["claude-v1"].state.value == "open"
+    assert state.models.current is before
+    assert state.health.breakers["claude-v1"].state.value == "open"
     metrics = client.get("/metrics").text
     assert 'promptroute_reloads_total{result="ok"}' not in metrics
 
@@ -277,7 +277,7 @@ def test_without_a_decision_log_prompts_are_not_kept_in_memory(make_client):
     chat = client.post("/route", json={"messages": [{"role": "user", "content": marker}]}).json()
     state = client.app.state.service
     for request_id in (rid, chat["request_id"]):
-        decision = state.pending.pop(request_id)
+        decision = state.book.pending.pop(request_id)
         assert (decision.prompt, decision.messages) == (None, None)
 
 
@@ -291,10 +291,10 @@ def test_a_flood_of_unanswered_decisions_stays_within_max_items(make_app, log_pa
         sizes = []
         for i in range(1000):
             assert client.post("/route", json={"prompt": f"flood {i}"}).status_code == 200
-            sizes.append(len(state.pending))
+            sizes.append(len(state.book.pending))
         assert max(sizes) == 50 and sizes[-1] == 50
         assert "promptroute_pending_decisions 50.0" in client.get("/metrics").text
-        assert state.decision_log.lines_written == 950  # pushed out and logged, not lost
+        assert state.book.decision_log.lines_written == 950  # pushed out and logged, not lost
     rows = list(read_log_lines(log_path))
     assert len(rows) == len({r["id"] for r in rows}) == 1000
     assert sum(r.get("evicted") == "capacity" for r in rows) == 950
@@ -330,5 +330,5 @@ def test_a_flood_of_oversized_bodies_is_refused_without_memory_growth(make_clien
     finally:
         tracemalloc.stop()
     assert statuses == [413] * 300
-    assert len(state.pending) == 0
+    assert len(state.book.pending) == 0
     assert growth < MB, f"{growth} bytes still held after refusing 300 oversized requests"

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from fakes import LiveServer
 
-from serving import create_app, load_settings
 from models.catalog import load_catalog
+from serving import create_app, load_settings
 
 PROMPT = "Write a Python function that checks whether a number is prime."
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -12,11 +13,11 @@ import yaml
 from fakes import TestClient
 
 import serving
-from serving import create_app, load_settings, serve
-from serving.state import ServiceState
 from models.artifact import PAYLOAD
 from models.catalog import load_catalog
 from models.errors import ArtifactError, ConfigError
+from serving import create_app, load_settings, serve
+from serving.service import Service
 
 KEY = "s3cret-admin-key"
 PROMPT = "Translate 'good morning' into French."
@@ -362,17 +363,17 @@ def test_start_up_refuses_a_bad_config(tiny_artifact, catalog_path, overrides, e
 def test_start_up_refuses_a_tampered_artifact(tiny_artifact, tmp_path):
     bad = tampered_copy(tiny_artifact, tmp_path / "bad")
     with pytest.raises(ArtifactError, match="refusing to load it"):
-        ServiceState(load_settings(artifact=str(bad)), environ={})
+        Service.load(load_settings(artifact=str(bad)), environ={})
 
 
 def test_catalog_defaults_to_the_artifacts_snapshot(tiny_artifact):
-    state = ServiceState(load_settings(artifact=str(tiny_artifact)), environ={})
+    state = Service.load(load_settings(artifact=str(tiny_artifact)), environ={})
     try:
         manifest = json.loads((tiny_artifact / "manifest.json").read_text())
         assert state.catalog.names == tuple(m["name"] for m in manifest["catalog"]["models"])
-        assert state.model.universe == frozenset(state.model.names)
+        assert state.models.current.universe == frozenset(state.models.current.names)
     finally:
-        state.close()
+        asyncio.run(state.close())
 
 
 @pytest.mark.parametrize(

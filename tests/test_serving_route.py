@@ -15,9 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from features.text import normalize
+from models.catalog import estimate_tokens, load_catalog
 from serving import create_app, load_settings
 from serving.schemas import RouteResponse
-from models.catalog import estimate_tokens, load_catalog
 
 VISION = "gpt-4-1106-preview"
 PROMPT = "Explain step by step why the sky is blue, and compare it with sunsets."

@@ -38,7 +38,7 @@ from fakes import LiveServer
 from serving import create_app, load_settings
 from serving.decision_log import read_log_lines
 from serving.metrics import Metrics
-from serving.state import ServiceState
+from serving.service import Service
 
 SOAK_SECONDS = max(float(os.environ.get("PROMPTROUTE_SOAK_SECONDS", "30")), 20.0)
 CLIENTS = 8
@@ -112,14 +112,18 @@ class RecordingMetrics(Metrics):
         self.events.add("feedback", model, success)
 
 
-class RecordingState(ServiceState):
-    def __init__(self, settings: Any, events: Events) -> None:
-        super().__init__(settings, metrics=RecordingMetrics(events), environ={})
-        self.events = events
+def recording_service(settings: Any, events: Events) -> Service:
+    """A service whose breaker transitions, feedback and decisions are recorded in `events`."""
+    service = Service.load(settings, metrics=RecordingMetrics(events), environ={})
+    book = service.book
+    remember = book.remember
 
-    def remember(self, request_id: str, **kwargs: Any) -> None:
-        super().remember(request_id, **kwargs)
-        self.events.add("decision", request_id, kwargs["model"])
+    async def recorded(request_id: str, decision: Any) -> None:
+        await remember(request_id, decision)
+        events.add("decision", request_id, decision.model)
+
+    book.remember = recorded  # type: ignore[method-assign]
+    return service
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +302,7 @@ def test_soak_with_a_failing_upstream(tiny_artifact, catalog_path, tmp_path):
         decision_log={"path": str(log_path), "max_bytes": 256 * 1024, "backup_count": 1_000},
     )
     events = Events()
-    server = LiveServer(create_app(settings, state=RecordingState(settings, events)))
+    server = LiveServer(create_app(settings, service=recording_service(settings, events)))
     url = server.start()
     tally = Tally()
     try:

@@ -6,9 +6,9 @@ from fakes import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.errors import UnknownModelError
 from serving import stats
 from serving.stats import ModelStats, StatsBoard, StatsSettings
-from models.errors import UnknownModelError
 
 
 def make(**overrides) -> tuple[ModelStats, FakeClock]:

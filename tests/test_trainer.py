@@ -13,8 +13,8 @@ import training.trainer as trainer_mod
 from features.text import normalize
 from models.catalog import Catalog
 from models.errors import DataError
-from training.records import Outcome, Record
 from models.router import Router
+from training.records import Outcome, Record
 from training.split import is_test
 from training.trainer import TrainOptions, TrainResult, fold_ids, train
 

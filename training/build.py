@@ -128,9 +128,7 @@ def train_streaming_and_save(
     )
 
 
-def ensure_default_artifact(
-    path: Path | None = None, progress: Progress = log_progress
-) -> Path:
+def ensure_default_artifact(path: Path | None = None, progress: Progress = log_progress) -> Path:
     """Train the bundled default model (train side of the bundled data) when it is missing."""
     path = default_artifact_path() if path is None else Path(path)
     try:

@@ -24,13 +24,13 @@ import numpy as np
 from sklearn.metrics import f1_score
 
 from features.text import Prompt
-from training import metrics
 from models.catalog import Catalog
+from models.router import Router
+from training import metrics
 from training.curves import KNOB_GRID, choose, sweep
 from training.heuristic import HeuristicRouter
 from training.labels import Targets, build_targets
 from training.records import Record
-from models.router import Router
 from training.trainer import TrainOptions
 
 __all__ = ["cross_val_evaluate", "evaluate"]

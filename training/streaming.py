@@ -52,13 +52,13 @@ from scipy import sparse
 from sklearn.linear_model import SGDClassifier
 
 from features.extractor import PromptFeaturizer
-from training import metrics
 from models.catalog import Catalog, estimate_tokens
 from models.errors import DataError, UnknownModelError
+from models.router import LinearHead, Router
+from training import metrics
 from training.labels import build_targets
 from training.logs import iter_records
 from training.records import Record
-from models.router import LinearHead, Router
 from training.split import SPLIT_SIDES, is_test
 from training.trainer import (
     TrainOptions,

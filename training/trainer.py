@@ -47,13 +47,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from features.extractor import PromptFeaturizer
-from training import metrics
 from models.catalog import Catalog
-from training.curves import KNOB_GRID, sweep
 from models.errors import DataError, UnknownModelError
+from models.router import LinearHead, Router
+from training import metrics
+from training.curves import KNOB_GRID, sweep
 from training.labels import Targets, build_targets
 from training.records import Record
-from models.router import LinearHead, Router
 
 __all__ = ["TrainOptions", "TrainResult", "fold_ids", "train"]
 

@@ -11,7 +11,7 @@
       success                           returned, the body's `model` set to the catalog name
 
 The request's outcome (the answer, or the last failure when every attempt failed) goes through
-`ServiceState.record_feedback`, exactly as a `POST /feedback` would: statistics, breaker,
+`serving.outcomes.Outcomes`, exactly as a `POST /feedback` would: statistics, breaker,
 experiment and one decision-log row, with the latency, the real cost from the upstream's token
 usage at catalog prices, and the model that answered. A streamed answer is passed through event
 by event; it can fall back only until its first event has arrived, and its outcome is recorded
@@ -33,11 +33,14 @@ from typing import Any
 import anyio
 import httpx
 
+from models.catalog import Catalog, estimate_tokens
+from serving.bookkeeping import Feedback
 from serving.config import GatewayConfig
 from serving.errors import ApiError
 from serving.gateway.upstreams import Upstream, Upstreams
-from serving.state import Feedback, ServiceState
-from models.catalog import estimate_tokens
+from serving.health import Health
+from serving.metrics import Metrics
+from serving.outcomes import Outcomes
 
 __all__ = ["CLIENT_ERRORS", "ChatPlan", "Gateway", "GatewayReply", "Sleep"]
 
@@ -58,7 +61,7 @@ class ChatPlan:
     `models` is the routed choice followed by its fallbacks (a passthrough names one model);
     `payload` is the client's body without promptroute's extension field — its ``model`` is
     replaced by each upstream's model name; `prompt_tokens` is the estimate used when an
-    upstream reports no usage. The decision `request_id` must be pending in the state.
+    upstream reports no usage. The decision `request_id` must be pending.
     """
 
     request_id: str
@@ -131,14 +134,35 @@ class Gateway:
     ----------
     upstreams : the resolved upstreams and their pooled client (closed by `aclose`)
     config : the `gateway` config section
+    outcomes : where each request's outcome goes (as a ``POST /feedback`` would)
+    health : breakers and statistics: fallbacks take a breaker slot, failed attempts count
+    catalog : prices, for the cost of the tokens an upstream reports
+    metrics : upstream attempt counters
+    clock, wall_clock : monotonic seconds for latency; unix seconds for Retry-After dates
     sleep : how a Retry-After is waited out (``asyncio.sleep``; a fake in tests)
     """
 
     def __init__(
-        self, upstreams: Upstreams, config: GatewayConfig, *, sleep: Sleep = asyncio.sleep
+        self,
+        upstreams: Upstreams,
+        config: GatewayConfig,
+        *,
+        outcomes: Outcomes,
+        health: Health,
+        catalog: Catalog,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.upstreams = upstreams
         self.config = config
+        self.outcomes = outcomes
+        self.health = health
+        self.catalog = catalog
+        self.metrics = metrics
+        self.clock = clock
+        self.wall_clock = wall_clock
         self.sleep = sleep
 
     async def aclose(self) -> None:
@@ -148,7 +172,7 @@ class Gateway:
         """The models of `names` that have an upstream, in order."""
         return [name for name in names if name in self.upstreams]
 
-    async def complete(self, state: ServiceState, plan: ChatPlan) -> GatewayReply:
+    async def complete(self, plan: ChatPlan) -> GatewayReply:
         """Try the plan's models in order; the reply, or ApiError 502 listing every attempt."""
         attempts: list[_Attempt] = []
         failure: tuple[str, float, str] | None = None  # recorded once it is known not to be last
@@ -163,25 +187,25 @@ class Gateway:
                 continue
             # The routed choice took its breaker's probe slot in the pipeline; a fallback takes
             # one now, and is skipped if its circuit opened since the decision.
-            if position > 0 and not _take_fallback(state, model):
+            if position > 0 and not await self.health.take_slot(model):
                 attempts.append(_Attempt(model, "breaker_open", called=False))
                 continue
             if failure is not None:
-                state.record_outcome(failure[0], success=False, latency_ms=failure[1])
+                await self.health.record_outcome(failure[0], success=False, latency_ms=failure[1])
                 failure = None
             if wait is not None and wait[0] == upstream.base_url:
                 await self.sleep(wait[1])
             wait = None
             calls += 1
-            started = state.clock()
+            started = self.clock()
             try:
                 if plan.stream:
-                    result: Any = await self._open_stream(upstream, plan, state)
+                    result: Any = await self._open_stream(upstream, plan)
                 else:
-                    result = await self._call(upstream, plan, state)
+                    result = await self._call(upstream, plan)
             except _Failed as failed:
-                latency = _ms(state.clock() - started)
-                state.metrics.upstream_attempt(model, failed.outcome)
+                latency = _ms(self.clock() - started)
+                self.metrics.upstream_attempt(model, failed.outcome)
                 attempts.append(_Attempt(model, failed.label))
                 failure = (model, latency, failed.label)
                 after = failed.retry_after
@@ -189,7 +213,7 @@ class Gateway:
                     wait = (upstream.base_url, after)
                 continue
             if isinstance(result, _Refused):
-                state.metrics.upstream_attempt(model, "client_error")
+                self.metrics.upstream_attempt(model, "client_error")
                 attempts.append(_Attempt(model, str(result.status)))
                 # Not the model's fault, so not recorded against it; the decision stays pending
                 # and is logged unlabelled when it expires, like a /route without feedback.
@@ -198,24 +222,23 @@ class Gateway:
             attempts.append(_Attempt(model, "ok"))
             headers = _headers(plan.request_id, model, attempts)
             if isinstance(result, _Opened):
-                relay = self._relay(state, plan, model, result, started)
+                relay = self._relay(plan, model, result, started)
                 return GatewayReply(200, headers, media_type="text/event-stream", stream=relay)
-            state.metrics.upstream_attempt(model, "ok")
+            self.metrics.upstream_attempt(model, "ok")
             body, usage = result
             body["model"] = model
-            _settle(
-                state,
+            await self._settle(
                 plan,
                 model,
                 success=True,
-                latency_ms=_ms(state.clock() - started),
-                cost_usd=_cost(state, model, usage),
+                latency_ms=_ms(self.clock() - started),
+                cost_usd=self._cost(model, usage),
                 usage=usage,
             )
             return GatewayReply(200, headers, _dumps(body))
         if failure is not None:
             model, latency, label = failure
-            _settle(state, plan, model, success=False, latency_ms=latency, error_type=label)
+            await self._settle(plan, model, success=False, latency_ms=latency, error_type=label)
         raise _all_failed(plan.request_id, attempts, called=calls)
 
     # -- one call ------------------------------------------------------------------------------
@@ -231,7 +254,7 @@ class Gateway:
         )
 
     async def _call(
-        self, upstream: Upstream, plan: ChatPlan, state: ServiceState
+        self, upstream: Upstream, plan: ChatPlan
     ) -> tuple[dict[str, Any], tuple[int, int] | None] | _Refused:
         """A non-streaming call: (body, (prompt, completion) tokens or None) or a refusal."""
         with _network_failures():
@@ -240,7 +263,7 @@ class Gateway:
         if status in CLIENT_ERRORS:
             return _Refused(status, response.content, _media_type(response))
         if not 200 <= status < 300:
-            raise _status_failure(response, state)
+            raise _status_failure(response, self.wall_clock())
         try:
             body = json.loads(response.content)
         except ValueError:
@@ -249,9 +272,7 @@ class Gateway:
             raise _Failed("malformed", "malformed")
         return body, _usage(body.get("usage")) or _estimated(plan, body)
 
-    async def _open_stream(
-        self, upstream: Upstream, plan: ChatPlan, state: ServiceState
-    ) -> _Opened | _Refused:
+    async def _open_stream(self, upstream: Upstream, plan: ChatPlan) -> _Opened | _Refused:
         """Open a stream and wait for its first event, so that a failure can still fall back."""
         with _network_failures():
             response = await self.upstreams.client.send(self._request(upstream, plan), stream=True)
@@ -263,7 +284,7 @@ class Gateway:
                     await response.aread()
                 if status in CLIENT_ERRORS:
                     return _Refused(status, response.content, _media_type(response))
-                raise _status_failure(response, state)
+                raise _status_failure(response, self.wall_clock())
             if _media_type(response).split(";")[0].strip() != "text/event-stream":
                 raise _Failed("malformed", "malformed")
             events = _SseEvents(response.aiter_bytes())
@@ -279,7 +300,7 @@ class Gateway:
                     await response.aclose()
 
     async def _relay(
-        self, state: ServiceState, plan: ChatPlan, model: str, opened: _Opened, started: float
+        self, plan: ChatPlan, model: str, opened: _Opened, started: float
     ) -> AsyncIterator[bytes]:
         """Pass the events on as they arrive; record the outcome when the stream ends."""
         tally = _StreamTally()
@@ -294,75 +315,67 @@ class Gateway:
                 _log.warning("stream from %s broke after it started: %r", model, exc)
                 outcome = "stream_error"
         finally:
-            state.metrics.upstream_attempt(model, outcome)
+            self.metrics.upstream_attempt(model, outcome)
             with anyio.CancelScope(shield=True):
                 await opened.response.aclose()
-        latency = _ms(state.clock() - started)
+        latency = _ms(self.clock() - started)
         if outcome == "ok":
             usage = (
                 (tally.prompt_tokens, tally.completion_tokens)
                 if tally.prompt_tokens is not None and tally.completion_tokens is not None
                 else (plan.prompt_tokens, estimate_tokens(tally.chars))
             )
-            cost = _cost(state, model, usage)
-            _settle(
-                state, plan, model, success=True, latency_ms=latency, cost_usd=cost, usage=usage
+            cost = self._cost(model, usage)
+            await self._settle(
+                plan, model, success=True, latency_ms=latency, cost_usd=cost, usage=usage
             )
             return
         if not tally.error:  # the upstream's own error event was passed on already
             yield _error_event(model)
-        _settle(state, plan, model, success=False, latency_ms=latency, error_type=outcome)
+        await self._settle(plan, model, success=False, latency_ms=latency, error_type=outcome)
+
+    # -- recording outcomes --------------------------------------------------------------------
+
+    async def _settle(
+        self,
+        plan: ChatPlan,
+        model: str,
+        *,
+        success: bool,
+        latency_ms: float,
+        cost_usd: float | None = None,
+        error_type: str | None = None,
+        usage: tuple[int, int] | None = None,
+    ) -> None:
+        """Record the request's outcome as its feedback (with token usage for the log)."""
+        feedback = Feedback(
+            request_id=plan.request_id,
+            success=success,
+            model=model,
+            latency_ms=latency_ms,
+            cost_usd=cost_usd,
+            error_type=error_type,
+            input_tokens=usage[0] if usage else None,
+            output_tokens=usage[1] if usage else None,
+        )
+        try:
+            await self.outcomes.apply(feedback)
+        except ApiError:
+            # The decision left the pending store meanwhile (evicted as too old, or the store
+            # was full); it was logged then. The model's outcome still counts.
+            _log.warning(
+                "request %s: the decision expired before its outcome; recorded on %s only",
+                plan.request_id,
+                model,
+            )
+            await self.health.record_outcome(model, success=success, latency_ms=latency_ms)
+
+    def _cost(self, model: str, usage: tuple[int, int]) -> float:
+        return self.catalog[model].cost_usd(*usage)
 
 
 # ---------------------------------------------------------------------------------------------
-# Recording outcomes
-
-
-def _take_fallback(state: ServiceState, model: str) -> bool:
-    breaker = state.breakers[model]
-    if not breaker.available():
-        return False
-    breaker.on_routed()
-    return True
-
-
-def _settle(
-    state: ServiceState,
-    plan: ChatPlan,
-    model: str,
-    *,
-    success: bool,
-    latency_ms: float,
-    cost_usd: float | None = None,
-    error_type: str | None = None,
-    usage: tuple[int, int] | None = None,
-) -> None:
-    """Record the request's outcome as its feedback (with token usage for the decision log)."""
-    feedback = Feedback(
-        request_id=plan.request_id,
-        success=success,
-        model=model,
-        latency_ms=latency_ms,
-        cost_usd=cost_usd,
-        error_type=error_type,
-        input_tokens=usage[0] if usage else None,
-        output_tokens=usage[1] if usage else None,
-    )
-    try:
-        state.record_feedback(feedback)
-    except ApiError:
-        # The decision left the pending store meanwhile (evicted as too old, or the store was
-        # full); it was logged then. The model's outcome still counts.
-        _log.warning(
-            "request %s: the decision expired before its outcome; recorded on %s only",
-            plan.request_id,
-            model,
-        )
-        state.record_outcome(model, success=success, latency_ms=latency_ms)
-
-
-def _cost(state: ServiceState, model: str, usage: tuple[int, int]) -> float:
-    return state.catalog[model].cost_usd(*usage)
+# Usage
 
 
 def _usage(usage: Any) -> tuple[int, int] | None:
@@ -405,10 +418,10 @@ def _network_failures() -> Iterator[None]:
         raise _Failed("malformed", "malformed") from exc
 
 
-def _status_failure(response: httpx.Response, state: ServiceState) -> _Failed:
+def _status_failure(response: httpx.Response, now: float) -> _Failed:
     status = response.status_code
     outcome = "rate_limited" if status == 429 else "server_error" if status >= 500 else "http_error"
-    return _Failed(str(status), outcome, _retry_after(response.headers, state.wall_clock()))
+    return _Failed(str(status), outcome, _retry_after(response.headers, now))
 
 
 def _retry_after(headers: httpx.Headers, now: float) -> float | None:

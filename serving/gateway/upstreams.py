@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from serving.config import Settings, UpstreamConfig
 from models.errors import ConfigError
+from serving.config import Settings, UpstreamConfig
 
 __all__ = ["Upstream", "Upstreams", "resolve_upstreams"]
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from serving.deps import AdminDep, StateDep
+from models.errors import ArtifactError, ConfigError
+from serving.deps import AdminDep, CatalogDep, HealthDep, ModelsDep
 from serving.errors import ApiError
 from serving.schemas import ErrorResponse, ReloadRequest, ReloadResponse
-from models.errors import ArtifactError, ConfigError
 
 __all__ = ["router"]
 
@@ -31,17 +31,17 @@ _AUTH: dict[int | str, dict[str, Any]] = {
         422: {"model": ErrorResponse, "description": "Not loaded; the old model serves on."},
     },
 )
-def reload_artifact(state: StateDep, body: ReloadRequest | None = None) -> ReloadResponse:
+def reload_artifact(models: ModelsDep, body: ReloadRequest | None = None) -> ReloadResponse:
     """Load and verify an artifact, then swap it in atomically; on failure nothing changes."""
     # A plain `def`: loading runs in the thread pool while requests keep being served.
     path = body.artifact if body is not None else None
     try:
-        old, new = state.reload(path)
+        old, new = models.reload(path)
     except (ArtifactError, ConfigError) as exc:
         raise ApiError(
             422,
             "reload_failed",
-            f"{exc}; still serving router {state.model.version}",
+            f"{exc}; still serving router {models.current.version}",
             field="artifact",
         ) from None
     return ReloadResponse(
@@ -56,15 +56,14 @@ def reload_artifact(state: StateDep, body: ReloadRequest | None = None) -> Reloa
     "/breakers/{model:path}/reset",
     responses={**_AUTH, 404: {"model": ErrorResponse, "description": "Unknown model."}},
 )
-async def reset_breaker(model: str, state: StateDep) -> dict[str, Any]:
+async def reset_breaker(model: str, health: HealthDep, catalog: CatalogDep) -> dict[str, Any]:
     """Close a model's circuit now, with an empty window and the base cooldown."""
-    if model not in state.breakers:
-        known = sorted(state.catalog.names)
+    if model not in health:
+        known = sorted(catalog.names)
         raise ApiError(
             404,
             "unknown_model",
             f"unknown model {model!r}; known: {', '.join(known)}",
             known=known,
         )
-    state.breakers.reset(model)
-    return {"model": model, "breaker": state.breakers[model].snapshot()}
+    return {"model": model, "breaker": await health.reset_breaker(model)}

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from serving.deps import StateDep
+from serving.deps import ExperimentsDep
 from serving.errors import ApiError
 from serving.schemas import ErrorResponse
 
@@ -16,21 +16,21 @@ router = APIRouter(tags=["experiments"])
 
 
 @router.get("/experiments")
-async def list_experiments(state: StateDep) -> dict[str, Any]:
+async def list_experiments(experiments: ExperimentsDep) -> dict[str, Any]:
     """Every configured experiment with its per-variant statistics."""
-    return {"experiments": state.experiments.summaries()}
+    return {"experiments": experiments.summaries()}
 
 
 @router.get(
     "/experiments/{name}",
     responses={404: {"model": ErrorResponse, "description": "Unknown experiment."}},
 )
-async def get_experiment(name: str, state: StateDep) -> dict[str, Any]:
+async def get_experiment(name: str, experiments: ExperimentsDep) -> dict[str, Any]:
     """One experiment: counts, success rate, latency and quality means with 95% intervals."""
     try:
-        return state.experiments.summary(name)
+        return experiments.summary(name)
     except KeyError:
-        known = state.experiments.names()
+        known = experiments.names()
         raise ApiError(
             404,
             "unknown_experiment",

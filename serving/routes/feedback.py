@@ -6,9 +6,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
 
-from serving.deps import StateDep
+from serving.bookkeeping import Feedback
+from serving.deps import OutcomesDep
 from serving.schemas import FEEDBACK_EXAMPLES, ErrorResponse, FeedbackRequest, FeedbackResponse
-from serving.state import Feedback
 
 __all__ = ["router"]
 
@@ -24,10 +24,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/feedback", response_model=FeedbackResponse, responses=_ERRORS)
 async def post_feedback(
-    body: Annotated[FeedbackRequest, Body(openapi_examples=FEEDBACK_EXAMPLES)], state: StateDep
+    body: Annotated[FeedbackRequest, Body(openapi_examples=FEEDBACK_EXAMPLES)],
+    outcomes: OutcomesDep,
 ) -> FeedbackResponse:
     """Report how the routed call went (once per request_id)."""
-    _decision, model = state.record_feedback(Feedback(**body.model_dump()))
+    _decision, model = await outcomes.apply(Feedback(**body.model_dump()))
     return FeedbackResponse(
-        request_id=body.request_id, model=model, breaker=state.breakers[model].state.value
+        request_id=body.request_id,
+        model=model,
+        breaker=outcomes.health.breaker_state(model).value,
     )

@@ -23,11 +23,11 @@ async def healthz() -> Status:
 @router.get("/readyz", response_model=Status, responses={503: {"description": "No model yet."}})
 async def readyz(request: Request) -> Response:
     """200 once a verified model is loaded and serving, else 503."""
-    state = getattr(request.app.state, "service", None)
-    if state is None:
+    service = getattr(request.app.state, "service", None)
+    if service is None:
         body = error_body("not_ready", "the service has not loaded a model yet")
         return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ready", "router_version": state.model.version})
+    return JSONResponse({"status": "ready", "router_version": service.models.current.version})
 
 
 @router.get("/metrics", response_class=Response)

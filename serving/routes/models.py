@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serving.deps import StateDep
+from serving.deps import CatalogDep, HealthDep, ModelsDep
 from serving.schemas import ModelInfo, ModelsResponse
 
 __all__ = ["router"]
@@ -13,11 +13,11 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/models", response_model=ModelsResponse)
-async def list_models(state: StateDep) -> ModelsResponse:
+async def list_models(models: ModelsDep, health: HealthDep, catalog: CatalogDep) -> ModelsResponse:
     """Catalog entries with rolling stats and circuit state; `routable` = the router knows it."""
-    loaded = state.model
-    stats = state.stats.snapshot()
-    breakers = state.breakers.snapshot()
+    loaded = models.current
+    stats = health.stats_snapshot()
+    breakers = health.breakers_snapshot()
     return ModelsResponse(
         router_version=loaded.version,
         models=[
@@ -27,6 +27,6 @@ async def list_models(state: StateDep) -> ModelsResponse:
                 stats=stats[spec.name],
                 breaker=breakers[spec.name],
             )
-            for spec in state.catalog.models
+            for spec in catalog.models
         ],
     )

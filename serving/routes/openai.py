@@ -33,15 +33,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.text import PromptError
+from models.catalog import Catalog, estimate_tokens
 from serving.config import Priority
-from serving.deps import StateDep
+from serving.deps import CatalogDep, HealthDep, ModelsDep, PipelineDep
 from serving.errors import ApiError, render_loc
 from serving.gateway import ChatPlan, Gateway
-from serving.pipeline import route
+from serving.health import Health
+from serving.loaded_model import ModelSlot
+from serving.pipeline import Pipeline
 from serving.routes.route import build_query, check_json
 from serving.schemas import RouteRequest, Text
-from serving.state import ServiceState
-from models.catalog import estimate_tokens
 
 __all__ = [
     "ChatCompletionRequest",
@@ -149,7 +150,11 @@ _CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/chat/completions", responses=_CHAT_ERRORS)
 async def chat_completions(
-    body: ChatCompletionRequest, state: StateDep, gateway: GatewayDep
+    body: ChatCompletionRequest,
+    pipeline: PipelineDep,
+    health: HealthDep,
+    catalog: CatalogDep,
+    gateway: GatewayDep,
 ) -> Response:
     """Answer with the routed model (or the one named), falling back when an upstream fails."""
     payload = body.model_dump(exclude={"promptroute"}, exclude_unset=True)
@@ -159,8 +164,8 @@ async def chat_completions(
         raise ApiError(
             422, "invalid_request", "the body must hold only finite numbers and valid text"
         ) from None
-    plan = _plan(body, payload, state, gateway)
-    reply = await gateway.complete(state, plan)
+    plan = await _plan(body, payload, pipeline, health, catalog, gateway)
+    reply = await gateway.complete(plan)
     if reply.stream is not None:
         return StreamingResponse(
             reply.stream,
@@ -173,29 +178,34 @@ async def chat_completions(
 
 
 @router.get("/models")
-async def list_models(state: StateDep, gateway: GatewayDep) -> dict[str, Any]:
+async def list_models(
+    models: ModelsDep, catalog: CatalogDep, gateway: GatewayDep
+) -> dict[str, Any]:
     """`auto` and every routable model with an upstream, in OpenAI's list format."""
     return {
         "object": "list",
         "data": [
             {"id": name, "object": "model", "created": 0, "owned_by": owner}
-            for name, owner in _listed(state, gateway)
+            for name, owner in _listed(models, catalog, gateway)
         ],
     }
 
 
-def _listed(state: ServiceState, gateway: Gateway) -> list[tuple[str, str]]:
-    routable = state.routable_names()
-    names = gateway.callable_models([n for n in state.catalog.names if n in routable])
-    return [("auto", "promptroute")] + [
-        (n, state.catalog[n].provider or "promptroute") for n in names
-    ]
+def _listed(models: ModelSlot, catalog: Catalog, gateway: Gateway) -> list[tuple[str, str]]:
+    routable = models.routable_names()
+    names = gateway.callable_models([n for n in catalog.names if n in routable])
+    return [("auto", "promptroute")] + [(n, catalog[n].provider or "promptroute") for n in names]
 
 
-def _plan(
-    body: ChatCompletionRequest, payload: dict[str, Any], state: ServiceState, gateway: Gateway
+async def _plan(
+    body: ChatCompletionRequest,
+    payload: dict[str, Any],
+    pipeline: Pipeline,
+    health: Health,
+    catalog: Catalog,
+    gateway: Gateway,
 ) -> ChatPlan:
-    limits = state.settings.limits
+    limits = pipeline.settings.limits
     # The whole payload is forwarded upstream (tools, response_format…), so all of it must be
     # strict JSON of bounded depth, not just the messages.
     check_json(payload, "body")
@@ -204,15 +214,15 @@ def _plan(
         priority, knob = mode
         with _extension_fields():
             query = build_query(_route_request(body, priority, knob), limits)
-            decision = route(state, query)
+            decision = await pipeline.route(query)
         models = (decision.model, *decision.fallbacks)
         return ChatPlan(decision.request_id, models, payload, body.stream, decision.input_tokens)
     name = body.model
-    known = [n for n, _ in _listed(state, gateway)]
+    known = [n for n, _ in _listed(pipeline.models, catalog, gateway)]
     if name not in known:
         why = (
             "has no upstream configured"
-            if name in state.routable_names()
+            if name in pipeline.models.routable_names()
             else "is not a routable model"
         )
         raise ApiError(
@@ -235,15 +245,15 @@ def _plan(
     request_id = uuid.uuid4().hex
     # The caller chose the model: no filters and no breaker veto, but a half-open breaker still
     # counts this call as its probe, and the outcome is recorded like a routed one.
-    state.breakers[name].on_routed()
-    state.remember(
+    await health.take_slot(name)
+    await pipeline.remember(
         request_id,
         model=name,
         raw_prompt=None,
         raw_messages=query.raw_messages,
         input_tokens=input_tokens,
         task_type=query.task_type,
-        loaded=state.model,
+        router_version=pipeline.models.current.version,
         experiment=None,
     )
     return ChatPlan(request_id, (name,), payload, body.stream, input_tokens)

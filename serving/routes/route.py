@@ -13,9 +13,9 @@ from fastapi.responses import Response
 
 from features.text import normalize
 from serving.config import LimitsConfig
-from serving.deps import StateDep
+from serving.deps import PipelineDep
 from serving.errors import ApiError
-from serving.pipeline import RouteQuery, route
+from serving.pipeline import RouteQuery
 from serving.schemas import ROUTE_EXAMPLES, ErrorResponse, RouteRequest, RouteResponse
 
 __all__ = ["MAX_MESSAGES_DEPTH", "build_query", "check_json", "router"]
@@ -39,10 +39,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/route", response_model=RouteResponse, responses=_ERRORS)
 async def route_request(
-    body: Annotated[RouteRequest, Body(openapi_examples=ROUTE_EXAMPLES)], state: StateDep
+    body: Annotated[RouteRequest, Body(openapi_examples=ROUTE_EXAMPLES)], pipeline: PipelineDep
 ) -> Response:
     """Choose the model that should answer this prompt, with fallbacks and the reason."""
-    decision = route(state, build_query(body, state.settings.limits))
+    decision = await pipeline.route(build_query(body, pipeline.settings.limits))
     # orjson: a tenth of json.dumps's time on this hot path. The answer holds only str, finite
     # float, int, bool, None, lists and dicts, which both encode as the same JSON.
     return Response(orjson.dumps(decision.to_response()), media_type="application/json")

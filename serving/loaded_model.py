@@ -1,0 +1,172 @@
+"""The loaded router: one verified artifact plus the arrays the hot path reads, and its slot.
+
+`LoadedModel` is immutable: a request never changes it, a reload replaces the whole object
+(one reference swap in `ModelSlot`), so a request sees the old model or the new one, never a mix.
+`ModelSlot` also holds the experiment arms that route with another artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from models.artifact import load_router
+from models.catalog import Catalog
+from models.errors import ArtifactError, ConfigError
+from models.router import Router
+from serving.metrics import Metrics
+
+__all__ = ["LoadedModel", "ModelSlot", "build_loaded_model"]
+
+_log = logging.getLogger("promptroute.service")
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """One verified router and everything derived from it at load time, in its model order.
+
+    The arrays are read-only: a request never changes them, a reload replaces the whole object.
+    """
+
+    router: Router
+    manifest: Mapping[str, Any]
+    path: str
+    names: tuple[str, ...]
+    universe: frozenset[str]  # catalog ∩ router.models: what this model may route to
+    routable: np.ndarray  # bool, True for models in the catalog
+    context_window: np.ndarray  # float64, 0 for models outside the catalog
+    min_context_window: float  # the smallest routable window, and the smallest window minus
+    min_context_slack: float  # the learned output tokens: prompts within it fit everywhere
+    vision: np.ndarray  # bool
+    catalog_index: np.ndarray  # int64 positions in the health view's (catalog-order) arrays
+
+    @property
+    def version(self) -> str:
+        return self.router.version
+
+    def mask_of(self, names: Iterable[str]) -> np.ndarray:
+        """Boolean mask of the given names (names this model does not know are ignored)."""
+        mask = np.zeros(len(self.names), dtype=bool)
+        index = self.router.index
+        for name in names:
+            i = index.get(name)
+            if i is not None:
+                mask[i] = True
+        return mask & self.routable
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+def build_loaded_model(
+    router: Router, manifest: Mapping[str, Any], path: str, catalog: Catalog
+) -> LoadedModel:
+    """Precompute the hot path's arrays for `router`; ArtifactError if it can route nowhere."""
+    specs = [catalog.get(name) for name in router.models]
+    universe = frozenset(name for name, spec in zip(router.models, specs, strict=True) if spec)
+    if not universe:
+        raise ArtifactError(
+            f"{path}: none of the artifact's models ({', '.join(router.models)}) is in the "
+            f"catalog ({', '.join(catalog.names)}); nothing could be routed"
+        )
+    window = np.array([s.context_window if s else 0 for s in specs], dtype=np.float64)
+    routable = np.array([s is not None for s in specs], dtype=bool)
+    position = {name: i for i, name in enumerate(catalog.names)}
+    return LoadedModel(
+        router=router,
+        manifest=manifest,
+        path=path,
+        names=router.models,
+        universe=universe,
+        routable=_frozen(routable),
+        context_window=_frozen(window),
+        min_context_window=float(window[routable].min()),
+        min_context_slack=float((window - router.output_tokens)[routable].min()),
+        vision=_frozen(np.array([bool(s and "vision" in s.capabilities) for s in specs])),
+        catalog_index=_frozen(
+            np.array([position.get(name, 0) for name in router.models], dtype=np.int64)
+        ),
+    )
+
+
+class ModelSlot:
+    """The model that serves now, the experiment arms, and the reload that swaps the former.
+
+    Parameters
+    ----------
+    catalog : the service's catalog (fixed for the life of the process)
+    artifact : the configured artifact's path
+    variant_artifacts : artifacts that experiment arms route with
+    check_models : raises ConfigError when the config names a model the loaded router cannot
+        route to (``Settings.check_models``)
+    metrics : counts reloads
+    """
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        artifact: str,
+        *,
+        variant_artifacts: Iterable[str] = (),
+        check_models: Callable[[frozenset[str]], None],
+        metrics: Metrics,
+        loaded: tuple[Router, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self._check_models = check_models
+        self._metrics = metrics
+        self.artifact_path = artifact
+        router, manifest = loaded if loaded is not None else load_router(artifact)
+        self.current: LoadedModel = self._build(router, manifest, artifact)
+        self.variants: dict[str, LoadedModel] = {}
+        for path in variant_artifacts:
+            if path not in self.variants:
+                self.variants[path] = self._build(*load_router(path), path)
+        self._reload_lock = threading.Lock()
+
+    def _build(self, router: Router, manifest: Mapping[str, Any], path: str) -> LoadedModel:
+        loaded = build_loaded_model(router, manifest, path, self.catalog)
+        try:
+            self._check_models(loaded.universe)
+        except ConfigError as exc:
+            raise ConfigError(
+                exc.field, f"{exc.reason} (routable with artifact {path})", source=exc.source
+            ) from None
+        return loaded
+
+    def for_artifact(self, artifact: str | None) -> LoadedModel:
+        """The experiment arm's model for `artifact`, or the current one for None."""
+        return self.current if artifact is None else self.variants[artifact]
+
+    def reload(self, path: str | None = None) -> tuple[LoadedModel, LoadedModel]:
+        """Load and verify `path` (default: the configured artifact), then swap it in.
+
+        Returns (old, new). On any error the old model keeps serving and the error propagates.
+        """
+        target = str(path) if path is not None else self.artifact_path
+        with self._reload_lock:
+            try:
+                router, manifest = load_router(target)
+                new = self._build(router, manifest, target)
+            except (ArtifactError, ConfigError):
+                self._metrics.reload(False)
+                raise
+            old, self.current = self.current, new  # one reference swap: old or new, never a mix
+            self.artifact_path = target
+        self._metrics.reload(True)
+        _log.info("reloaded %s: router %s -> %s", target, old.version, new.version)
+        return old, new
+
+    def routable_names(self) -> frozenset[str]:
+        """Models any loaded router may route to (the current model and experiment arms)."""
+        names = self.current.universe
+        for variant in self.variants.values():
+            names = names | variant.universe
+        return names

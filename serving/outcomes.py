@@ -1,0 +1,89 @@
+"""Feedback: one routed call's outcome applied to health, the experiment and the decision log.
+
+`POST /feedback` and the gateway (which sees the outcome itself) both come through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from serving.bookkeeping import Bookkeeping, Feedback, PendingDecision
+from serving.errors import ApiError
+from serving.experiments import Experiments
+from serving.health import Health
+from serving.loaded_model import ModelSlot
+
+__all__ = ["Outcomes", "apply_feedback"]
+
+
+async def apply_feedback(
+    fb: Feedback,
+    *,
+    models: ModelSlot,
+    health: Health,
+    experiments: Experiments,
+    book: Bookkeeping,
+) -> tuple[PendingDecision, str]:
+    """Apply one feedback: statistics, breaker, experiment, decision log.
+
+    Returns the decision and the model the outcome was recorded for.
+
+    Raises
+    ------
+    ApiError
+        422 ``unknown_model`` when `fb.model` is not routable (the decision stays pending,
+        so a corrected retry still finds it); 404 ``unknown_request_id`` when the id is
+        unknown, already answered or expired.
+    """
+    if fb.model is not None and fb.model not in models.routable_names():
+        known = sorted(models.routable_names())
+        raise ApiError(
+            422,
+            "unknown_model",
+            f"model: {fb.model!r} is not a routable model; known: {', '.join(known)}",
+            field="model",
+            known=known,
+        )
+    decision = await book.take(fb.request_id)
+    if decision is None:
+        raise ApiError(
+            404,
+            "unknown_request_id",
+            f"no pending decision with request_id {fb.request_id!r}: it is unknown, already "
+            f"has its feedback, or is older than {book.max_age_seconds:g} s",
+            field="request_id",
+        )
+    model = fb.model or decision.model
+    await health.record_outcome(
+        model, success=fb.success, latency_ms=fb.latency_ms, quality=fb.quality
+    )
+    if decision.experiment is not None:
+        experiments.record_outcome(
+            decision.experiment.experiment,
+            decision.experiment.variant,
+            success=fb.success,
+            latency_ms=fb.latency_ms,
+            quality=fb.quality,
+        )
+    await book.log_outcome(fb.request_id, decision, model, fb)
+    return decision, model
+
+
+@dataclass(frozen=True, eq=False)
+class Outcomes:
+    """`apply_feedback` bound to the parts it changes: health, experiments, the decision log."""
+
+    models: ModelSlot
+    health: Health
+    experiments: Experiments
+    book: Bookkeeping
+
+    async def apply(self, fb: Feedback) -> tuple[PendingDecision, str]:
+        """See `apply_feedback`."""
+        return await apply_feedback(
+            fb,
+            models=self.models,
+            health=self.health,
+            experiments=self.experiments,
+            book=self.book,
+        )

@@ -1,0 +1,172 @@
+"""What the running service holds, by concern, and the one place that builds it.
+
+    Service
+    ├── models: ModelSlot          the verified router serving now (+ experiment arms); reload
+    ├── health: Health             breakers and rolling statistics per catalog model
+    ├── book: Bookkeeping          decisions waiting for feedback, and the decision log
+    ├── experiments: Experiments   sticky assignments and per-variant outcomes
+    ├── rules: RuleSet             static rules, compiled
+    ├── catalog, settings, metrics fixed for the life of the process
+    ├── pipeline: Pipeline         the decision, wired to exactly the parts it uses
+    └── outcomes: Outcomes         feedback, wired to the parts it changes
+
+`Service.load(settings)` does all the loading and checking; any problem raises `ConfigError` or
+`ArtifactError` before the service accepts a request, so it never runs half-configured. No
+route or stage reaches into `Service`: each takes the parts it uses (see `serving.deps`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.artifact import load_router
+from models.catalog import Catalog, load_catalog
+from serving.bookkeeping import Bookkeeping, LocalBookkeeping
+from serving.config import Settings
+from serving.experiments import Experiments
+from serving.health import Health, LocalHealth
+from serving.loaded_model import ModelSlot
+from serving.metrics import Metrics
+from serving.outcomes import Outcomes
+from serving.pipeline import Pipeline
+from serving.rules import RuleSet
+
+__all__ = ["Service"]
+
+_Clock = Callable[[], float]
+
+
+@dataclass(eq=False)
+class Service:
+    """Everything the service holds; built by `Service.load`."""
+
+    settings: Settings
+    catalog: Catalog
+    metrics: Metrics
+    models: ModelSlot
+    health: Health
+    book: Bookkeeping
+    experiments: Experiments
+    rules: RuleSet
+    pipeline: Pipeline
+    outcomes: Outcomes
+    admin_key: str | None
+    clock: _Clock
+    wall_clock: _Clock
+
+    @classmethod
+    def load(
+        cls,
+        settings: Settings,
+        *,
+        clock: _Clock = time.monotonic,
+        wall_clock: _Clock = time.time,
+        metrics: Metrics | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Service:
+        """Load and check everything.
+
+        Parameters
+        ----------
+        settings : the validated configuration
+        clock : monotonic seconds for breakers, statistics and pending decisions (fake in tests)
+        wall_clock : unix seconds for the decision log's "ts"
+        metrics : the app's metrics (a fresh registry when None)
+        environ : where the admin API key is read from (``os.environ`` by default)
+
+        Raises
+        ------
+        ConfigError, ArtifactError
+            A bad catalog, artifact, or config that names models the service cannot route to.
+        """
+        metrics = metrics if metrics is not None else Metrics()
+        env = os.environ if environ is None else environ
+        artifact = str(settings.artifact or _default_artifact())
+        router, manifest = load_router(artifact)
+        catalog = _service_catalog(settings, manifest, artifact)
+        metrics.bind_models(catalog.names)
+        health = LocalHealth(
+            catalog,
+            breakers=settings.breakers.to_settings(),
+            stats=settings.stats.to_settings(),
+            percentile=settings.stats.latency_percentile,
+            metrics=metrics,
+            clock=clock,
+        )
+        models = ModelSlot(
+            catalog,
+            artifact,
+            variant_artifacts=[
+                v.artifact for e in settings.experiments for v in e.variants if v.artifact
+            ],
+            check_models=settings.check_models,
+            metrics=metrics,
+            loaded=(router, manifest),
+        )
+        book = LocalBookkeeping(
+            settings.pending.to_settings(),
+            settings.decision_log.to_settings(),
+            metrics=metrics,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+        experiments = Experiments(settings.experiments)
+        rules = RuleSet.compile(settings.rules)
+        pipeline = Pipeline(
+            settings=settings,
+            models=models,
+            health=health,
+            book=book,
+            experiments=experiments,
+            rules=rules,
+            metrics=metrics,
+        )
+        return cls(
+            settings=settings,
+            catalog=catalog,
+            metrics=metrics,
+            models=models,
+            health=health,
+            book=book,
+            experiments=experiments,
+            rules=rules,
+            pipeline=pipeline,
+            outcomes=Outcomes(models, health, experiments, book),
+            admin_key=env.get(settings.admin_api_key_env) or None,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+
+    async def close(self) -> None:
+        """Log every pending decision as unanswered, close the log and the health backend."""
+        await self.book.close()
+        await self.health.close()
+
+    def describe(self) -> dict[str, Any]:
+        """One line's worth of what is loaded, for start-up logs."""
+        current = self.models.current
+        return {
+            "artifact": self.models.artifact_path,
+            "router_version": current.version,
+            "routable_models": len(current.universe),
+        }
+
+
+def _default_artifact() -> Path:
+    from models.paths import default_artifact_path
+
+    return default_artifact_path()
+
+
+def _service_catalog(settings: Settings, manifest: Mapping[str, Any], artifact: str) -> Catalog:
+    if settings.catalog is not None:
+        return load_catalog(settings.catalog)
+    snapshot = manifest.get("catalog")
+    if isinstance(snapshot, Mapping):
+        return Catalog.from_dict(snapshot, source=f"{artifact} (manifest catalog)")
+    return load_catalog()
