@@ -1561,10 +1561,140 @@ line_may_start_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t q)
     }
 }
 
-/* Fills `starts` with the positions of the newlines (-1 for the virtual one before the
- * window) whose lines may match; returns how many. */
+/* signals._LINE_START_RE's few-shot markers, in the pattern's order. */
+static const char *const marker_words[] = {
+    "q", "a", "question", "answer", "input", "output", "example", "solution", "problem",
+};
+#define N_MARKER_WORDS ((int)(sizeof(marker_words) / sizeof(marker_words[0])))
+static PyObject *marker_strs[N_MARKER_WORDS];
+
+#define IS_BLANK(c) ((c) == ' ' || (c) == '\t')
+#define IS_ASCII_DIGIT(c) ((c) >= '0' && (c) <= '9')
+#define IS_OPTION(c) (((c) >= 'A' && (c) <= 'H') || ((c) >= 'a' && (c) <= 'h'))
+
+/* [ \t*]{0,3}: at j. */
+static ALWAYS_INLINE int
+colon_after_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t j)
+{
+    for (Py_ssize_t b = 0; b <= 3 && j + b < n; b++) {
+        Py_UCS4 c = AT(j + b);
+        if (c == ':') {
+            return 1;
+        }
+        if (!(IS_BLANK(c) || c == '*')) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* (?:[ \t]{0,3}#?\d{1,3})?[ \t*]{0,3}: at t, on ASCII text: whether any path matches. */
+static ALWAYS_INLINE int
+marker_tail_ascii_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t t)
+{
+    if (colon_after_kind(kind, data, n, t)) {
+        return 1;
+    }
+    for (Py_ssize_t a = 0; a <= 3; a++) {
+        if (a > 0 && !(t + a - 1 < n && IS_BLANK(AT(t + a - 1)))) {
+            break;
+        }
+        for (int hash = 0; hash <= 1; hash++) {
+            Py_ssize_t d0 = t + a + hash;
+            if (hash && !(t + a < n && AT(t + a) == '#')) {
+                continue;
+            }
+            for (Py_ssize_t d = 1; d <= 3 && d0 + d - 1 < n && IS_ASCII_DIGIT(AT(d0 + d - 1)); d++) {
+                if (colon_after_kind(kind, data, n, d0 + d)) {
+                    return 1;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* What _LINE_START_RE matches at the newline p (-1: the one before the window) when the line's
+ * first characters are ASCII, where its (?i) and \d mean plain ASCII: 0 nothing, 1 a step, 2 an
+ * option, 3 + k the marker word k. The line's first character after spaces and tabs is at q.
+ * Its alternatives are tried in order at the longest run of spaces and tabs ([ \t]{0,8}), and
+ * a shorter run only lets the marker's own [ \t]{0,3} take the rest. */
+static ALWAYS_INLINE int
+line_match_ascii_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t p, Py_ssize_t q)
+{
+    Py_ssize_t spaces = q - (p + 1);
+    Py_UCS4 c = AT(q);
+    if (spaces <= 8) {
+        Py_ssize_t r = 0; /* \d{1,3}[.)][ \t] */
+        while (r <= 3 && q + r < n && IS_ASCII_DIGIT(AT(q + r))) {
+            r++;
+        }
+        if (r >= 1 && r <= 3 && q + r + 1 < n && (AT(q + r) == '.' || AT(q + r) == ')')
+            && IS_BLANK(AT(q + r + 1))) {
+            return 1;
+        }
+        Py_ssize_t e = -1; /* (?:\([A-Ha-h]\)|[A-Ha-h][.)])(?=[ \t\r\n]|$) */
+        if (c == '(' && q + 2 < n && IS_OPTION(AT(q + 1)) && AT(q + 2) == ')') {
+            e = q + 3;
+        }
+        else if (IS_OPTION(c) && q + 1 < n && (AT(q + 1) == '.' || AT(q + 1) == ')')) {
+            e = q + 2;
+        }
+        if (e >= 0) {
+            if (e == n) {
+                return 2;
+            }
+            Py_UCS4 next = AT(e);
+            if (IS_BLANK(next) || next == '\r' || next == '\n') {
+                return 2;
+            }
+        }
+    }
+    /* [#*]{0,4}[ \t]{0,3}(?i:marker)tail */
+    Py_ssize_t at = q;
+    if (c == '#' || c == '*') {
+        if (spaces > 8) {
+            return 0;
+        }
+        while (at < n && at - q <= 4 && (AT(at) == '#' || AT(at) == '*')) {
+            at++;
+        }
+        if (at - q > 4) {
+            return 0;
+        }
+        Py_ssize_t blank = at;
+        while (at < n && at - blank <= 3 && IS_BLANK(AT(at))) {
+            at++;
+        }
+        if (at - blank > 3) {
+            return 0;
+        }
+    }
+    else if (spaces > 11) {
+        return 0;
+    }
+    for (int k = 0; k < N_MARKER_WORDS; k++) {
+        const char *w = marker_words[k];
+        Py_ssize_t j = at;
+        while (*w && j < n && (AT(j) | 0x20) == (Py_UCS4)*w
+               && ((AT(j) | 0x20) >= 'a' && (AT(j) | 0x20) <= 'z')) {
+            w++;
+            j++;
+        }
+        if (*w == '\0' && marker_tail_ascii_kind(kind, data, n, j)) {
+            return 3 + k;
+        }
+    }
+    return 0;
+}
+
+/* The lines that may start a match (see line_may_start_kind): decided here when their first
+ * 40 characters are ASCII (the pattern reads at most 27 after the spaces and tabs), counted
+ * into `decided` (steps, options, then per marker word); the others' newline positions go to
+ * `starts` for the pattern itself. Returns how many went to `starts`. */
 static ALWAYS_INLINE Py_ssize_t
-line_candidates_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t *starts)
+line_candidates_kind(int kind, const void *data, Py_ssize_t n, int ascii, Py_ssize_t *starts,
+                     Py_ssize_t *decided)
 {
     Py_ssize_t found = 0;
     for (Py_ssize_t p = -1; p < n; p++) {
@@ -1572,11 +1702,26 @@ line_candidates_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t *start
             continue;
         }
         Py_ssize_t q = p + 1;
-        while (q < n && (AT(q) == ' ' || AT(q) == '\t')) {
+        while (q < n && IS_BLANK(AT(q))) {
             q++;
         }
-        if (q < n && line_may_start_kind(kind, data, n, q)) {
+        if (q >= n || !line_may_start_kind(kind, data, n, q)) {
+            continue;
+        }
+        int plain = ascii;
+        for (Py_ssize_t k = q; !plain && k < n && k < q + 40; k++) {
+            if (AT(k) >= 128) {
+                break;
+            }
+            plain = k + 1 == n || k + 1 == q + 40;
+        }
+        if (!plain) {
             starts[found++] = p;
+            continue;
+        }
+        int what = line_match_ascii_kind(kind, data, n, p, q);
+        if (what) {
+            decided[what - 1]++;
         }
     }
     return found;
@@ -1599,17 +1744,31 @@ findall_count(PyObject *pattern, PyObject *text)
     return count;
 }
 
-/* signals._line_starts over the candidate lines: numbered steps, options, and repeats of
- * few-shot markers (per lower-cased marker, occurrences - 1). */
+/* signals._line_starts: numbered steps, options, and repeats of few-shot markers (per
+ * lower-cased marker, occurrences - 1), from the lines decided in C (`decided`: steps,
+ * options, per marker word) and the pattern run on the others (`starts`). */
 static int
 line_starts(const SignalSpec *s, PyObject *window, const Py_ssize_t *starts, Py_ssize_t found,
-            Py_ssize_t out[3])
+            const Py_ssize_t *decided, Py_ssize_t out[3])
 {
+    out[0] = decided[0];
+    out[1] = decided[1];
+    Py_ssize_t n_markers = 0;
+    for (int k = 0; k < N_MARKER_WORDS; k++) {
+        n_markers += decided[2 + k];
+    }
+    if (found == 0 && n_markers == 0) {
+        return 0;
+    }
     PyObject *markers = PySet_New(NULL);
     if (markers == NULL) {
         return -1;
     }
-    Py_ssize_t n_markers = 0;
+    for (int k = 0; k < N_MARKER_WORDS; k++) {
+        if (decided[2 + k] && PySet_Add(markers, marker_strs[k]) < 0) {
+            goto fail;
+        }
+    }
     for (Py_ssize_t k = 0; k < found; k++) {
         PyObject *m;
         if (starts[k] >= 0) {
@@ -1750,6 +1909,8 @@ scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
         return -1;
     }
     Py_ssize_t found;
+    Py_ssize_t decided[2 + N_MARKER_WORDS] = {0};
+    int ascii = PyUnicode_IS_ASCII(window);
     SpanSet set;
     memset(set.local, 0, sizeof(set.local));
     set.slots = set.local;
@@ -1759,7 +1920,7 @@ scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
     switch (kind) {
     case PyUnicode_1BYTE_KIND:
         window_counts_kind(PyUnicode_1BYTE_KIND, data, n, &out->w);
-        found = line_candidates_kind(PyUnicode_1BYTE_KIND, data, n, starts);
+        found = line_candidates_kind(PyUnicode_1BYTE_KIND, data, n, ascii, starts, decided);
         out->arithmetic = out->w.classes[C_DIGIT] > 1
                               ? arithmetic_kind(PyUnicode_1BYTE_KIND, data, n) : 0;
         status = quantities_kind(PyUnicode_1BYTE_KIND, data, n, out->w.classes[C_DIGIT] > 0,
@@ -1767,7 +1928,7 @@ scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
         break;
     case PyUnicode_2BYTE_KIND:
         window_counts_kind(PyUnicode_2BYTE_KIND, data, n, &out->w);
-        found = line_candidates_kind(PyUnicode_2BYTE_KIND, data, n, starts);
+        found = line_candidates_kind(PyUnicode_2BYTE_KIND, data, n, ascii, starts, decided);
         out->arithmetic = out->w.classes[C_DIGIT] > 1
                               ? arithmetic_kind(PyUnicode_2BYTE_KIND, data, n) : 0;
         status = quantities_kind(PyUnicode_2BYTE_KIND, data, n, out->w.classes[C_DIGIT] > 0,
@@ -1775,7 +1936,7 @@ scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
         break;
     default:
         window_counts_kind(PyUnicode_4BYTE_KIND, data, n, &out->w);
-        found = line_candidates_kind(PyUnicode_4BYTE_KIND, data, n, starts);
+        found = line_candidates_kind(PyUnicode_4BYTE_KIND, data, n, ascii, starts, decided);
         out->arithmetic = out->w.classes[C_DIGIT] > 1
                               ? arithmetic_kind(PyUnicode_4BYTE_KIND, data, n) : 0;
         status = quantities_kind(PyUnicode_4BYTE_KIND, data, n, out->w.classes[C_DIGIT] > 0,
@@ -1785,7 +1946,7 @@ scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
     if (set.slots != set.local) {
         PyMem_Free(set.slots);
     }
-    if (status < 0 || line_starts(s, window, starts, found, out->lines) < 0) {
+    if (status < 0 || line_starts(s, window, starts, found, decided, out->lines) < 0) {
         PyMem_Free(starts);
         return -1;
     }
@@ -2149,6 +2310,12 @@ PyInit__compiled(void)
     const char *names[] = {"findall", "match", "lower", "groups", "\n", "://", "www.", "://www."};
     for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
         if (*interned[k] == NULL && (*interned[k] = PyUnicode_InternFromString(names[k])) == NULL) {
+            return NULL;
+        }
+    }
+    for (int k = 0; k < N_MARKER_WORDS; k++) {
+        if (marker_strs[k] == NULL
+            && (marker_strs[k] = PyUnicode_InternFromString(marker_words[k])) == NULL) {
             return NULL;
         }
     }

@@ -395,6 +395,8 @@ SIGNAL_PIECES = st.sampled_from(
     + ["def f(", "function g() {", "class A:", "import os", "from a import b", "#include <"]
     + ["public static", "SELECT a FROM", "console.log(", "std::", "step by step", "why"]
     + ["\u0130", "\ud800", "\U0001d7d9", "\u3002", "\u2028", "\x85", "\u00a0", "K", "\u212a"]
+    + [" " * 8, " " * 9, "\t" * 11, " " * 12, "#####", "****", "Q 123:", "A#4:", "answer *:"]
+    + ["example\t#1 :", "(h)", "(I)", "i.", "h)\r", "1234. ", "Solution  :", "q\t\t\t12\t*:"]
 )
 SIGNAL_TEXT = st.lists(SIGNAL_PIECES, max_size=80).map("".join)
 
