@@ -34,6 +34,22 @@
  * up to 8 bytes cost independent lookups instead of a chain of dependent ones (n-grams are a
  * few bytes each, and the chain's latency is most of their cost). */
 static uint32_t crc_table[8][256];
+/* Asks for a table's cache lines all at once. Between two requests the tables are evicted
+ * (other code runs); each CRC step waits on its table lookups, so cold lines would otherwise
+ * arrive one miss at a time. */
+static inline void
+prefetch_block(const void *start, size_t size)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    for (size_t k = 0; k < size; k += 64) {
+        __builtin_prefetch((const char *)start + k);
+    }
+#else
+    (void)start;
+    (void)size;
+#endif
+}
+
 /* zlib.crc32(b"w:") and zlib.crc32(b"c:"): crc32(data, crc32(prefix)) == crc32(prefix + data). */
 static uint32_t word_seed, char_seed;
 
@@ -504,6 +520,7 @@ hashed_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (parse_spec(args, &s) < 0) {
         return NULL;
     }
+    prefetch_block(crc_table, sizeof(crc_table));
     if (!PyList_Check(args[0]) && !PyTuple_Check(args[0])) { /* a str is not its characters */
         PyErr_SetString(PyExc_TypeError, "words must be a list of str");
         return NULL;
@@ -1189,9 +1206,46 @@ typedef struct {
     Py_ssize_t length;
     uint64_t hash;
     PyObject *entry;
+    /* An entry of single-word groups only (most are) is counted from these, without reading
+     * its tuples again; -1: count the entry itself (phrases, or a malformed entry, which
+     * raises then as it would from the dict). */
+    int n_singles;
+    int16_t singles[4];
 } LexSlot;
 
+/* The singles of a well-formed entry without phrases, checked against n_counters. */
+static void
+lex_singles(LexSlot *slot, Py_ssize_t n_counters)
+{
+    slot->n_singles = -1;
+    PyObject *e = slot->entry;
+    if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 2
+        || !PyTuple_CheckExact(PyTuple_GET_ITEM(e, 0))
+        || !PyTuple_CheckExact(PyTuple_GET_ITEM(e, 1))
+        || PyTuple_GET_SIZE(PyTuple_GET_ITEM(e, 1)) != 0
+        || PyTuple_GET_SIZE(PyTuple_GET_ITEM(e, 0)) > 4) {
+        return;
+    }
+    PyObject *singles = PyTuple_GET_ITEM(e, 0);
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(singles); k++) {
+        PyObject *group = PyTuple_GET_ITEM(singles, k);
+        Py_ssize_t g = PyLong_CheckExact(group) ? PyLong_AsSsize_t(group) : -1;
+        if (g < 0 || g >= n_counters) {
+            PyErr_Clear();
+            return;
+        }
+        slot->singles[k] = (int16_t)g;
+    }
+    slot->n_singles = (int)PyTuple_GET_SIZE(singles);
+}
+
 static PyObject *lex_source = NULL; /* the dict the table was built from (held) */
+static Py_ssize_t lex_counters = -1; /* the n_counters its singles were checked against */
+/* One bit per key hash, 512 bytes: most words are no key, and this says so from a block small
+ * enough to stay cached, where a probe of the table would miss the cache once per word. */
+#define LEX_BITS 4096
+static uint64_t lex_bits[LEX_BITS / 64];
+#define LEX_BIT(h) ((size_t)((h) >> 52) & (LEX_BITS - 1))
 static LexSlot *lex_slots = NULL;
 static size_t lex_mask = 0;
 static int lex_use_dict = 0;
@@ -1215,9 +1269,9 @@ lex_free(LexSlot *slots, size_t mask, PyObject *source)
 }
 
 static int
-lex_load(PyObject *lexicon)
+lex_load(PyObject *lexicon, Py_ssize_t n_counters)
 {
-    if (lexicon == lex_source) {
+    if (lexicon == lex_source && n_counters == lex_counters) {
         return 0;
     }
     LexSlot *old_slots = lex_slots;
@@ -1226,6 +1280,7 @@ lex_load(PyObject *lexicon)
     lex_slots = NULL;
     lex_source = NULL; /* until the new table is complete */
     lex_use_dict = 0;
+    memset(lex_bits, 0, sizeof(lex_bits));
     lex_free(old_slots, old_mask, old_source);
     size_t size = 16;
     while (size < (size_t)PyDict_GET_SIZE(lexicon) * 2 + 1) {
@@ -1246,6 +1301,7 @@ lex_load(PyObject *lexicon)
         Py_ssize_t length = PyUnicode_GET_LENGTH(key);
         Py_UCS4 *chars = PyUnicode_AsUCS4Copy(key);
         if (chars == NULL) {
+            lex_free(slots, size - 1, NULL);
             return -1;
         }
         uint64_t h = FNV_START;
@@ -1256,18 +1312,24 @@ lex_load(PyObject *lexicon)
         while (slots[j].chars != NULL) {
             j = (j + 1) & (size - 1);
         }
-        slots[j] = (LexSlot){chars, length, h, Py_NewRef(value)};
+        slots[j] = (LexSlot){chars, length, h, Py_NewRef(value), -1, {0}};
+        lex_singles(&slots[j], n_counters);
+        lex_bits[LEX_BIT(h) / 64] |= (uint64_t)1 << (LEX_BIT(h) % 64);
     }
     lex_slots = slots;
     lex_mask = size - 1;
     lex_source = Py_NewRef(lexicon);
+    lex_counters = n_counters;
     return 0;
 }
 
-/* The entry of the word data[start : end] (borrowed), or NULL when it is not a key. */
-static ALWAYS_INLINE PyObject *
+/* The slot of the word data[start : end], or NULL when it is not a key. */
+static ALWAYS_INLINE const LexSlot *
 lex_find_kind(int kind, const void *data, Py_ssize_t start, Py_ssize_t end, uint64_t h)
 {
+    if (!(lex_bits[LEX_BIT(h) / 64] >> (LEX_BIT(h) % 64) & 1)) {
+        return NULL;
+    }
     for (size_t j = (size_t)h & lex_mask;; j = (j + 1) & lex_mask) {
         const LexSlot *slot = &lex_slots[j];
         if (slot->chars == NULL) {
@@ -1279,7 +1341,7 @@ lex_find_kind(int kind, const void *data, Py_ssize_t start, Py_ssize_t end, uint
                 k++;
             }
             if (k == slot->length) {
-                return slot->entry;
+                return slot;
             }
         }
     }
@@ -1290,7 +1352,7 @@ lex_find_kind(int kind, const void *data, Py_ssize_t start, Py_ssize_t end, uint
  * word's lexicon entry (borrowed from the table; NULL when none) in `entries`. Adds the
  * total length of the words to *chars. */
 static ALWAYS_INLINE int
-tokenize_kind(int kind, PyObject *lower, PyObject *words, PyObject ***entries,
+tokenize_kind(int kind, PyObject *lower, PyObject *words, const LexSlot ***entries,
               Py_ssize_t *capacity, Py_ssize_t *chars)
 {
     Py_ssize_t n = PyUnicode_GET_LENGTH(lower);
@@ -1318,7 +1380,7 @@ tokenize_kind(int kind, PyObject *lower, PyObject *words, PyObject ***entries,
         Py_ssize_t j = PyList_GET_SIZE(words);
         if (j == *capacity) {
             Py_ssize_t grown = *capacity * 2;
-            PyObject **more = PyMem_Resize(*entries, PyObject *, grown);
+            const LexSlot **more = PyMem_Resize(*entries, const LexSlot *, grown);
             if (more == NULL) {
                 PyErr_NoMemory();
                 return -1;
@@ -1347,7 +1409,7 @@ words_and_keywords(PyObject *lower, PyObject *lexicon, Py_ssize_t n_counters,
 {
     PyObject *words = PyList_New(0);
     Py_ssize_t capacity = 64;
-    PyObject **entries = PyMem_New(PyObject *, capacity);
+    const LexSlot **entries = PyMem_New(const LexSlot *, capacity);
     if (words == NULL || entries == NULL) {
         Py_XDECREF(words);
         PyMem_Free(entries);
@@ -1372,8 +1434,16 @@ words_and_keywords(PyObject *lower, PyObject *lexicon, Py_ssize_t n_counters,
         else {
             /* The table holds its own references to the entries: none can go away here. */
             for (Py_ssize_t i = 0; status == 0 && i < PyList_GET_SIZE(words); i++) {
-                if (entries[i] != NULL) {
-                    status = count_entry(words, i, entries[i], n_counters, counters);
+                const LexSlot *slot = entries[i];
+                if (slot == NULL) {
+                    continue;
+                }
+                if (slot->n_singles < 0) {
+                    status = count_entry(words, i, slot->entry, n_counters, counters);
+                    continue;
+                }
+                for (int k = 0; k < slot->n_singles; k++) {
+                    counters[slot->singles[k]]++;
                 }
             }
         }
@@ -2024,9 +2094,11 @@ dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t last_user_chars, max_scan;
     if (index_in(args[1], PY_SSIZE_T_MAX, &last_user_chars) < 0
         || index_in(args[5], PY_SSIZE_T_MAX, &max_scan) < 0 || parse_signal_spec(args[6], &s) < 0
-        || punct_load(s.split_punct) < 0 || lex_load(s.lexicon) < 0) {
+        || punct_load(s.split_punct) < 0 || lex_load(s.lexicon, s.n_counters) < 0) {
         return NULL;
     }
+    prefetch_block(lex_bits, sizeof(lex_bits));
+    prefetch_block(latin1_class, sizeof(latin1_class));
     if (PyUnicode_READY(text) < 0) {
         return NULL;
     }

@@ -588,3 +588,19 @@ def test_switching_lexicons_frees_the_tables_it_replaces():
     finally:
         tracemalloc.stop()
     assert grown < 200_000
+
+
+@needs_build
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(((99,), ()), id="group-out-of-range"),
+        pytest.param(((1,),), id="one-item"),
+        pytest.param(((1,), ((0, ("why",), 1),)), id="phrase-tokens-not-a-list"),
+    ],
+)
+def test_a_malformed_lexicon_entry_raises_when_its_word_occurs(entry):
+    spec = ({"why": entry}, *signals._COMPILED_SPEC[1:])
+    signals._compiled.dense_signals("nothing here", 1, 1, 0, False, 16384, spec)
+    with pytest.raises((TypeError, ValueError)):
+        signals._compiled.dense_signals("why", 1, 1, 0, False, 16384, spec)
