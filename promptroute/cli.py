@@ -56,6 +56,13 @@ def _train_streaming(a: argparse.Namespace) -> dict[str, Any]:
     return train_streaming_and_save(a.logs, a.out, opts, catalog_path=a.catalog, progress=_progress)
 
 
+def _signed(artifact: str) -> bool:
+    """Whether `train` signed the artifact (it does when PROMPTROUTE_ARTIFACT_KEY is set)."""
+    from models.artifact import SIGNATURE
+
+    return (Path(artifact) / SIGNATURE).is_file()
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_train(a: argparse.Namespace) -> int:
     from training.trainer import TrainOptions
@@ -68,6 +75,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                 {
                     "artifact": str(a.out),
                     "router_version": manifest["router_version"],
+                    "signed": _signed(a.out),
                     "records": m["n_records"],
                     "default_knob": m["default_knob"],
                     "cv_routing": m["cv_routing"],
@@ -105,6 +113,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             {
                 "artifact": str(a.out),
                 "router_version": manifest["router_version"],
+                "signed": _signed(a.out),
                 "models": len(manifest["models"]),
                 "records": m["n_records"],
                 "default_strategy": m["default_strategy"],
@@ -231,6 +240,24 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return serve(
         config=a.config, model=a.model, host=a.host, port=a.port, default_model=_default_model
     )
+
+
+def cmd_sign(a: argparse.Namespace) -> int:
+    """Sign an artifact folder with the key in PROMPTROUTE_ARTIFACT_KEY (HMAC-SHA256).
+
+    The artifact's files are verified against its manifest first; the signature goes to
+    ARTIFACT/signature.json. A service with the same key set loads only artifacts signed so.
+    """
+    from models.artifact import KEY_ENV, artifact_key, read_manifest, sign_artifact
+    from models.errors import ConfigError
+
+    key = artifact_key()
+    if key is None:
+        raise ConfigError(KEY_ENV, "not set; export the signing key to sign an artifact")
+    sign_artifact(a.artifact, key)
+    version = read_manifest(a.artifact)["router_version"]
+    print(f"signed {a.artifact} (router {version}) with the key in {KEY_ENV}")
+    return 0
 
 
 def _default_model() -> Path:
@@ -366,6 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task-type", help="request task type, if the caller knows it")
     r.add_argument("--output-tokens", type=int, help="expected output tokens (for cost estimates)")
     r.set_defaults(func=cmd_route)
+
+    sg = sub.add_parser(
+        "sign",
+        help="sign an artifact with the key in PROMPTROUTE_ARTIFACT_KEY",
+        description=cmd_sign.__doc__,
+    )
+    sg.add_argument("artifact", metavar="ARTIFACT", help="artifact folder to sign")
+    sg.set_defaults(func=cmd_sign)
 
     s = sub.add_parser("serve", help="start the HTTP routing service")
     s.add_argument("--model", help="artifact folder (default: the bundled default model)")
