@@ -50,6 +50,8 @@ class PendingDecision:
     router_version: str
     experiment: Assignment | None
     ts: float
+    # The probability that the service's policy chose `model` (only with exploration on).
+    propensity: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,9 @@ def decision_row(
     row["router_version"] = d.router_version
     if d.experiment is not None:
         row["experiment"] = {"name": d.experiment.experiment, "variant": d.experiment.variant}
+    # The propensity is that of the routed model: a fallback that answered instead has none.
+    if d.propensity is not None and model == d.model:
+        row["propensity"] = d.propensity
     if model != d.model:
         row["routed_model"] = d.model
     if evicted is not None:
