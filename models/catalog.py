@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from models.errors import ConfigError, UnknownModelError
 from models.paths import catalog_path
@@ -80,6 +86,7 @@ class Catalog:
 
     models: tuple[ModelSpec, ...]
     typical_output_tokens: int = 300
+    source: str | None = field(default=None, compare=False)  # the file it was read from
 
     def __post_init__(self) -> None:
         by_name: dict[str, ModelSpec] = {}
@@ -111,6 +118,17 @@ class Catalog:
             if name not in self:
                 raise UnknownModelError(name, self.names, field=field)
 
+    def missing_message(self, names: Iterable[str], *, where: str = "the logs") -> str:
+        """ "N model(s) in `where` are not in the catalog FILE: 'a', 'b'; add them ..." — every
+        unknown name at once, and the file to edit."""
+        missing = sorted({n for n in names if n not in self})
+        file = self.source or "the catalog"
+        return (
+            f"{len(missing)} model(s) in {where} are not in the catalog {file}: "
+            f"{', '.join(repr(m) for m in missing)}; add them to {file} with their prices "
+            "(or pass --catalog FILE)"
+        )
+
     def prices(self, order: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Input and output prices in USD per token, as arrays in `order`."""
         specs = [self[m] for m in order]
@@ -118,12 +136,14 @@ class Catalog:
         out = np.array([s.output_price_per_1m for s in specs], dtype=np.float64) / 1e6
         return inp, out
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain snapshot (stored in artifact manifests)."""
+    def to_dict(self, *, only: Iterable[str] | None = None) -> dict[str, Any]:
+        """A plain snapshot (stored in artifact manifests); `only` keeps just those models (in
+        catalog order), e.g. the ones an artifact knows."""
+        keep = set(self.names if only is None else only)
         return {
             "version": 1,
             "typical_output_tokens": self.typical_output_tokens,
-            "models": [m.model_dump(mode="json") for m in self.models],
+            "models": [m.model_dump(mode="json") for m in self.models if m.name in keep],
         }
 
     @classmethod
@@ -134,7 +154,9 @@ class Catalog:
             raise _config_error(exc, data, source) from None
         try:
             return cls(
-                models=tuple(parsed.models), typical_output_tokens=parsed.typical_output_tokens
+                models=tuple(parsed.models),
+                typical_output_tokens=parsed.typical_output_tokens,
+                source=source,
             )
         except ConfigError as exc:
             raise ConfigError(exc.field, exc.reason, source=source) from None

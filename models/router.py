@@ -37,6 +37,9 @@ try:  # the head's gather in C (features/_compiled.c); optional, `take` gives th
 except ImportError:
     _gather_rows = None
 
+# Free-form copies of the dense features (features/extractor.py) carry this prefix.
+_FREE_FORM_PREFIX = "ff."
+
 __all__ = ["HeadKind", "LinearHead", "Router", "Scored", "STRATEGIES"]
 
 HeadKind = Literal["sigmoid", "softmax"]
@@ -291,21 +294,27 @@ class Router:
     def explain(
         self, scored: Scored, chosen: int, against: int | None = None, top: int = 8
     ) -> list[dict[str, Any]]:
-        """The dense features that pushed `chosen` up (relative to `against`, when given)."""
+        """The dense features that pushed `chosen` up (relative to `against`, when given).
+
+        A feature and its free-form copy (``kw.coding`` and ``ff.kw.coding``) are one signal
+        with two weights; they are reported once, under the base name, with the summed
+        contribution.
+        """
         head = self.heads[scored.strategy]
         dense, idx, vals = scored.features
         w = head.dense_w[:, chosen] - (head.dense_w[:, against] if against is not None else 0.0)
         contrib = dense * w
         names = self.featurizer.get_feature_names_out()[: self.n_dense]
-        order = np.argsort(-np.abs(contrib))[:top]
-        out = [
-            {
-                "feature": str(names[i]),
-                "value": round(float(dense[i]), 4),
-                "contribution": round(float(contrib[i]), 4),
-            }
-            for i in order
-            if contrib[i] != 0.0
+        merged: dict[str, list[float]] = {}
+        for i in np.flatnonzero(contrib):
+            base = str(names[i]).removeprefix(_FREE_FORM_PREFIX)
+            entry = merged.setdefault(base, [0.0, 0.0])
+            entry[0] = max(entry[0], float(dense[i]), key=abs)
+            entry[1] += float(contrib[i])
+        ranked = sorted(merged.items(), key=lambda kv: -abs(kv[1][1]))[:top]
+        out: list[dict[str, Any]] = [
+            {"feature": name, "value": round(value, 4), "contribution": round(c, 4)}
+            for name, (value, c) in ranked
         ]
         if idx.size:
             hw = head.hashed_w[idx - self.n_dense]

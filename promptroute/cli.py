@@ -78,6 +78,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                     "router_version": manifest["router_version"],
                     "signed": _signed(a.out),
                     "records": m["n_records"],
+                    "ignored_directly_labelled": m.get("records_directly_labelled_ignored", 0),
                     "default_knob": m["default_knob"],
                     "cv_routing": m["cv_routing"],
                     "train_seconds": m["train_seconds"],
@@ -133,44 +134,68 @@ def _resolve_artifact(path: str | None) -> Path:
     return Path(path) if path else _default_model()
 
 
+def _shown(value: Any, missing: str = "never reached") -> str:
+    """A report figure for people: None (a target the curve never reaches) said in words."""
+    return missing if value is None else str(value)
+
+
 def _print_table(report: dict[str, Any]) -> None:
     r = report["router"]
-    print(
-        f"records: {report['n']} (skipped {report.get('n_skipped', 0)})   strategy: {report['strategy']}"
-    )
-    print(f"{'':34s} {'quality':>8s} {'cost $/req':>12s}")
-    for m, v in sorted(report["single_models"].items(), key=lambda kv: -kv[1]["quality"]):
-        print(f"  {m[:32]:32s} {v['quality']:8.4f} {v['cost']:12.3e}")
+    print(f"records: {report['n']}   strategy: {report['strategy']}")
+    skipped = report.get("skipped_by_reason") or {}
+    if report.get("n_skipped"):
+        print(f"skipped {report['n_skipped']} record(s):")
+        for why, count in skipped.items():
+            print(f"  {count} × {why}")
+    rows = sorted(report["single_models"].items(), key=lambda kv: -kv[1]["quality"])
+    width = max([len(m) for m, _v in rows] + [len("HEURISTIC")]) + 2
+    print(f"{'':{width}s} {'quality':>8s} {'cost $/req':>12s}")
+    for m, v in rows:
+        print(f"  {m:{width - 2}s} {v['quality']:8.4f} {v['cost']:12.3e}")
     for name in ("oracle", "heuristic"):
         v = report[name]
-        print(f"  {name.upper():32s} {v['quality']:8.4f} {v['cost']:12.3e}")
+        print(f"  {name.upper():{width - 2}s} {v['quality']:8.4f} {v['cost']:12.3e}")
     print(
-        f"router: AIQ {r['aiq']}  (Zero router {report['zero_router']['aiq']})  max quality {r['max_quality']}"
+        f"router: AIQ {r['aiq']}  (Zero router {report['zero_router']['aiq']})  "
+        f"max quality {r['max_quality']}"
     )
     print(
-        f"        cost to match best single: {r['cost_to_match_best']}   to 95%: {r['cost_to_95pct_best']}"
+        f"        cost to match best single: {_shown(r['cost_to_match_best'])}   "
+        f"to 95%: {_shown(r['cost_to_95pct_best'])}"
     )
     print(
         f"        accuracy {r['accuracy']}  macro-F1 {r['macro_f1']}  quality at heuristic cost "
-        f"{r['quality_at_heuristic_cost']} (heuristic {report['heuristic']['quality']})"
+        f"{_shown(r['quality_at_heuristic_cost'], 'n/a')} "
+        f"(heuristic {report['heuristic']['quality']})"
     )
     if report.get("two_model"):
         t = report["two_model"]
         print(
-            f"two-model ({t['strong']} vs {t['weak']}): APGR {t['apgr']}  CPT50 {t['cpt50']}  CPT80 {t['cpt80']}"
+            f"two-model ({t['strong']} vs {t['weak']}): APGR {t['apgr']}  "
+            f"CPT50 {_shown(t['cpt50'])}  CPT80 {_shown(t['cpt80'])}"
         )
     for s, alt in report.get("router_alternatives", {}).items():
         print(
-            f"  alternative head {s}: AIQ {alt['aiq']}  cost to match best {alt['cost_to_match_best']}"
+            f"  alternative head {s}: AIQ {alt['aiq']}  "
+            f"cost to match best {_shown(alt['cost_to_match_best'])}"
         )
     if report.get("by_task"):
         print("by task:")
+        task_width = max(len(task) for task in report["by_task"])
         for task, v in report["by_task"].items():
             tm = f"  APGR {v['two_model']['apgr']}" if v.get("two_model") else ""
             print(
-                f"  {task[:28]:28s} n={v['n']:<6d} "
-                f"AIQ {v['router']['aiq']}  zero {v['zero_router']['aiq']}  match-best {v['router']['cost_to_match_best']}{tm}"
+                f"  {task:{task_width}s} n={v['n']:<6d} "
+                f"AIQ {v['router']['aiq']}  zero {v['zero_router']['aiq']}  "
+                f"match-best {_shown(v['router']['cost_to_match_best'])}{tm}"
             )
+
+
+def _dataset_name(a: argparse.Namespace) -> str:
+    """What the figures were measured on, for titles: file names and the side or the folds."""
+    files = ", ".join(Path(p).name for p in a.logs)
+    how = f"{a.cv}-fold out-of-fold" if a.cv else f"{a.split} side" if a.split != "all" else "all"
+    return f"{files} ({how})"
 
 
 def _eval_offpolicy(a: argparse.Namespace) -> int:
@@ -219,8 +244,13 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from training.evaluate import cross_val_evaluate, evaluate
     from training.offpolicy import has_propensities
 
-    if not a.cv and has_propensities(a.logs):
+    if not a.cv and has_propensities(a.logs):  # a peek at the first lines
         return _eval_offpolicy(a)
+    router = manifest = None
+    if not a.cv:  # a missing or refused artifact is said before minutes of reading logs
+        from models.artifact import load_router
+
+        router, manifest = load_router(_resolve_artifact(a.model))
     records, _ = _load(a.logs, a.split, a.skip_invalid)
     if a.cv:
         from training.trainer import TrainOptions
@@ -230,25 +260,24 @@ def cmd_eval(a: argparse.Namespace) -> int:
             records, catalog, TrainOptions(n_jobs=a.jobs), folds=a.cv, progress=_progress
         )
     else:
-        from models.artifact import load_router
-
-        router, manifest = load_router(_resolve_artifact(a.model))
         from models.catalog import Catalog
 
+        assert router is not None and manifest is not None
         catalog = load_catalog(a.catalog) if a.catalog else Catalog.from_dict(manifest["catalog"])
         report = evaluate(router, records, catalog, strategy=a.strategy)
         report["router_version"] = manifest["router_version"]
+    report["dataset"] = _dataset_name(a)
     _print_table(report)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     if a.report:
         from training.report import markdown_report
 
-        Path(a.report).write_text(markdown_report(report, title=", ".join(a.logs)))
+        Path(a.report).write_text(markdown_report(report, title=report["dataset"]))
     if a.plot:
         from training.report import plot_curve
 
-        plot_curve(report, a.plot)
+        plot_curve(report, a.plot, dataset=report["dataset"])
     return 0
 
 
@@ -438,7 +467,12 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from serving.server import serve
 
     return serve(
-        config=a.config, model=a.model, host=a.host, port=a.port, default_model=_default_model
+        config=a.config,
+        model=a.model,
+        host=a.host,
+        port=a.port,
+        workers=a.workers,
+        default_model=_default_model,
     )
 
 
@@ -666,10 +700,15 @@ def build_parser() -> argparse.ArgumentParser:
     sg.set_defaults(func=cmd_sign)
 
     s = sub.add_parser("serve", help="start the HTTP routing service")
-    s.add_argument("--model", help="artifact folder (default: the bundled default model)")
-    s.add_argument("--config", help="service config YAML")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
+    s.add_argument(
+        "--model", help="artifact folder (default: $PROMPTROUTE_ARTIFACT, else the bundled model)"
+    )
+    s.add_argument("--config", help="service config YAML (default: $PROMPTROUTE_CONFIG)")
+    s.add_argument("--host", help="default: $PROMPTROUTE_HOST, else the config's (127.0.0.1)")
+    s.add_argument("--port", type=int, help="default: $PROMPTROUTE_PORT, else the config's (8000)")
+    s.add_argument(
+        "--workers", type=int, help="worker processes (default: $PROMPTROUTE_WORKERS, else 1)"
+    )
     s.set_defaults(func=cmd_serve)
     return p
 

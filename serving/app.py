@@ -23,12 +23,15 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.access_log import GatewayAccessLog
 from serving.config import Settings
 from serving.errors import BodyTooLarge, error_body, install_error_handlers
 from serving.gateway import Gateway, Sleep, Upstreams
 from serving.metrics import Metrics, RequestMetrics
 from serving.routes import api_router
 from serving.routes import openai as openai_routes
+from serving.routes.docs import install_docs
+from serving.routes.ui import install_ui
 from serving.service import Service
 
 __all__ = ["create_app"]
@@ -69,7 +72,7 @@ def create_app(
     sleep : how the /v1 gateway waits out an upstream's Retry-After (a fake in tests)
     """
     settings = settings if settings is not None else Settings()
-    metrics = service.metrics if service is not None else Metrics()
+    metrics = service.metrics if service is not None else Metrics(clock=wall_clock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -117,6 +120,8 @@ def create_app(
         description=_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served from installed files instead of a CDN (serving/routes/docs.py)
+        redoc_url=None,
     )
     app.state.metrics = metrics
     app.state.service = None
@@ -124,7 +129,11 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(openai_routes.router)
+    install_docs(app)
+    install_ui(app)
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    if settings.gateway_access_log:
+        app.add_middleware(GatewayAccessLog)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
 

@@ -43,6 +43,7 @@ __all__ = [
     "ExplorationConfig",
     "GatewayConfig",
     "LimitsConfig",
+    "LogFormat",
     "PendingConfig",
     "PrioritiesConfig",
     "Priority",
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 Priority = Literal["quality", "balanced", "cost", "speed"]
+LogFormat = Literal["text", "json"]
 _NonEmpty = Annotated[str, Field(min_length=1)]
 _NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
@@ -353,11 +355,14 @@ class Settings(_Section):
     artifacts_dir: _NonEmpty | None = None
     host: _NonEmpty = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
     default_priority: Priority = "balanced"
     degraded_mode: bool = False
     admin_api_key_env: _NonEmpty = "PROMPTROUTE_ADMIN_KEY"
     log_prompts: bool = False
+    log_format: LogFormat = "text"
     access_log: bool = False
+    gateway_access_log: bool = True
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     breakers: BreakersConfig = Field(default_factory=BreakersConfig)
     stats: StatsConfig = Field(default_factory=StatsConfig)

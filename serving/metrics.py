@@ -7,12 +7,15 @@ when a model is loaded, so counting on the hot path is a dict lookup and an incr
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.activity import Activity
 
 __all__ = [
     "CONTENT_TYPE",
@@ -64,9 +67,14 @@ _BREAKER_LEVEL = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 
 class Metrics:
-    """Every metric the service exports; `render()` gives the Prometheus text format."""
+    """Every metric the service exports; `render()` gives the Prometheus text format.
 
-    def __init__(self) -> None:
+    `activity` keeps the recent decisions and breaker transitions for the dashboard (/activity);
+    `clock` (unix seconds) dates them.
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self.activity = Activity(DECISION_BUCKETS, clock=clock)
         self.registry = CollectorRegistry()
         r = self.registry
         self._requests = Counter(
@@ -79,6 +87,12 @@ class Metrics:
             "promptroute_decisions",
             "Routing decisions by chosen model and deciding stage",
             ["model", "stage"],
+            registry=r,
+        )
+        self._spend = Counter(
+            "promptroute_estimated_spend_usd",
+            "Estimated cost (USD) of the routed calls, by chosen model",
+            ["model"],
             registry=r,
         )
         self.decision_seconds = Histogram(
@@ -153,6 +167,7 @@ class Metrics:
         )
         self._removal_child = {f: self._removals.labels(filter=f) for f in FILTERS}
         self._decision_child: dict[tuple[str, str], Any] = {}
+        self._spend_child: dict[str, Any] = {}
         self._feedback_child: dict[tuple[str, str], Any] = {}
         self._request_child: dict[tuple[str, int], Any] = {}
 
@@ -161,6 +176,7 @@ class Metrics:
         for model in models:
             for stage in STAGES:
                 self._decision_child[(model, stage)] = self._decisions.labels(model, stage)
+            self._spend_child[model] = self._spend.labels(model)
             for outcome in ("success", "failure"):
                 self._feedback_child[(model, outcome)] = self._feedback.labels(model, outcome)
             self._breaker_state.labels(model).set(0.0)
@@ -170,12 +186,17 @@ class Metrics:
 
     # -- hot path -----------------------------------------------------------------------------
 
-    def decision(self, model: str, stage: str, seconds: float) -> None:
+    def decision(self, model: str, stage: str, seconds: float, cost_usd: float = 0.0) -> None:
         child = self._decision_child.get((model, stage))
         if child is None:
             child = self._decision_child[(model, stage)] = self._decisions.labels(model, stage)
         child.inc()
+        spend = self._spend_child.get(model)
+        if spend is None:
+            spend = self._spend_child[model] = self._spend.labels(model)
+        spend.inc(cost_usd)
         self.decision_seconds.observe(seconds)
+        self.activity.decision(model, stage, seconds, cost_usd)
 
     def explored(self, model: str, cost_usd: float, greedy_cost_usd: float) -> None:
         """One decision explored `model`; its estimated cost and that of the router's pick."""
@@ -207,6 +228,7 @@ class Metrics:
         old_v, new_v = getattr(old, "value", str(old)), getattr(new, "value", str(new))
         self._transitions.labels(model, old_v, new_v).inc()
         self._breaker_state.labels(model).set(_BREAKER_LEVEL.get(new_v, -1.0))
+        self.activity.transition(model, old_v, new_v, _reason)
 
     def upstream_attempt(self, model: str, outcome: str) -> None:
         """One gateway call to `model`'s upstream ended with `outcome` (see UPSTREAM_OUTCOMES)."""

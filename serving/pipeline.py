@@ -386,7 +386,9 @@ class Pipeline:
             experiment=decision.experiment,
             propensity=decision.propensity,
         )
-        self.metrics.decision(model, decision.stage, time.perf_counter() - started)
+        self.metrics.decision(
+            model, decision.stage, time.perf_counter() - started, decision.estimated_cost_usd
+        )
         if self.settings.log_prompts:
             _log.info(
                 "route %s -> %s (%s): %r",
@@ -394,9 +396,16 @@ class Pipeline:
                 model,
                 decision.stage,
                 query.prompt.text[:2000],
+                extra={"request_id": decision.request_id},
             )
         else:
-            _log.debug("route %s -> %s (%s)", decision.request_id, model, decision.stage)
+            _log.debug(
+                "route %s -> %s (%s)",
+                decision.request_id,
+                model,
+                decision.stage,
+                extra={"request_id": decision.request_id},
+            )
 
     async def remember(
         self,

@@ -7,7 +7,7 @@ starts, and reported as one line with exit code 2, like the rest of the CLI.
 from __future__ import annotations
 
 import asyncio
-import copy
+import inspect
 import logging.config
 import os
 import sys
@@ -15,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["serve"]
+__all__ = ["serve", "worker_app"]
 
 _GRACEFUL_SHUTDOWN_SECONDS = 10
+_WORKER_SETTINGS = "PROMPTROUTE__WORKER_SETTINGS"  # internal: serve() → its worker processes
+_WORKER_STARTUP_SECONDS = 120
 
 
 def serve(
@@ -26,15 +28,17 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     default_model: Callable[[], Path] | None = None,
+    workers: int | None = None,
 ) -> int:
     """Run the HTTP service until interrupted; returns the process exit code.
 
     Parameters
     ----------
-    config : a YAML config file (defaults when None)
+    config : a YAML config file (PROMPTROUTE_CONFIG, else defaults, when None); the
+        PROMPTROUTE_* variables of `serving.environment` override it, the arguments override both
     model : an artifact folder, overriding the config's `artifact`; with neither, the bundled
         default model
-    host, port : override the config's
+    host, port, workers : override the config's (and PROMPTROUTE_HOST/PORT/WORKERS)
     default_model : called for the default model's folder when neither names an artifact (the
         CLI passes one that trains it from the bundled data the first time)
     """
@@ -43,15 +47,23 @@ def serve(
     from models.errors import PromptrouteError
     from serving.app import create_app
     from serving.config import load_settings
+    from serving.environment import read_environment
     from serving.service import Service
 
-    overrides = {
+    flags = {
         key: value
-        for key, value in (("artifact", model), ("host", host), ("port", port))
+        for key, value in (
+            ("artifact", model),
+            ("host", host),
+            ("port", port),
+            ("workers", workers),
+        )
         if value is not None
     }
     try:
-        settings = load_settings(config, **overrides)
+        env = read_environment()
+        config = config if config is not None else env.config
+        settings = load_settings(config, **{**env.overrides(), **flags})
         if settings.artifact is None and default_model is not None:
             artifact = default_model()
             settings = settings.model_copy(update={"artifact": str(artifact)})
@@ -68,29 +80,46 @@ def serve(
         print(f"promptroute: error: {exc}", file=sys.stderr)
         return 2
     # Configured only now, so that a refused start leaves the process's logging untouched.
-    log_config = _log_config()
+    from serving.log_format import log_config as build_log_config
+
+    log_config = build_log_config(settings.log_format)
     logging.config.dictConfig(log_config)
-    logging.getLogger("promptroute.server").info(
+    log = logging.getLogger("promptroute.server")
+    log.info(
         "serving %s (router %s): %d routable models",
         service.models.artifact_path,
         service.models.current.version,
         len(service.models.current.universe),
     )
-    app = create_app(settings, service=service)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=settings.host,
-            port=settings.port,
-            lifespan="on",
-            # Not uvloop even when installed: under saturation it served some connections far
-            # later than others (p99 820 ms vs 50 ms at concurrency 64, bench/http.py).
-            loop="asyncio",
-            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
-            log_config=log_config,
-            access_log=settings.access_log,
-        )
+    options: dict[str, Any] = dict(
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        # Not uvloop even when installed: under saturation it served some connections far
+        # later than others (p99 820 ms vs 50 ms at concurrency 64, bench/http.py).
+        loop="asyncio",
+        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+        log_config=log_config,
+        access_log=settings.access_log,
     )
+    if settings.workers > 1:
+        # Each worker process loads its own service from these (already checked) settings.
+        asyncio.run(service.close())
+        log.warning(
+            "%d workers: each keeps its own statistics, breakers, experiments and pending "
+            "decisions; POST /feedback must reach the worker that routed (the /v1 gateway "
+            "records outcomes itself)",
+            settings.workers,
+        )
+        os.environ[_WORKER_SETTINGS] = settings.model_dump_json()
+        if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
+            # A worker loads the model before it answers uvicorn's ping; the default 5 s had
+            # busy 2-core machines kill and restart workers that were still loading.
+            options["timeout_worker_healthcheck"] = _WORKER_STARTUP_SECONDS
+        uvicorn.run("serving.server:worker_app", factory=True, workers=settings.workers, **options)
+        return 0
+    app = create_app(settings, service=service)
+    server = uvicorn.Server(uvicorn.Config(app, **options))
     try:
         server.run()
     finally:
@@ -100,14 +129,9 @@ def serve(
     return 0 if server.started else 1
 
 
-def _log_config() -> dict[str, Any]:
-    """uvicorn's logging, plus the service's own "promptroute.*" loggers on the same handler."""
-    from uvicorn.config import LOGGING_CONFIG
+def worker_app() -> Any:
+    """The app of one worker process (``workers > 1``), from the settings `serve` checked."""
+    from serving.app import create_app
+    from serving.config import Settings
 
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["promptroute"] = {
-        "handlers": ["default"],
-        "level": "INFO",
-        "propagate": False,
-    }
-    return config
+    return create_app(Settings.model_validate_json(os.environ[_WORKER_SETTINGS]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -65,8 +66,50 @@ def catalog_path(tmp_path_factory, tiny_router) -> Path:
 
     from models.catalog import load_catalog
 
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    data = load_catalog().to_dict(only=tiny_router.models)
     path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
+
+
+# ----------------------------------------------------------------------------- real browser
+# Debian's chromium driven by playwright's Python package (no browser download). Without it the
+# browser tests skip and say why; CI sets PROMPTROUTE_REQUIRE_BROWSER=1, which makes that a failure.
+CHROMIUM = os.environ.get("PROMPTROUTE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """A headless Chromium for this test module (module scope: playwright's sync API keeps an
+    event loop of its own, which must not outlive the module into tests that run asyncio)."""
+    reason = None
+    if not Path(CHROMIUM).exists():
+        reason = f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)"
+    else:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            reason = "playwright is not installed (pip install -e '.[dev]')"
+    if reason is not None:
+        if os.environ.get("PROMPTROUTE_REQUIRE_BROWSER") == "1":
+            pytest.fail(
+                f"browser tests are required here (PROMPTROUTE_REQUIRE_BROWSER=1): {reason}"
+            )
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -14,7 +14,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", StarletteDeprecationWarning)
     from fastapi.testclient import TestClient
 
-__all__ = ["FakeClock", "LiveServer", "TestClient"]
+__all__ = ["FakeClock", "LiveServer", "TestClient", "offline_page"]
 
 
 class FakeClock:
@@ -62,3 +62,24 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         assert not self.thread.is_alive()
+
+
+def offline_page(browser: Any, base_url: str) -> tuple[Any, list[str]]:
+    """A new page that may load only from `base_url`; returns it and the refused URLs.
+
+    Everything else (a CDN, fonts, telemetry) is aborted and recorded, so a test can assert
+    that the page works in a network with no way out.
+    """
+    refused: list[str] = []
+    page = browser.new_page(viewport={"width": 1440, "height": 1000})
+
+    def guard(route: Any) -> None:
+        url = route.request.url
+        if url.startswith(base_url) or url.startswith("data:"):
+            route.continue_()
+        else:
+            refused.append(url)
+            route.abort()
+
+    page.route("**/*", guard)
+    return page, refused

@@ -291,3 +291,55 @@ def test_spec_is_frozen() -> None:
     spec = Catalog.from_dict(GOOD)["small"]
     with pytest.raises(ValueError, match="frozen"):
         spec.input_price_per_1m = 0.0  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- today's models
+def test_the_catalog_has_todays_models_with_prices_context_and_capabilities(
+    catalog: Catalog,
+) -> None:
+    expected = {  # name: (input $/1M, output $/1M, context window, capabilities)
+        "gpt-4o": (2.5, 10.0, 128000, ("vision", "tools", "json")),
+        "gpt-4o-mini": (0.15, 0.6, 128000, ("vision", "tools", "json")),
+        "claude-3.5-sonnet": (3.0, 15.0, 200000, ("vision", "tools")),
+    }
+    for name, (inp, out, window, caps) in expected.items():
+        spec = catalog[name]
+        assert (spec.input_price_per_1m, spec.output_price_per_1m) == (inp, out)
+        assert spec.context_window == window and spec.capabilities == caps
+    assert sum("vision" in m.capabilities for m in catalog.models) >= 5
+
+
+def test_todays_models_are_listed_cheap_capable_first(catalog: Catalog) -> None:
+    """Their order in the file is the preference for models without learned scores."""
+    names = list(catalog.names)
+    today = names[names.index("gpt-4o-mini") :]
+    assert today[:5] == [
+        "gpt-4o-mini",
+        "gemini-2.0-flash",
+        "gpt-4.1-mini",
+        "gpt-4o",
+        "claude-3.5-sonnet",
+    ]
+    vision = [n for n in today if "vision" in catalog[n].capabilities]
+    assert vision[0] == "gpt-4o-mini"
+    # the cheap vision models (≤ $0.5 per 1M input tokens) come before the dear ones
+    cheap = [catalog[n].input_price_per_1m <= 0.5 for n in vision]
+    assert cheap == sorted(cheap, reverse=True)
+
+
+def test_an_unknown_model_message_lists_all_and_names_the_file(catalog: Catalog) -> None:
+    message = catalog.missing_message(["x-2", "gpt-4o", "x-1"])
+    assert message == (
+        f"2 model(s) in the logs are not in the catalog {catalog.source}: 'x-1', 'x-2'; "
+        f"add them to {catalog.source} with their prices (or pass --catalog FILE)"
+    )
+
+
+def test_to_dict_only_keeps_those_models_in_catalog_order(catalog: Catalog) -> None:
+    data = catalog.to_dict(only=["claude-3.5-sonnet", "gpt-4o", "gpt-4-1106-preview"])
+    assert [m["name"] for m in data["models"]] == [
+        "gpt-4-1106-preview",
+        "gpt-4o",
+        "claude-3.5-sonnet",
+    ]
+    assert Catalog.from_dict(data).names == ("gpt-4-1106-preview", "gpt-4o", "claude-3.5-sonnet")

@@ -30,8 +30,7 @@ def _never_serves(monkeypatch):
 
 @pytest.fixture(scope="module")
 def catalog_data(tiny_router) -> dict:
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    data = load_catalog().to_dict(only=tiny_router.models)
     return data
 
 

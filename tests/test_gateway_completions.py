@@ -77,8 +77,7 @@ def _fresh_fake(fake):
 
 @pytest.fixture(scope="module")
 def catalog_path(tmp_path_factory, tiny_router) -> Path:
-    data = CATALOG.to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    data = CATALOG.to_dict(only=tiny_router.models)
     path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path
@@ -747,7 +746,7 @@ def test_upstream_attempts_are_counted_in_metrics(make_service, fake):
 
 
 def test_the_example_config_documents_upstreams_and_gateway():
-    example = Path(__file__).resolve().parent.parent / "serving" / "example-config.yaml"
+    example = Path(__file__).resolve().parent.parent / "serving" / "examples" / "routing.yaml"
     settings = load_settings(example)
     assert settings.gateway.max_attempts == 3 and settings.gateway.max_retry_after_seconds == 5.0
     assert settings.upstreams
@@ -766,3 +765,29 @@ def test_deeply_nested_extra_fields_are_refused_before_anything_is_called(make_s
     assert error["param"] == "body"
     assert "nested deeper than 64 levels" in error["message"]
     assert len(fake.requests) == calls
+
+
+def test_each_gateway_request_writes_one_access_line(make_service, fake, caplog):
+    service = make_service()
+    first, second = service.order()[:2]
+    fake.behave(first, "500")
+    with caplog.at_level("INFO", logger="promptroute.access"):
+        response = service.chat()
+        service.client.get("/models")  # not a gateway request: no line
+    lines = [r for r in caplog.records if r.name == "promptroute.access"]
+    assert len(lines) == 1
+    record = lines[0]
+    rid = response.headers["x-promptroute-request-id"]
+    assert record.getMessage().startswith("POST /v1/chat/completions 200 ")
+    assert record.getMessage().endswith(
+        f"ms model={second} attempts={first}:500,{second}:ok fallbacks={second} request_id={rid}"
+    )
+    assert (record.status, record.model, record.request_id) == (200, second, rid)
+    assert MESSAGES[0]["content"] not in record.getMessage()  # never the prompt
+
+
+def test_the_gateway_access_log_can_be_turned_off(make_service, caplog):
+    service = make_service(gateway_access_log=False)
+    with caplog.at_level("INFO", logger="promptroute.access"):
+        assert service.chat().status_code == 200
+    assert not [r for r in caplog.records if r.name == "promptroute.access"]

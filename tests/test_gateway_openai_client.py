@@ -45,8 +45,7 @@ def sleeps() -> list[float]:
 @pytest.fixture(scope="module")
 def promptroute(tmp_path_factory, tiny_artifact, tiny_router, fake, log_path, sleeps):
     """The URL of a promptroute server whose routable models all call the fake."""
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    data = load_catalog().to_dict(only=tiny_router.models)
     catalog = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     catalog.write_text(yaml.safe_dump(data), encoding="utf-8")
     settings = load_settings(

@@ -262,16 +262,23 @@ def test_explain_returns_named_feature_contributions() -> None:
     head = r.heads["quality"]
     *named, hashed = out
     assert 1 <= len(named) <= 5
+    all_contrib = dense * (head.dense_w[:, 2] - head.dense_w[:, 0])
+    # A feature and its free-form copy are one entry under the base name, contributions summed.
+    merged: dict[str, float] = {}
+    for i, name in enumerate(names):
+        base = name.removeprefix("ff.")
+        merged[base] = merged.get(base, 0.0) + float(all_contrib[i])
+    shown = [item["feature"] for item in named]
+    assert len(set(shown)) == len(shown)
+    assert not any(name.startswith("ff.") for name in shown)
     for item in named:
-        i = names.index(item["feature"])
-        assert item["value"] == round(float(dense[i]), 4)
-        expected = dense[i] * (head.dense_w[i, 2] - head.dense_w[i, 0])
-        assert item["contribution"] == round(float(expected), 4)
+        assert item["contribution"] == round(merged[item["feature"]], 4)
+        copies = [i for i, n in enumerate(names) if n.removeprefix("ff.") == item["feature"]]
+        assert item["value"] in {round(float(dense[i]), 4) for i in copies}
     mags = [abs(d["contribution"]) for d in named]
     assert mags == sorted(mags, reverse=True)
-    # the largest named contribution is the largest of all dense features
-    all_contrib = dense * (head.dense_w[:, 2] - head.dense_w[:, 0])
-    assert named[0]["feature"] == names[int(np.argmax(np.abs(all_contrib)))]
+    # the largest named contribution is the largest of all merged dense features
+    assert named[0]["feature"] == max(merged, key=lambda k: abs(merged[k]))
     assert hashed["feature"] == "hashed n-grams (total)"
     assert hashed["value"] == idx.size
     hw = head.hashed_w[idx - r.n_dense].astype(np.float64)

@@ -17,8 +17,7 @@ PROMPT = "Write a Python function that checks whether a number is prime."
 
 @pytest.fixture
 def live(tiny_artifact, tiny_router, tmp_path):
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    data = load_catalog().to_dict(only=tiny_router.models)
     catalog = tmp_path / "catalog.yaml"
     catalog.write_text(yaml.safe_dump(data), encoding="utf-8")
     config = load_settings(

@@ -25,11 +25,10 @@ PROMPT = "Translate 'good morning' into French."
 
 @pytest.fixture(scope="module")
 def catalog_path(tmp_path_factory, tiny_router) -> Path:
-    data = load_catalog().to_dict()
     # Two catalog models the router does not know: listed by /models, never routable.
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models] + [
-        m for m in data["models"] if m["name"] in ("gemma-2-9b-it", "qwen2.5-7b-instruct")
-    ]
+    data = load_catalog().to_dict(
+        only=[*tiny_router.models, "gemma-2-9b-it", "qwen2.5-7b-instruct"]
+    )
     path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     return path

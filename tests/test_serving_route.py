@@ -26,8 +26,7 @@ PROMPT = "Explain step by step why the sky is blue, and compare it with sunsets.
 @pytest.fixture(scope="module")
 def catalog_path(tmp_path_factory, tiny_router) -> Path:
     """The bundled catalog cut to the tiny router's models, with vision for one of them."""
-    data = load_catalog().to_dict()
-    data["models"] = [m for m in data["models"] if m["name"] in tiny_router.models]
+    data = load_catalog().to_dict(only=tiny_router.models)
     for model in data["models"]:
         if model["name"] == VISION:
             model["capabilities"] = ["vision"]

@@ -346,16 +346,23 @@ def test_unknown_model_names_the_line(tmp_path: Path) -> None:
     rows = _synthetic_rows(50, 4)
     rows[7]["outcomes"]["gpt-9"] = {"quality": 1.0}
     path = _write(tmp_path / "u.jsonl", rows, gz=False)
-    with pytest.raises(DataError, match=r"u\.jsonl:8: model: unknown model 'gpt-9'; known: "):
+    with pytest.raises(DataError) as info:
         train_streaming(path, CATALOG, StreamingOptions(**SMALL))
+    assert str(info.value).startswith(f"{path}:8: 1 model(s) in this line are not in the catalog ")
+    assert "'gpt-9'; add them to " in str(info.value)
 
 
 def test_records_without_quality_are_counted(tmp_path: Path) -> None:
     rows: list[Any] = _synthetic_rows(300, 5)
     rows += [{"prompt": "labelled directly", "label": "model-a"}] * 3
+    rows += [{"prompt": "no quality", "outcomes": {"model-a": {"quality": None}}}] * 2
     path = _write(tmp_path / "l.jsonl", rows, gz=False)
-    result = train_streaming(path, CATALOG, StreamingOptions(**SMALL))
-    assert result.report["records_without_quality"] == 3
+    said: list[str] = []
+    result = train_streaming(path, CATALOG, StreamingOptions(**SMALL), progress=said.append)
+    assert result.report["records_without_quality"] == 2
+    # Directly labelled rows are counted apart, and said: --streaming cannot use them.
+    assert result.report["records_directly_labelled_ignored"] == 3
+    assert any(m.startswith("warning: ignored 3 directly labelled row(s)") for m in said)
 
 
 @pytest.mark.parametrize(

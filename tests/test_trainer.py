@@ -14,6 +14,7 @@ from features.text import normalize
 from models.catalog import Catalog
 from models.errors import DataError
 from models.router import Router
+from training.curves import KNOB_GRID
 from training.records import Outcome, Record
 from training.split import is_test
 from training.trainer import TrainOptions, TrainResult, fold_ids, train
@@ -29,6 +30,7 @@ REPORT_KEYS = {
     "cv_routing",
     "default_strategy",
     "default_knob_cv_point",
+    "cv_curve",
     "knob_target_met",
     "default_knob",
     "best_c",
@@ -165,6 +167,9 @@ def test_report_keys_and_counts(trained: tuple, sample_records: list) -> None:
     assert report["options"]["c_grid"] == (0.3, 1.0)
     assert report["train_seconds"] > 0
     json.dumps(report, allow_nan=False)  # it goes into the manifest as it is
+    # The default head's cross-validated curve (the dashboard draws it) holds the default point.
+    assert [p["knob"] for p in report["cv_curve"]] == list(KNOB_GRID)
+    assert report["default_knob_cv_point"] in report["cv_curve"]
     assert messages[0] == f"{n} records, 12 models; extracting features"
     assert messages[-1].startswith("final fit: ")
 
@@ -296,12 +301,16 @@ def _rec(text: str, source: str = "logs.jsonl:1", **q: float) -> Record:
 def test_models_missing_from_the_catalog(catalog: Catalog) -> None:
     records = [
         _rec("a", **{"gpt-4-1106-preview": 1.0, "my-local-llm": 0.0}, source="mine.jsonl:7"),
+        _rec("b", **{"gpt-4-1106-preview": 1.0, "another-llm": 0.0}, source="mine.jsonl:9"),
     ]
     with pytest.raises(DataError) as info:
         train(records, catalog, TrainOptions(**SMALL))
     assert info.value.path == "mine.jsonl:7"
-    assert "unknown model 'my-local-llm'" in info.value.reason
-    assert "add it to the catalog" in info.value.reason
+    # Every unknown model at once, and the file to edit.
+    assert info.value.reason == (
+        f"2 model(s) in the logs are not in the catalog {catalog.source}: 'another-llm', "
+        f"'my-local-llm'; add them to {catalog.source} with their prices (or pass --catalog FILE)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from models.errors import ArtifactError
 from models.paths import default_artifact_path
 from training.logs import LoadReport, load_records
 from training.paths import bundled_data
+from training.progress import progress_bar
 from training.records import Record
 from training.split import split_records
 
@@ -43,7 +44,10 @@ def load_split(
     paths: Sequence[str], split: str, skip_invalid: bool, progress: Progress = log_progress
 ) -> tuple[list[Record], LoadReport]:
     """Read labelled logs and keep one side of the 80/20 split; says what was skipped and why."""
-    report = load_records(list(paths), skip_invalid=skip_invalid)
+    # Only existing files count towards the total: a missing one is load_records' error to say.
+    size = sum(Path(p).stat().st_size for p in paths if Path(p).is_file())
+    with progress_bar("loading logs", total=size, unit="B") as advance:
+        report = load_records(list(paths), skip_invalid=skip_invalid, on_bytes=advance)
     if report.skipped:
         progress(f"skipped {len(report.skipped)} invalid line(s):")
         for reason, count in sorted(report.skipped_by_reason().items(), key=lambda kv: -kv[1]):

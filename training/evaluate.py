@@ -30,6 +30,7 @@ from training import metrics
 from training.curves import KNOB_GRID, choose, sweep
 from training.heuristic import HeuristicRouter
 from training.labels import Targets, build_targets
+from training.progress import featurise
 from training.records import Record
 from training.trainer import TrainOptions
 
@@ -57,6 +58,26 @@ def _kept(records: Sequence[Record], known: set[str]) -> list[Record]:
     return [r for r in records if sum(1 for m in r.labelled_models if m in known) >= 2]
 
 
+def skip_reasons(records: Sequence[Record], known: set[str]) -> dict[str, int]:
+    """Why records are left out of an evaluation, counted: a router is measured only where at
+    least two models it knows have an outcome (otherwise there is no choice to score)."""
+    reasons: dict[str, int] = {}
+    for r in records:
+        labelled = [m for m in r.labelled_models if m in known]
+        if len(labelled) >= 2:
+            continue
+        if r.label is not None and not r.labelled_models:
+            why = "directly labelled (a best-model label, no outcomes to measure)"
+        elif not r.labelled_models:
+            why = "no outcome with a quality"
+        elif len(r.labelled_models) > len(labelled):
+            why = "fewer than 2 labelled models that the router knows"
+        else:
+            why = "only 1 labelled model (no choice to score)"
+        reasons[why] = reasons.get(why, 0) + 1
+    return dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+
+
 def evaluate(
     router: Router,
     records: Sequence[Record],
@@ -73,7 +94,7 @@ def evaluate(
         raise ValueError("no record has two or more labelled models that the router knows")
     t = build_targets(kept, router.models, catalog, tolerance=tolerance)
     prompts = [r.prompt for r in kept]
-    X = router.featurizer.transform(prompts, task_types=[r.task_type for r in kept]).tocsr()
+    X = featurise(router.featurizer, kept)
     scores, est = {}, None
     for s in router.heads:
         scores[s], est = router.score_batch(prompts, X=X, strategy=s, masks=t.labelled)
@@ -88,6 +109,7 @@ def evaluate(
     )
     report = _report(sc, catalog, strategy or router.default_strategy, knobs, min_task_size)
     report["n_skipped"] = len(records) - len(kept)
+    report["skipped_by_reason"] = skip_reasons(records, set(router.models))
     return report
 
 
@@ -154,6 +176,7 @@ def cross_val_evaluate(
         sc, catalog, strategy if strategy in scores else next(iter(scores)), knobs, min_task_size
     )
     report["n_skipped"] = len(records) - len(kept)
+    report["skipped_by_reason"] = skip_reasons(records, set(models))
     report["cv_folds"] = folds
     return report
 

@@ -259,15 +259,28 @@ def _open(path: Path, display: str) -> tuple[IO[bytes], IO[bytes]]:
     return raw, raw
 
 
-def _lines(path: Path, display: str) -> Iterator[tuple[int, bytes]]:
-    """Numbered raw lines; a broken gzip stream ends the iteration with `_Truncated`."""
+def _lines(
+    path: Path, display: str, on_bytes: Callable[[int], None] | None = None
+) -> Iterator[tuple[int, bytes]]:
+    """Numbered raw lines; a broken gzip stream ends the iteration with `_Truncated`.
+
+    `on_bytes(n)` is told every few thousand lines how many more bytes of the file (compressed,
+    for gzip) were read: what a progress bar over the file's size needs.
+    """
     stream, raw = _open(path, display)
     number = 0
+    told = 0
     try:
         with raw, stream:
             try:
                 for number, line in enumerate(stream, start=1):
                     yield number, line
+                    if on_bytes is not None and not number % 4096:
+                        position = raw.tell()
+                        on_bytes(position - told)
+                        told = position
+                if on_bytes is not None:
+                    on_bytes(raw.tell() - told)
             except EOFError:
                 raise _Truncated(
                     f"gzip stream is truncated: it ends after line {number}, the last complete line"
@@ -299,6 +312,7 @@ def _decode(line: bytes, number: int) -> Any:
 @dataclass
 class _FileStats:
     lines_read: int = 0
+    on_bytes: Callable[[int], None] | None = None
 
 
 def _parsed(
@@ -309,7 +323,7 @@ def _parsed(
     """(form, record) for each usable line; `skip` is None to raise on the first bad line."""
     display = str(path)
     # closing() so that raising mid-file closes the file now, not when the generator is collected.
-    with closing(_lines(Path(path), display)) as lines:
+    with closing(_lines(Path(path), display, stats.on_bytes)) as lines:
         yield from _checked(lines, display, skip, stats)
 
 
@@ -341,6 +355,7 @@ def iter_records(
     *,
     skip_invalid: bool = False,
     on_skip: SkipHook | None = None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Iterator[Record]:
     """Stream the records of one file, for data larger than memory.
 
@@ -352,11 +367,12 @@ def iter_records(
     skip_invalid : skip bad lines (and a truncated gzip tail) instead of raising `DataError`.
     on_skip : called as ``on_skip("file:line", reason)`` for each skip; required with
         ``skip_invalid`` so that nothing is dropped unseen.
+    on_bytes : told how many more bytes of the file were read, now and then (progress bars).
     """
     # Not a generator itself, so that a bad argument fails at the call, not at the first next().
     if skip_invalid and on_skip is None:
         raise ValueError("skip_invalid=True needs on_skip to report what is skipped")
-    parsed = _parsed(path, on_skip if skip_invalid else None, _FileStats())
+    parsed = _parsed(path, on_skip if skip_invalid else None, _FileStats(on_bytes=on_bytes))
     return (record for _form, record in parsed)
 
 
@@ -406,6 +422,7 @@ def load_records(
     paths: str | Path | Sequence[str | Path],
     *,
     skip_invalid: bool = False,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> LoadReport:
     """Read one or more labelled-log files into memory, merging single-call rows per prompt.
 
@@ -415,6 +432,7 @@ def load_records(
     skip_invalid : if False, raise `DataError(path, line, reason)` at the first bad line or a
         truncated gzip. If True, skip each bad line and list it in `LoadReport.skipped`; a
         truncated gzip keeps the lines before the break and is listed as a skip too.
+    on_bytes : told how many more bytes of the files were read, now and then (progress bars).
 
     Returns
     -------
@@ -432,7 +450,7 @@ def load_records(
     if not paths:
         raise ValueError("load_records needs at least one path")
     report = LoadReport()
-    stats = _FileStats()
+    stats = _FileStats(on_bytes=on_bytes)
     skip = (lambda where, reason: report.skipped.append((where, reason))) if skip_invalid else None
     slots: list[Record | None] = []  # None marks a merged record's place, filled in at the end
     merged: dict[Prompt, tuple[int, Record, dict[str, list[Outcome]]]] = {}

@@ -53,11 +53,12 @@ from sklearn.linear_model import SGDClassifier
 
 from features.extractor import PromptFeaturizer
 from models.catalog import Catalog, estimate_tokens
-from models.errors import DataError, UnknownModelError
+from models.errors import DataError
 from models.router import LinearHead, Router
 from training import metrics
 from training.labels import build_targets
 from training.logs import iter_records
+from training.progress import open_progress
 from training.records import Record
 from training.split import SPLIT_SIDES, is_test
 from training.trainer import (
@@ -200,6 +201,7 @@ class _Stats:
     train_rows: int = 0
     holdout_rows: int = 0
     without_quality: int = 0
+    directly_labelled: int = 0  # {"prompt", "label"} rows: no outcome for the quality head
     other_split: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     in_tokens: dict[int, int] = field(default_factory=dict)
@@ -237,6 +239,7 @@ def _labelled_stream(
     opts: StreamingOptions,
     catalog: Catalog,
     stats: _Stats | None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> Iterator[tuple[Record, bytes]]:
     """(record, sha256 of its text) for every record with a labelled outcome on the chosen side;
     the first epoch passes `stats` to count, check model names and report skipped lines."""
@@ -247,13 +250,19 @@ def _labelled_stream(
 
     for path in paths:
         records = iter_records(
-            path, skip_invalid=opts.skip_invalid, on_skip=skipped if opts.skip_invalid else None
+            path,
+            skip_invalid=opts.skip_invalid,
+            on_skip=skipped if opts.skip_invalid else None,
+            on_bytes=on_bytes,
         )
         for rec in records:
             labelled = rec.labelled_models
             if not labelled:
                 if stats is not None:
-                    stats.without_quality += 1
+                    if rec.label is not None:
+                        stats.directly_labelled += 1
+                    else:
+                        stats.without_quality += 1
                 continue
             if opts.split != "all" and is_test(rec.prompt.text) != (opts.split == "test"):
                 if stats is not None:
@@ -263,11 +272,12 @@ def _labelled_stream(
                 for m in labelled:
                     if m not in stats.models:
                         if m not in catalog:
-                            err = UnknownModelError(m, catalog.names, field="model")
+                            # Prices are needed from the first chunk on: stop at the first
+                            # unknown model (batch training lists them all).
                             raise DataError(
                                 rec.source or str(path),
                                 None,
-                                f"{err} — add it to the catalog with its prices",
+                                catalog.missing_message([m], where="this line"),
                             )
                         stats.models.add(m)
             yield rec, _digest(rec.prompt.text)
@@ -400,6 +410,7 @@ def train_streaming(
         pending.clear()
 
     stats = _Stats()
+    size = sum(p.stat().st_size for p in files if p.is_file())
     epoch_loss: list[dict[str, Any]] = []
     hold_records: list[Record] = []
     X_hold: sparse.csr_matrix | None = None
@@ -407,7 +418,8 @@ def train_streaming(
         first = epoch == 0
         t_epoch = time.perf_counter()
         seen = 0
-        stream = _labelled_stream(files, opts, catalog, stats if first else None)
+        bar = open_progress(f"epoch {epoch + 1}/{opts.epochs}", total=size, unit="B")
+        stream = _labelled_stream(files, opts, catalog, stats if first else None, bar.update)
         train_rows = _train_side(stream, opts, stats if first else None)
         for number, chunk in enumerate(_chunks(train_rows, opts.chunk_size)):
             if heads is None:
@@ -420,7 +432,8 @@ def train_streaming(
             if first:
                 stats.observe(chunk + stats.unobserved, catalog)
                 stats.unobserved.clear()
-            say(f"epoch {epoch + 1}/{opts.epochs}: {seen} records")
+        bar.close()
+        say(f"epoch {epoch + 1}/{opts.epochs}: {seen} records")
         if heads is None:  # fewer training records than `scale_rows`
             start([X for _n, _c, X in pending])
         assert heads is not None
@@ -513,6 +526,12 @@ def train_streaming(
         default_knob=knob,
     )
     seconds = round(time.perf_counter() - t0, 2)
+    if stats.directly_labelled:
+        say(
+            f"warning: ignored {stats.directly_labelled} directly labelled row(s) "
+            '({"prompt", "label"}): --streaming fits the quality head, which needs outcomes; '
+            "train without --streaming to use them"
+        )
     say(f"streaming training done in {seconds:.1f}s")
     report: dict[str, Any] = {
         "method": "streaming",
@@ -520,6 +539,7 @@ def train_streaming(
         "n_holdout": stats.holdout_rows,
         "n_holdout_used": len(hold_records),
         "records_without_quality": stats.without_quality,
+        "records_directly_labelled_ignored": stats.directly_labelled,
         "records_other_split": stats.other_split,
         "skipped_lines": sum(stats.skipped.values()),
         "skipped_by_reason": dict(sorted(stats.skipped.items(), key=lambda kv: (-kv[1], kv[0]))),
@@ -530,6 +550,7 @@ def train_streaming(
             (p for p in (routing or {}).get("curve", []) if p["knob"] == knob), None
         ),
         "knob_target_met": target_met,
+        "cv_curve": (routing or {}).get("curve", []),  # on the held-out sample; the dashboard's
         "best_step": best_step,
         "epochs": epoch_loss,
         "calibration": {

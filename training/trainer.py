@@ -48,11 +48,12 @@ from sklearn.linear_model import LogisticRegression
 
 from features.extractor import PromptFeaturizer
 from models.catalog import Catalog
-from models.errors import DataError, UnknownModelError
+from models.errors import DataError
 from models.router import LinearHead, Router
 from training import metrics
 from training.curves import KNOB_GRID, sweep
 from training.labels import Targets, build_targets
+from training.progress import featurise, track
 from training.records import Record
 
 __all__ = ["TrainOptions", "TrainResult", "fold_ids", "train"]
@@ -309,11 +310,22 @@ def _cross_validate(
     # One job per (head, model), largest first so that the two workers finish together; each
     # worker receives that model's rows once and does every fold and C.
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)
-    done = Parallel(n_jobs=opts.n_jobs, max_nbytes=None)(
-        delayed(_cv_one_model)(
-            X[rows], pos, neg, prompts.folds[rows], opts.cv_folds, opts.c_grid, opts.random_state
-        )
-        for _h, _j, rows, pos, neg in (jobs[i] for i in order)
+    done = track(
+        Parallel(n_jobs=opts.n_jobs, max_nbytes=None, return_as="generator")(
+            delayed(_cv_one_model)(
+                X[rows],
+                pos,
+                neg,
+                prompts.folds[rows],
+                opts.cv_folds,
+                opts.c_grid,
+                opts.random_state,
+            )
+            for _h, _j, rows, pos, neg in (jobs[i] for i in order)
+        ),
+        "cross-validation",
+        total=len(jobs),
+        unit="models",
     )
     results = dict(zip(order, done, strict=True))
     fits: dict[str, _HeadFit] = {}
@@ -381,10 +393,9 @@ def _model_list(records: Sequence[Record], catalog: Catalog) -> tuple[str, ...]:
                 seen.setdefault(m, rec.source)
         if rec.label is not None:
             seen.setdefault(rec.label, rec.source)
-    for m, src in seen.items():
-        if m not in catalog:
-            err = UnknownModelError(m, catalog.names, field="model")
-            raise DataError(src or "logs", None, f"{err} — add it to the catalog with its prices")
+    unknown = [m for m in seen if m not in catalog]
+    if unknown:  # all of them at once, located at the first; one edit of the catalog fixes it
+        raise DataError(seen[unknown[0]] or "logs", None, catalog.missing_message(unknown))
     if len(seen) < 2:
         raise DataError(
             "logs", None, f"need labelled outcomes for at least 2 models, found {sorted(seen)}"
@@ -415,9 +426,7 @@ def train(
     distinct = _distinct_prompts(records, opts.cv_folds, opts.cv_max_prompts)
     firsts = [records[i] for i in distinct.first]
     # One feature row per distinct prompt; every fit below weights it by its records.
-    X = featurizer.transform(
-        [r.prompt for r in firsts], task_types=[r.task_type for r in firsts]
-    ).tocsr()
+    X = featurise(featurizer, firsts)
     # liblinear converges several times faster when the dense block is on the hashed block's
     # scale; the scaling is folded back into the weights after the final fit.
     dense_scale = _dense_scale(X, featurizer.n_dense_)
@@ -556,6 +565,8 @@ def train(
         (p for p in cv_routing.get(strategy, {}).get("curve", []) if p["knob"] == knob), None
     )
     report["default_knob_cv_point"] = chosen
+    # The default head's cross-validated cost–quality curve: the service's dashboard draws it.
+    report["cv_curve"] = cv_routing.get(strategy, {}).get("curve", [])
     report["knob_target_met"] = target_met
     if not target_met:
         say(
@@ -566,9 +577,14 @@ def train(
     t2 = time.perf_counter()
     jobs = _fit_jobs(list(fits), targets, distinct, cv_only=False)
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)  # largest first
-    done = Parallel(n_jobs=opts.n_jobs, max_nbytes=None)(
-        delayed(_fit_weighted)(X[rows], pos, neg, fits[head].best_c[j], opts.random_state)
-        for head, j, rows, pos, neg in (jobs[i] for i in order)
+    done = track(
+        Parallel(n_jobs=opts.n_jobs, max_nbytes=None, return_as="generator")(
+            delayed(_fit_weighted)(X[rows], pos, neg, fits[head].best_c[j], opts.random_state)
+            for head, j, rows, pos, neg in (jobs[i] for i in order)
+        ),
+        "fitting",
+        total=len(jobs),
+        unit="models",
     )
     final = {(jobs[i][0], jobs[i][1]): cb for i, cb in zip(order, done, strict=True)}
     heads: dict[str, LinearHead] = {}

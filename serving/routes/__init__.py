@@ -2,10 +2,10 @@
 
 from fastapi import APIRouter
 
-from serving.routes import admin, experiments, feedback, health, models, route
+from serving.routes import activity, admin, artifact, experiments, feedback, health, models, route
 
 __all__ = ["api_router"]
 
 api_router = APIRouter()
-for _module in (route, feedback, models, experiments, admin, health):
+for _module in (route, feedback, models, experiments, activity, artifact, admin, health):
     api_router.include_router(_module.router)
