@@ -33,6 +33,11 @@ from models.catalog import estimate_tokens
 from models.errors import UnknownModelError
 from models.verifier import Verifier
 
+try:  # the head's gather in C (features/_compiled.c); optional, `take` gives the same rows
+    from features._compiled import gather_rows as _gather_rows
+except ImportError:
+    _gather_rows = None
+
 # Free-form copies of the dense features (features/extractor.py) carry this prefix.
 _FREE_FORM_PREFIX = "ff."
 
@@ -74,9 +79,17 @@ class LinearHead:
     ) -> np.ndarray:
         z = dense @ self.dense_w + self.bias
         if idx.size:
-            # `take` gathers the rows in one pass; fancy indexing costs about twice as much, and
-            # the gather from this megabytes-large block is most of a head's time.
-            z += vals @ self.hashed_w.take(idx - n_dense, axis=0)
+            # The gather from this megabytes-large block is most of a head's time. `vals @ rows`
+            # casts float32 rows to float64 before the product; the compiled gather hands it
+            # those float64 rows directly (same values, same BLAS call, so the same logits),
+            # skipping the index arithmetic and two copies. `take` is the fallback: fancy
+            # indexing costs about twice as much.
+            if _gather_rows is None:
+                rows = self.hashed_w.take(idx - n_dense, axis=0)
+            else:
+                rows = np.frombuffer(_gather_rows(self.hashed_w, idx, n_dense))
+                rows = rows.reshape(idx.size, self.hashed_w.shape[1])
+            z += vals @ rows
         return z
 
     def logits_batch(self, X: sparse.csr_matrix, n_dense: int) -> np.ndarray:
