@@ -118,6 +118,9 @@ class LinearHead:
         )
 
 
+_MAX_COST_SCALE = 1e250  # × any real cost in USD stays finite
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return expit(z)  # one overflow-free ufunc: a quarter of the time of tanh arithmetic
 
@@ -246,10 +249,10 @@ class Router:
         """score − λ · cost / c_ref: the quantity the policy maximises."""
         if knob == 0.0:
             return score
-        # A knob near float's limit overflows to -inf for every costed model: rank() then
-        # orders them by cost alone, which is what such a knob asks for.
-        with np.errstate(over="ignore"):
-            return score - knob * (cost_usd / self.cost_ref)
+        # A knob near float's limit would overflow; capped, cost alone still decides the order,
+        # which is what such a knob asks for (np.errstate would cost every decision ~4 µs).
+        scale = min(knob / self.cost_ref, _MAX_COST_SCALE)
+        return score - cost_usd * scale
 
     def rank(
         self, scored: Scored, knob: float | None = None, mask: np.ndarray | None = None
