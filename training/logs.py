@@ -157,9 +157,7 @@ def _responses(
     if value is None:
         return ()
     if not isinstance(value, str):
-        raise _Invalid(
-            f"{name}response: must be a string (the answer text), got {_json_type(value)}"
-        )
+        raise _Invalid(f"{name}response: must be a string (the answer text), got {_json_type(value)}")
     return ((value, quality),)
 
 
