@@ -83,9 +83,11 @@ def _details(name: str, data: dict[str, Any]) -> list[str]:
             ("head_us", "(b) linear head"),
             ("decision_us", "(c) whole decision"),
             ("heuristic_us", "hand-rule router"),
+            ("content_router_us", "seed ContentRouter rules"),
         ):
-            s = data[key]
-            out.append(f"| {label} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} |")
+            s = data.get(key)
+            if s:  # results written before issue 13 have no ContentRouter row
+                out.append(f"| {label} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} |")
     elif name == "long_inputs":
         out += [
             "",

@@ -31,6 +31,12 @@ from features.extractor import PromptFeaturizer
 from features.text import Prompt
 from models.catalog import estimate_tokens
 from models.errors import UnknownModelError
+from models.verifier import Verifier
+
+try:  # the head's gather in C (features/_compiled.c); optional, `take` gives the same rows
+    from features._compiled import gather_rows as _gather_rows
+except ImportError:
+    _gather_rows = None
 
 # Free-form copies of the dense features (features/extractor.py) carry this prefix.
 _FREE_FORM_PREFIX = "ff."
@@ -73,9 +79,17 @@ class LinearHead:
     ) -> np.ndarray:
         z = dense @ self.dense_w + self.bias
         if idx.size:
-            # `take` gathers the rows in one pass; fancy indexing costs about twice as much, and
-            # the gather from this megabytes-large block is most of a head's time.
-            z += vals @ self.hashed_w.take(idx - n_dense, axis=0)
+            # The gather from this megabytes-large block is most of a head's time. `vals @ rows`
+            # casts float32 rows to float64 before the product; the compiled gather hands it
+            # those float64 rows directly (same values, same BLAS call, so the same logits),
+            # skipping the index arithmetic and two copies. `take` is the fallback: fancy
+            # indexing costs about twice as much.
+            if _gather_rows is None:
+                rows = self.hashed_w.take(idx - n_dense, axis=0)
+            else:
+                rows = np.frombuffer(_gather_rows(self.hashed_w, idx, n_dense))
+                rows = rows.reshape(idx.size, self.hashed_w.shape[1])
+            z += vals @ rows
         return z
 
     def logits_batch(self, X: sparse.csr_matrix, n_dense: int) -> np.ndarray:
@@ -102,6 +116,9 @@ class LinearHead:
             hashed_w=np.asarray(data["hashed_w"], dtype=np.float32),
             bias=np.asarray(data["bias"], dtype=np.float64),
         )
+
+
+_MAX_COST_SCALE = 1e250  # × any real cost in USD stays finite
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -146,6 +163,8 @@ class Router:
     default_strategy: str = "quality"
     default_knob: float = 0.0
     version: str = ""
+    # Answer verifiers per model (escalation after the call); empty when the logs had no answers.
+    verifiers: dict[str, Verifier] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.default_strategy not in self.heads:
@@ -166,6 +185,7 @@ class Router:
             "cost_ref": float(self.cost_ref),
             "default_strategy": self.default_strategy,
             "default_knob": float(self.default_knob),
+            "verifiers": {m: v.to_payload() for m, v in self.verifiers.items()},
         }
 
     @classmethod
@@ -189,6 +209,9 @@ class Router:
             default_strategy=str(data["default_strategy"]),
             default_knob=float(data["default_knob"]),
             version=version,
+            verifiers={
+                str(m): Verifier.from_payload(v) for m, v in (data.get("verifiers") or {}).items()
+            },
         )
 
     # ----------------------------------------------------------------- hot path
@@ -226,10 +249,10 @@ class Router:
         """score − λ · cost / c_ref: the quantity the policy maximises."""
         if knob == 0.0:
             return score
-        # A knob near float's limit overflows to -inf for every costed model: rank() then
-        # orders them by cost alone, which is what such a knob asks for.
-        with np.errstate(over="ignore"):
-            return score - knob * (cost_usd / self.cost_ref)
+        # A knob near float's limit would overflow; capped, cost alone still decides the order,
+        # which is what such a knob asks for (np.errstate would cost every decision ~4 µs).
+        scale = min(knob / self.cost_ref, _MAX_COST_SCALE)
+        return score - cost_usd * scale
 
     def rank(
         self, scored: Scored, knob: float | None = None, mask: np.ndarray | None = None

@@ -108,6 +108,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         skip_invalid=a.skip_invalid,
         options=opts,
         progress=_progress,
+        verifier_logs=a.verifier_logs or (),
     )
     m = manifest["metrics"]
     print(
@@ -122,6 +123,10 @@ def cmd_train(a: argparse.Namespace) -> int:
                 "default_knob": m["default_knob"],
                 "cv_routing": m["cv_routing"],
                 "calibration": m["calibration"],
+                "verifiers": {
+                    model: {k: v.get(k) for k in ("examples", "oof_auc", "threshold_rule")}
+                    for model, v in (m.get("verifiers") or {}).items()
+                },
                 "train_seconds": m["train_seconds"],
             },
             indent=2,
@@ -179,6 +184,7 @@ def _print_table(report: dict[str, Any]) -> None:
             f"  alternative head {s}: AIQ {alt['aiq']}  "
             f"cost to match best {_shown(alt['cost_to_match_best'])}"
         )
+    _print_cascade(report.get("cascade"), "")
     if report.get("by_task"):
         print("by task:")
         task_width = max(len(task) for task in report["by_task"])
@@ -189,6 +195,45 @@ def _print_table(report: dict[str, Any]) -> None:
                 f"AIQ {v['router']['aiq']}  zero {v['zero_router']['aiq']}  "
                 f"match-best {_shown(v['router']['cost_to_match_best'])}{tm}"
             )
+            _print_cascade(v.get("cascade"), f" [{task}]")
+
+
+def _print_cascade(c: dict[str, Any] | None, label: str) -> None:
+    if not c:
+        return
+    pre, cas, auc = c["precall"], c["cascade"], c["auc_weak_right"]
+    na = "n/a (one outcome only)"
+    print(f"cascade{label} ({c['weak']} → {c['strong']}, n={c['n']}; {c['score_source']}):")
+    print(
+        f"        AUC for 'cheap model is right': cascade {_shown(auc['cascade'], na)}  "
+        f"pre-call {_shown(auc['precall'], na)}   cheap call costs "
+        f"{_shown(c['weak_cost_share'], 'n/a')} of the strong one"
+    )
+    print(
+        f"        APGR: cascade {_shown(cas['apgr'], 'n/a')}  pre-call {_shown(pre['apgr'], 'n/a')}"
+        f"   cost to 95% of strong: cascade {_shown(cas['cost_to_95pct_strong'])}  "
+        f"pre-call {_shown(pre['cost_to_95pct_strong'])}"
+    )
+    d = c.get("at_default_threshold")
+    if d:
+        print(
+            f"        at the verifier's threshold {d['threshold']}: escalates {d['strong_share']}, "
+            f"quality {d['quality']}, cost {d['cost_vs_strong']} of strong"
+        )
+    lat = c.get("latency")
+    added = (
+        "no latency in the logs"
+        if lat is None
+        else f"{_shown(lat['added_ms_at_95pct'], 'n/a (95% never reached)')} ms"
+    )
+    print(f"        added latency at 95%: {added}")
+    even = c["break_even_weak_cost_share"]
+    why = (
+        "no break-even: 95% of the strong model is never reached"
+        if even is None
+        else f"it would while the cheap call costs under ~{even} of the strong one"
+    )
+    print(f"        cascade pays: {'yes' if c['pays'] else 'no'}   ({why})")
 
 
 def _dataset_name(a: argparse.Namespace) -> str:
@@ -537,6 +582,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     logs_args(t)
     t.add_argument("--out", required=True, help="artifact folder to write")
+    t.add_argument(
+        "--verifier-logs",
+        nargs="+",
+        metavar="FILE",
+        help="extra logs with answer text ('response' per outcome) that train only the answer "
+        "verifiers (the --logs train them too when they carry answers)",
+    )
     t.add_argument(
         "--tolerance",
         type=float,

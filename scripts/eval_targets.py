@@ -41,8 +41,34 @@ def main() -> int:
         str(DATA / f)
         for f in ("routellm.jsonl.gz", "routerbench.jsonl.gz", "llmrouter_dcrouter.jsonl.gz")
     ]
+    answers = str(DATA / "gsm8k_responses.jsonl.gz")  # trains the answer verifiers only
     art = out / "train-side"
-    t_train = run(["train", "--logs", *files, "--split", "train", "--out", str(art)])
+    t_train = run(
+        [
+            "train",
+            "--logs",
+            *files,
+            "--verifier-logs",
+            answers,
+            "--split",
+            "train",
+            "--out",
+            str(art),
+        ]
+    )
+    run(
+        [
+            "eval",
+            "--model",
+            str(art),
+            "--logs",
+            answers,
+            "--split",
+            "test",
+            "--json",
+            str(out / "gsm8k_cascade.json"),
+        ]
+    )
     run(
         [
             "eval",
@@ -91,6 +117,8 @@ def main() -> int:
     rl = json.loads((out / "routellm.json").read_text())
     dc = json.loads((out / "dcrouter.json").read_text())
     rb = json.loads((out / "routerbench.json").read_text())
+    gc = json.loads((out / "gsm8k_cascade.json").read_text())["cascade"]
+    mc = rl["by_task"]["mmlu"]["cascade"]
 
     def beats(r: dict) -> str:
         q, h = r["router"]["quality_at_heuristic_cost"], r["heuristic"]["quality"]
@@ -146,6 +174,24 @@ def main() -> int:
             "—",
             f"{dc['router']['aiq']:.4f} vs {dc['zero_router']['aiq']:.4f}",
             "",
+        ),
+        (
+            f"GSM8K cascade (test side, n={gc['n']}): APGR (pre-call router)",
+            "≥ 0.75",
+            f"{gc['cascade']['apgr']:.3f} ({gc['precall']['apgr']:.3f})",
+            ok(gc["cascade"]["apgr"] >= 0.75),
+        ),
+        (
+            "GSM8K cascade: cost to 95% of GPT-4 (pre-call router)",
+            "≤ 0.55",
+            f"{gc['cascade']['cost_to_95pct_strong']} ({gc['precall']['cost_to_95pct_strong']})",
+            ok((gc["cascade"]["cost_to_95pct_strong"] or 9.0) <= 0.55),
+        ),
+        (
+            f"MMLU cascade (test side, n={mc['n']}): cost to 95% of GPT-4 (pre-call router)",
+            "not worth it",
+            f"{mc['cascade']['cost_to_95pct_strong']} ({mc['precall']['cost_to_95pct_strong']})",
+            ok(not mc["pays"]),
         ),
         ("RouteLLM: quality at the heuristic's cost", "> heuristic", beats(rl), ""),
         ("RouterBench: quality at the heuristic's cost", "> heuristic", beats(rb), ""),

@@ -6,10 +6,13 @@ or uvicorn's startup). A failure there stops start-up with the error; the servic
 half-configured. On shutdown, pending decisions are logged as unanswered and the log closed.
 
 Middleware, outermost first: request metrics (so even a refused body is counted), the gateway's
-access log (/v1 only), then the body-size limit (Content-Length checked up front, streamed bytes
-counted as they arrive), then `serving.hot_path.HotPath`, which answers POST /route and
-/feedback without FastAPI's routing and dependency solving and checks other JSON bodies for
-repeated keys.
+access log (/v1 only), client keys (`serving.auth`: a guarded path without a valid key is refused
+before its body is read), the body deadline (`serving.read_deadlines`: the whole body within
+`limits.body_timeout_seconds`), the body-size limit (Content-Length checked up front, streamed
+bytes counted as they arrive), then `serving.hot_path.HotPath`, which answers POST /route and
+/feedback without FastAPI's routing and dependency solving (the caller's name from
+`serving.auth.caller_of`) and checks other JSON bodies for repeated keys. The header deadline
+is the server's: see `serving.server.uvicorn_config`.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.access_log import GatewayAccessLog
+from serving.auth import ClientAuth, ClientKeys
 from serving.config import Settings
 from serving.errors import BodyTooLarge, error_body, install_error_handlers
 from serving.gateway import Gateway, Sleep, Upstreams
 from serving.hot_path import HotPath
 from serving.metrics import Metrics, RequestMetrics
+from serving.read_deadlines import BodyDeadline
 from serving.routes import api_router
 from serving.routes import openai as openai_routes
 from serving.routes.docs import install_docs
@@ -139,6 +144,12 @@ def create_app(
     install_ui(app)
     app.add_middleware(HotPath, owner=app)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyDeadline, seconds=settings.limits.body_timeout_seconds)
+
+    def client_keys() -> ClientKeys | None:
+        return app.state.service.clients if app.state.service is not None else None
+
+    app.add_middleware(ClientAuth, keys=client_keys)
     if settings.gateway_access_log:
         app.add_middleware(GatewayAccessLog)
     app.add_middleware(RequestMetrics, metrics=metrics)

@@ -67,6 +67,11 @@ class Feedback:
     error_type: str | None = None
     input_tokens: int | None = None  # from the upstream's usage, when the gateway made the call
     output_tokens: int | None = None
+    caller: str | None = None  # the client key's name (None: no client keys configured)
+    response: str | None = None  # the answer text (gateway; only when the log keeps texts)
+    # Answers the gateway discarded for a stronger model's: model, reason, cost_usd, latency_ms.
+    # cost_usd and latency_ms above already include them.
+    escalations: tuple[dict[str, Any], ...] = ()
 
 
 def decision_row(
@@ -94,6 +99,10 @@ def decision_row(
         row["input_tokens"] = fb.input_tokens
     if fb is not None and fb.output_tokens is not None:
         row["output_tokens"] = fb.output_tokens
+    if fb is not None and fb.response is not None:
+        row["response"] = fb.response
+    if fb is not None and fb.escalations:
+        row["escalations"] = [dict(e) for e in fb.escalations]
     if d.task_type is not None:
         row["task_type"] = d.task_type
     row["ts"] = round(d.ts, 3)

@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BreakersConfig",
+    "ClientKeyConfig",
     "DecisionLogConfig",
+    "ESCALATION_CHECKS",
+    "EscalationConfig",
     "ExperimentConfig",
     "ExplorationConfig",
     "GatewayConfig",
@@ -90,13 +93,20 @@ def _check_unique(items: Iterable[Any], field: str, what: str) -> None:
 
 
 class LimitsConfig(_Section):
-    """Request size limits, checked before any parsing work is done."""
+    """Request size limits, checked before any parsing work is done, and read deadlines.
+
+    A request's head must arrive within `header_timeout_seconds` of the connection opening (or
+    of the previous response on it), and its body within `body_timeout_seconds` of the head;
+    otherwise 408 and the connection is closed (`serving.read_deadlines`).
+    """
 
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_prompt_chars: int = Field(400_000, gt=0)
     max_messages: int = Field(1_000, gt=0)
     max_metadata_depth: int = Field(8, gt=0, le=64)
     max_metadata_bytes: int = Field(16_384, gt=0)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
 
 
 class BreakersConfig(_Section):
@@ -300,14 +310,21 @@ class UpstreamConfig(_Section):
     """Where the gateway sends one catalog model's chat completions (OpenAI wire format).
 
     `base_url` is the API root, as for the OpenAI client (``https://api.openai.com/v1``);
-    ``/chat/completions`` is appended. `timeout_seconds` bounds connecting and each read (for a
-    stream, the longest wait between two chunks).
+    ``/chat/completions`` is appended. Deadlines, each ending the attempt as a ``timeout``:
+
+    timeout_seconds        the whole attempt until the reply is in hand: connecting, sending,
+                           the full body — for a stream, its first event. An upstream that
+                           dribbles one byte at a time cannot stretch it.
+    stream_idle_seconds    once a stream has started: the longest wait for its next event
+    stream_max_seconds     once a stream has started: its whole length
     """
 
     base_url: _NonEmpty
     model: _NonEmpty | None = None  # the upstream's name for the model; default: the catalog's
     api_key_env: _NonEmpty | None = None  # the variable holding the bearer token; null: none
     timeout_seconds: float = Field(60.0, gt=0)
+    stream_idle_seconds: float = Field(30.0, gt=0)
+    stream_max_seconds: float = Field(600.0, gt=0)
 
     @field_validator("base_url")
     @classmethod
@@ -318,6 +335,31 @@ class UpstreamConfig(_Section):
                 "url", "must be an http:// or https:// URL, got {value}", {"value": repr(value)}
             )
         return value
+
+
+class ClientKeyConfig(_Section):
+    """One client API key: its name (who the caller is) and the variable that holds it."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN, max_length=100)]
+    key_env: _NonEmpty
+
+
+# The answer checks of the gateway's escalation, cheapest first (serving/gateway/escalation.py).
+ESCALATION_CHECKS = ("length", "empty", "refusal", "json", "tool_args", "verifier")
+_Check = Literal["length", "empty", "refusal", "json", "tool_args", "verifier"]
+
+
+class EscalationConfig(_Section):
+    """Verify and escalate: check the answer, call a stronger model when a check fails.
+
+    `enabled` turns it on for every /v1 request (a request's ``promptroute.escalate`` overrides
+    it either way); `threshold` overrides each verifier's trained threshold.
+    """
+
+    enabled: bool = False
+    checks: list[_Check] = Field(default_factory=lambda: list(ESCALATION_CHECKS), min_length=1)
+    threshold: float | None = Field(None, gt=0, lt=1)
+    max_escalations: int = Field(1, ge=1, le=3)
 
 
 class ExplorationConfig(_Section):
@@ -343,6 +385,7 @@ class GatewayConfig(_Section):
 
     max_attempts: int = Field(3, gt=0)
     max_retry_after_seconds: float = Field(5.0, ge=0)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
 
 
 class Settings(_Section):
@@ -359,6 +402,9 @@ class Settings(_Section):
     default_priority: Priority = "balanced"
     degraded_mode: bool = False
     admin_api_key_env: _NonEmpty = "PROMPTROUTE_ADMIN_KEY"
+    # Client keys for /route, /feedback, /v1/*: none configured (here or in the variable) = open.
+    client_keys: list[ClientKeyConfig] = Field(default_factory=list)
+    client_keys_env: _NonEmpty = "PROMPTROUTE_CLIENT_KEYS"
     log_prompts: bool = False
     log_format: LogFormat = "text"
     access_log: bool = False
@@ -378,6 +424,7 @@ class Settings(_Section):
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
         _check_unique(self.rules, "rules", "rule")
+        _check_unique(self.client_keys, "client_keys", "client key")
         _check_unique(self.experiments, "experiments", "experiment")
         return self
 

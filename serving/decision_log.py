@@ -168,11 +168,14 @@ class DecisionLog:
 
 
 def _redact(row: Mapping[str, Any]) -> dict[str, Any]:
-    """`row` with its prompt text or messages replaced by their sha256, in the same position."""
+    """`row` with its prompt text or messages replaced by their sha256, in the same position,
+    and without the answer text (``response``), which is as private as the prompt."""
     if "prompt" in row and "messages" in row:
         raise ValueError("row: has both 'prompt' and 'messages'; give one")
     out: dict[str, Any] = {}
     for key, value in row.items():
+        if key == "response":
+            continue
         if key == "prompt":
             if not isinstance(value, str):
                 raise ValueError(f"prompt: must be a string, got {type(value).__name__}")

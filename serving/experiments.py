@@ -95,7 +95,7 @@ class _Welford:
 
 
 class _VariantStats:
-    __slots__ = ("assigned", "feedback", "successes", "latency", "quality")
+    __slots__ = ("assigned", "feedback", "successes", "latency", "quality", "cost", "escalated")
 
     def __init__(self) -> None:
         self.assigned = 0
@@ -103,6 +103,8 @@ class _VariantStats:
         self.successes = 0
         self.latency = _Welford()
         self.quality = _Welford()
+        self.cost = _Welford()
+        self.escalated = 0
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,13 @@ class Experiments:
         success: bool,
         latency_ms: float | None,
         quality: float | None,
+        cost_usd: float | None = None,
+        escalated: bool = False,
     ) -> None:
-        """Add one feedback outcome; None latency or quality leaves that mean unchanged.
+        """Add one feedback outcome; None latency, quality or cost leaves that mean unchanged.
+
+        `escalated` counts requests the gateway answered with a stronger model after a failed
+        check (their cost and latency include both calls).
 
         Raises
         ------
@@ -211,6 +218,9 @@ class Experiments:
                 stats.latency.add(float(latency_ms))
             if quality is not None:
                 stats.quality.add(float(quality))
+            if cost_usd is not None and math.isfinite(cost_usd):
+                stats.cost.add(float(cost_usd))
+            stats.escalated += bool(escalated)
 
     def summary(self, name: str) -> dict[str, Any]:
         """Counts, rates, means with 95% intervals and p-values vs the first variant.
@@ -259,6 +269,7 @@ class Experiments:
         interval = _wilson_interval(stats.successes, stats.feedback)
         latency, latency_ci = stats.latency.summary()
         quality, quality_ci = stats.quality.summary()
+        cost, cost_ci = stats.cost.summary()
         return {
             "name": variant.name,
             "weight": variant.weight,
@@ -273,6 +284,9 @@ class Experiments:
             "mean_latency_ms_ci95": latency_ci,
             "mean_quality": quality,
             "mean_quality_ci95": quality_ci,
+            "mean_cost_usd": cost,
+            "mean_cost_usd_ci95": cost_ci,
+            "escalated": stats.escalated,
             "p_value_vs_control": None
             if control is None
             else _two_proportion_p_value(

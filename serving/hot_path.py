@@ -34,10 +34,12 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.auth import caller_of
 from serving.errors import AmbiguousBody, ApiError, error_response
 from serving.json_body import MISSING, DuplicateKeyError, declares_json, decode_body, loads
 from serving.routes import feedback, route
@@ -46,17 +48,18 @@ from serving.service import Service
 
 __all__ = ["HotPath"]
 
-_Endpoint = Callable[[Service, Any], Awaitable[bytes]]
+_Endpoint = Callable[[Service, Any, str | None], Awaitable[bytes]]
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
-async def _route(service: Service, value: Any) -> bytes:
-    return await route.route_answer(service.pipeline, _validated(RouteRequest, value))
+async def _route(service: Service, value: Any, caller: str | None) -> bytes:
+    return await route.route_answer(service.pipeline, _validated(RouteRequest, value), caller)
 
 
-async def _feedback(service: Service, value: Any) -> bytes:
-    answer = await feedback.feedback_answer(service.outcomes, _validated(FeedbackRequest, value))
+async def _feedback(service: Service, value: Any, caller: str | None) -> bytes:
+    body = _validated(FeedbackRequest, value)
+    answer = await feedback.feedback_answer(service.outcomes, body, caller)
     return orjson.dumps(answer.model_dump())
 
 
@@ -102,7 +105,12 @@ class HotPath:
             service = self.owner.state.service
             if service is None:
                 raise ApiError(503, "not_ready", "the service has not loaded a model yet")
-            payload = await endpoint(service, value)
+            # `ClientAuth`, outside, has already refused a missing or wrong client key; as in
+            # `serving.deps.get_caller`, the key is checked here when it has not.
+            found = caller_of(scope)
+            if found is None and service.clients.enabled:
+                found = service.clients.authenticate(Headers(scope=scope))
+            payload = await endpoint(service, value, found.name if found is not None else None)
         except Exception as exc:
             response = error_response(exc)
             if response is None:

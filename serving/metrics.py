@@ -57,6 +57,7 @@ UPSTREAM_OUTCOMES = (
     "rate_limited",
     "server_error",
     "http_error",
+    "provider_error",
     "timeout",
     "network_error",
     "malformed",
@@ -165,6 +166,17 @@ class Metrics:
             ["model", "outcome"],
             registry=r,
         )
+        self._escalations = Counter(
+            "promptroute_escalations",
+            "Answers the /v1 gateway discarded for a stronger model's, by model and failed check",
+            ["model", "check"],
+            registry=r,
+        )
+        self._escalation_cost = Counter(
+            "promptroute_escalation_discarded_cost_usd",
+            "What the discarded answers of escalated requests cost, in USD",
+            registry=r,
+        )
         self._removal_child = {f: self._removals.labels(filter=f) for f in FILTERS}
         self._decision_child: dict[tuple[str, str], Any] = {}
         self._spend_child: dict[str, Any] = {}
@@ -233,6 +245,14 @@ class Metrics:
     def upstream_attempt(self, model: str, outcome: str) -> None:
         """One gateway call to `model`'s upstream ended with `outcome` (see UPSTREAM_OUTCOMES)."""
         self._upstream.labels(model, outcome).inc()
+
+    def escalation(self, model: str, check: str) -> None:
+        """The gateway escalated past `model`'s answer because `check` failed."""
+        self._escalations.labels(model, check).inc()
+
+    def escalation_cost(self, usd: float) -> None:
+        """The cost of the answers one escalated request discarded."""
+        self._escalation_cost.inc(max(usd, 0.0))
 
     def reload(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "failed").inc()

@@ -12,6 +12,7 @@ from serving.errors import ApiError
 from serving.experiments import Experiments
 from serving.health import Health
 from serving.loaded_model import ModelSlot
+from serving.redact import quote
 
 __all__ = ["Outcomes", "apply_feedback"]
 
@@ -40,7 +41,7 @@ async def apply_feedback(
         raise ApiError(
             422,
             "unknown_model",
-            f"model: {fb.model!r} is not a routable model; known: {', '.join(known)}",
+            f"model: {quote(fb.model)} is not a routable model; known: {', '.join(known)}",
             field="model",
             known=known,
         )
@@ -49,7 +50,7 @@ async def apply_feedback(
         raise ApiError(
             404,
             "unknown_request_id",
-            f"no pending decision with request_id {fb.request_id!r}: it is unknown, already "
+            f"no pending decision with request_id {quote(fb.request_id)}: it is unknown, already "
             f"has its feedback, or is older than {book.max_age_seconds:g} s",
             field="request_id",
         )
@@ -64,6 +65,8 @@ async def apply_feedback(
             success=fb.success,
             latency_ms=fb.latency_ms,
             quality=fb.quality,
+            cost_usd=fb.cost_usd,
+            escalated=bool(fb.escalations),
         )
     await book.log_outcome(fb.request_id, decision, model, fb)
     return decision, model

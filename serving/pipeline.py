@@ -75,6 +75,7 @@ from serving.filters import (
 from serving.health import Health, HealthView
 from serving.loaded_model import LoadedModel, ModelSlot
 from serving.metrics import Metrics
+from serving.redact import quote
 from serving.rules import RuleSet
 
 __all__ = ["Decision", "Pipeline", "RouteQuery"]
@@ -103,6 +104,7 @@ class RouteQuery:
     metadata: Mapping[str, Any] | None = None
     raw_prompt: str | None = None
     raw_messages: list[Any] | None = None
+    caller: str | None = None  # the client key's name; feedback must come from the same one
 
 
 @dataclass(slots=True)
@@ -506,7 +508,7 @@ def _candidates(
             raise ApiError(
                 422,
                 "unknown_model",
-                f"candidates[{i}]: unknown model {name!r}; routable: {', '.join(known)}",
+                f"candidates[{i}]: unknown model {quote(name)}; routable: {', '.join(known)}",
                 field=f"candidates[{i}]",
                 known=known,
             )

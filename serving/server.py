@@ -13,9 +13,14 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["serve", "worker_app"]
+if TYPE_CHECKING:
+    import uvicorn
+
+    from serving.config import Settings
+
+__all__ = ["serve", "uvicorn_config", "worker_app"]
 
 _GRACEFUL_SHUTDOWN_SECONDS = 10
 _WORKER_SETTINGS = "PROMPTROUTE__WORKER_SETTINGS"  # internal: serve() → its worker processes
@@ -91,17 +96,7 @@ def serve(
         service.models.current.version,
         len(service.models.current.universe),
     )
-    options: dict[str, Any] = dict(
-        host=settings.host,
-        port=settings.port,
-        lifespan="on",
-        # Not uvloop even when installed: under saturation it served some connections far
-        # later than others (p99 820 ms vs 50 ms at concurrency 64, bench/http.py).
-        loop="asyncio",
-        timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
-        log_config=log_config,
-        access_log=settings.access_log,
-    )
+    options = {**_uvicorn_options(settings), "log_config": log_config}
     if settings.workers > 1:
         # Each worker process loads its own service from these (already checked) settings.
         asyncio.run(service.close())
@@ -112,6 +107,9 @@ def serve(
             settings.workers,
         )
         os.environ[_WORKER_SETTINGS] = settings.model_dump_json()
+        # The header deadline's protocol by import string: a class made here cannot reach the
+        # worker processes; each sets its deadline from the settings (worker_app).
+        options["http"] = "serving.read_deadlines:HeaderDeadlineProtocol"
         if "timeout_worker_healthcheck" in inspect.signature(uvicorn.Config).parameters:
             # A worker loads the model before it answers uvicorn's ping; the default 5 s had
             # busy 2-core machines kill and restart workers that were still loading.
@@ -129,9 +127,39 @@ def serve(
     return 0 if server.started else 1
 
 
+def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn configuration `serve` runs `app` with in one process (tests run the same).
+
+    Its HTTP protocol closes connections whose request head does not arrive within
+    `limits.header_timeout_seconds` (`serving.read_deadlines`); `overrides` go to uvicorn.
+    """
+    import uvicorn
+
+    return uvicorn.Config(app, **{**_uvicorn_options(settings), **overrides})
+
+
+def _uvicorn_options(settings: Settings) -> dict[str, Any]:
+    from serving.read_deadlines import header_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "lifespan": "on",
+        # Not uvloop even when installed: under saturation it served some connections far
+        # later than others (p99 820 ms vs 50 ms at concurrency 64, bench/http.py).
+        "loop": "asyncio",
+        "http": header_protocol(settings.limits.header_timeout_seconds),
+        "timeout_graceful_shutdown": _GRACEFUL_SHUTDOWN_SECONDS,
+        "access_log": settings.access_log,
+    }
+
+
 def worker_app() -> Any:
     """The app of one worker process (``workers > 1``), from the settings `serve` checked."""
     from serving.app import create_app
     from serving.config import Settings
+    from serving.read_deadlines import HeaderDeadlineProtocol
 
-    return create_app(Settings.model_validate_json(os.environ[_WORKER_SETTINGS]))
+    settings = Settings.model_validate_json(os.environ[_WORKER_SETTINGS])
+    HeaderDeadlineProtocol.header_timeout = settings.limits.header_timeout_seconds
+    return create_app(settings)

@@ -6,6 +6,7 @@
     ├── book: Bookkeeping          decisions waiting for feedback, and the decision log
     ├── experiments: Experiments   sticky assignments and per-variant outcomes
     ├── rules: RuleSet             static rules, compiled
+    ├── clients: ClientKeys        who may call /route, /feedback, /v1/* (optional)
     ├── catalog, settings, metrics fixed for the life of the process
     ├── pipeline: Pipeline         the decision, wired to exactly the parts it uses
     └── outcomes: Outcomes         feedback, wired to the parts it changes
@@ -26,6 +27,7 @@ from typing import Any
 
 from models.artifact import load_router
 from models.catalog import Catalog, load_catalog
+from serving.auth import ClientKeys
 from serving.bookkeeping import Bookkeeping, LocalBookkeeping
 from serving.config import Settings
 from serving.experiments import Experiments
@@ -56,6 +58,7 @@ class Service:
     pipeline: Pipeline
     outcomes: Outcomes
     admin_key: str | None
+    clients: ClientKeys
     clock: _Clock
     wall_clock: _Clock
 
@@ -77,7 +80,7 @@ class Service:
         clock : monotonic seconds for breakers, statistics and pending decisions (fake in tests)
         wall_clock : unix seconds for the decision log's "ts"
         metrics : the app's metrics (a fresh registry when None)
-        environ : where the admin API key is read from (``os.environ`` by default)
+        environ : where the admin and client API keys are read from (``os.environ`` by default)
 
         Raises
         ------
@@ -86,6 +89,13 @@ class Service:
         """
         metrics = metrics if metrics is not None else Metrics()
         env = os.environ if environ is None else environ
+        admin_key = env.get(settings.admin_api_key_env) or None
+        clients = ClientKeys.from_config(
+            [(c.name, c.key_env) for c in settings.client_keys],
+            settings.client_keys_env,
+            env,
+            admin_key=admin_key,
+        )
         artifact = str(settings.artifact or _default_artifact())
         router, manifest = load_router(artifact)
         catalog = _service_catalog(settings, manifest, artifact)
@@ -137,7 +147,8 @@ class Service:
             rules=rules,
             pipeline=pipeline,
             outcomes=Outcomes(models, health, experiments, book),
-            admin_key=env.get(settings.admin_api_key_env) or None,
+            admin_key=admin_key,
+            clients=clients,
             clock=clock,
             wall_clock=wall_clock,
         )

@@ -114,15 +114,19 @@ def test_long_text_is_exactly_the_size_asked(chars: int) -> None:
 # --------------------------------------------------------------------------- benchmarks
 def test_decision(results: dict) -> None:
     r = results["decision"]
-    for key in ("features_us", "head_us", "decision_us", "heuristic_us"):
+    for key in ("features_us", "head_us", "decision_us", "heuristic_us", "content_router_us"):
         assert set(r[key]) == PERCENTILE_KEYS and r[key]["n"] == 12 and _ordered(r[key])
-    assert set(r["ratio_learned_over_heuristic"]) == {"p50", "p99", "mean", "median_per_prompt"}
+    for key in ("ratio_learned_over_heuristic", "ratio_learned_over_content_router"):
+        assert set(r[key]) == {"p50", "p99", "mean", "median_per_prompt"}
+    ratio = r["ratio_learned_over_content_router"]["p50"]
+    assert ratio == round(r["decision_us"]["p50"] / r["content_router_us"]["p50"], 3)
     assert set(r["decision_p50_us_by_dataset"]) == {"llmrouter_dcrouter", "routellm", "routerbench"}
     assert r["timer_overhead_ns"] >= 0
     assert _metrics(r) == [
         "decision p50",
         "decision p99",
         "learned / hand-rule decision time (p50 ratio)",
+        "learned / seed ContentRouter decision time (p50 ratio)",
     ]
     assert all(isinstance(t["pass"], bool) for t in r["targets"])
 

@@ -175,6 +175,9 @@ def test_summary_of_a_fresh_experiment_is_exact():
         "mean_latency_ms_ci95": None,
         "mean_quality": None,
         "mean_quality_ci95": None,
+        "mean_cost_usd": None,
+        "mean_cost_usd_ci95": None,
+        "escalated": 0,
         "p_value_vs_control": None,
     }
     assert experiments.summary("exp") == {

@@ -36,6 +36,7 @@ REPORT_KEYS = {
     "best_c",
     "cv_loss",
     "train_seconds",
+    "verifiers",
     "options",
 }
 

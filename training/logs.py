@@ -5,17 +5,20 @@ Three line forms are accepted; each needs exactly one of ``prompt`` (a string) o
 
 ``outcomes``  (multi-outcome, the bundled data)
     ``{"id"?, "prompt"|"messages", "task"?, "task_type"?, "outcomes": {MODEL: {"quality": 0..1 |
-    null, "cost_usd"?, "latency_ms"?, "input_tokens"?, "output_tokens"?}}}``. ``quality`` is
-    required in each outcome; null keeps the model as unlabelled (``Outcome(quality=None)``).
+    null, "cost_usd"?, "latency_ms"?, "input_tokens"?, "output_tokens"?, "response"?}}}``.
+    ``quality`` is required in each outcome; null keeps the model as unlabelled
+    (``Outcome(quality=None)``). ``response`` is the model's answer text (a string), which
+    trains the answer verifier (`training/verifier.py`).
 ``single``  (one production call per line)
     ``{"id"?, "prompt"|"messages", "model", "quality"|"success", "cost_usd"?, "latency_ms"?,
-    "input_tokens"?, "output_tokens"?, "task"?, "task_type"?}``. ``success`` (true/false) means
+    "input_tokens"?, "output_tokens"?, "response"?, "task"?, "task_type"?}``. ``success`` (true/false) means
     quality 1.0/0.0 when ``quality`` is absent or null. `load_records` merges rows whose
     normalised `Prompt` is equal (same text and same structure: last user turn, turns, images,
     system message) into one record, across all the files it reads, at the position of the first
     such row; that row gives the record's id, task, task_type and source. When one model appears
     more than once for a prompt, its outcome is the mean of those rows: quality, and cost,
-    latency and tokens each over the rows that carry them (tokens rounded). `iter_records`
+    latency and tokens each over the rows that carry them (tokens rounded); every row's
+    ``response`` is kept with that row's quality (`Outcome.responses`). `iter_records`
     streams and does not merge: each row is its own one-outcome record.
 ``label``  (directly labelled)
     ``{"prompt"|"messages", "label": MODEL}`` gives ``Record(label=MODEL)``.
@@ -147,6 +150,17 @@ def _prompt(obj: dict[str, Any]) -> Prompt:
         raise _Invalid(str(e)) from None
 
 
+def _responses(
+    obj: dict[str, Any], name: str, quality: float | None
+) -> tuple[tuple[str, float | None], ...]:
+    value = obj.get("response")
+    if value is None:
+        return ()
+    if not isinstance(value, str):
+        raise _Invalid(f"{name}response: must be a string (the answer text), got {_json_type(value)}")
+    return ((value, quality),)
+
+
 def _outcome(obj: dict[str, Any], name: str, quality: float | None) -> Outcome:
     return Outcome(
         quality=quality,
@@ -154,6 +168,7 @@ def _outcome(obj: dict[str, Any], name: str, quality: float | None) -> Outcome:
         latency_ms=_optional_number(obj, "latency_ms", f"{name}latency_ms"),
         input_tokens=_optional_tokens(obj, "input_tokens", f"{name}input_tokens"),
         output_tokens=_optional_tokens(obj, "output_tokens", f"{name}output_tokens"),
+        responses=_responses(obj, name, quality),
     )
 
 
@@ -415,6 +430,7 @@ def _merge_outcomes(calls: list[Outcome]) -> Outcome:
         latency_ms=_mean([o.latency_ms for o in calls]),
         input_tokens=_mean_tokens([o.input_tokens for o in calls]),
         output_tokens=_mean_tokens([o.output_tokens for o in calls]),
+        responses=tuple(pair for o in calls for pair in o.responses),
     )
 
 

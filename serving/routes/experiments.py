@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from serving.deps import ExperimentsDep
 from serving.errors import ApiError
+from serving.redact import quote
 from serving.schemas import ErrorResponse
 
 __all__ = ["router"]
@@ -34,6 +35,6 @@ async def get_experiment(name: str, experiments: ExperimentsDep) -> dict[str, An
         raise ApiError(
             404,
             "unknown_experiment",
-            f"no experiment named {name!r}; known: {', '.join(known) or '(none)'}",
+            f"no experiment named {quote(name)}; known: {', '.join(known) or '(none)'}",
             known=known,
         ) from None
