@@ -135,6 +135,22 @@ class Metrics:
             ["model", "outcome"],
             registry=r,
         )
+        self._state_degraded = Gauge(
+            "promptroute_state_degraded",
+            "1 while the shared state backend (Redis) is unreachable and this process serves "
+            "from local state, else 0",
+            registry=r,
+        )
+        self.state_errors = Counter(
+            "promptroute_state_errors",
+            "Round trips to the shared state backend that failed or timed out",
+            registry=r,
+        )
+        self.state_dropped = Counter(
+            "promptroute_state_dropped",
+            "Shared-state writes nobody waited for that were lost to a backend fault",
+            registry=r,
+        )
         self._removal_child = {f: self._removals.labels(filter=f) for f in FILTERS}
         self._decision_child: dict[tuple[str, str], Any] = {}
         self._feedback_child: dict[tuple[str, str], Any] = {}
@@ -151,6 +167,9 @@ class Metrics:
 
     def track_pending(self, size: Callable[[], int]) -> None:
         self._pending.set_function(lambda: float(size()))
+
+    def track_state(self, degraded: Callable[[], bool]) -> None:
+        self._state_degraded.set_function(lambda: float(degraded()))
 
     # -- hot path -----------------------------------------------------------------------------
 
@@ -185,6 +204,10 @@ class Metrics:
         old_v, new_v = getattr(old, "value", str(old)), getattr(new, "value", str(new))
         self._transitions.labels(model, old_v, new_v).inc()
         self._breaker_state.labels(model).set(_BREAKER_LEVEL.get(new_v, -1.0))
+
+    def breaker_level(self, model: str, state: str) -> None:
+        """Show `model`'s circuit as `state` (a change another process made, seen here)."""
+        self._breaker_state.labels(model).set(_BREAKER_LEVEL.get(state, -1.0))
 
     def upstream_attempt(self, model: str, outcome: str) -> None:
         """One gateway call to `model`'s upstream ended with `outcome` (see UPSTREAM_OUTCOMES)."""

@@ -31,9 +31,11 @@ async def apply_feedback(
     Raises
     ------
     ApiError
-        422 ``unknown_model`` when `fb.model` is not routable (the decision stays pending,
-        so a corrected retry still finds it); 404 ``unknown_request_id`` when the id is
-        unknown, already answered or expired.
+        422 ``unknown_model`` when `fb.model` is not routable (nothing is reserved, so a
+        corrected retry still finds the decision); and from `Bookkeeping.claim`: 404
+        ``unknown_request_id`` (unknown, expired, or another caller's decision), 422
+        ``model_not_offered`` (neither the decision's model nor a fallback), 409
+        ``outcome_already_recorded`` (that model's outcome is in already).
     """
     if fb.model is not None and fb.model not in models.routable_names():
         known = sorted(models.routable_names())
@@ -44,16 +46,7 @@ async def apply_feedback(
             field="model",
             known=known,
         )
-    decision = await book.take(fb.request_id)
-    if decision is None:
-        raise ApiError(
-            404,
-            "unknown_request_id",
-            f"no pending decision with request_id {fb.request_id!r}: it is unknown, already "
-            f"has its feedback, or is older than {book.max_age_seconds:g} s",
-            field="request_id",
-        )
-    model = fb.model or decision.model
+    decision, model = await book.claim(fb.request_id, fb.model, fb.caller)
     await health.record_outcome(
         model, success=fb.success, latency_ms=fb.latency_ms, quality=fb.quality
     )
@@ -65,7 +58,7 @@ async def apply_feedback(
             latency_ms=fb.latency_ms,
             quality=fb.quality,
         )
-    await book.log_outcome(fb.request_id, decision, model, fb)
+    await book.log_outcome(fb.request_id, model, fb)
     return decision, model
 
 

@@ -6,6 +6,7 @@
     ├── book: Bookkeeping          decisions waiting for feedback, and the decision log
     ├── experiments: Experiments   sticky assignments and per-variant outcomes
     ├── rules: RuleSet             static rules, compiled
+    ├── store: RedisStore | None   the shared-state connection (``state.backend: redis``)
     ├── catalog, settings, metrics fixed for the life of the process
     ├── pipeline: Pipeline         the decision, wired to exactly the parts it uses
     └── outcomes: Outcomes         feedback, wired to the parts it changes
@@ -58,6 +59,7 @@ class Service:
     admin_key: str | None
     clock: _Clock
     wall_clock: _Clock
+    store: Any = None  # serving.shared.RedisStore when the state is shared
 
     @classmethod
     def load(
@@ -90,14 +92,7 @@ class Service:
         router, manifest = load_router(artifact)
         catalog = _service_catalog(settings, manifest, artifact)
         metrics.bind_models(catalog.names)
-        health = LocalHealth(
-            catalog,
-            breakers=settings.breakers.to_settings(),
-            stats=settings.stats.to_settings(),
-            percentile=settings.stats.latency_percentile,
-            metrics=metrics,
-            clock=clock,
-        )
+        store, health, book, experiments = _state(settings, catalog, metrics, clock, wall_clock)
         models = ModelSlot(
             catalog,
             artifact,
@@ -108,14 +103,6 @@ class Service:
             metrics=metrics,
             loaded=(router, manifest),
         )
-        book = LocalBookkeeping(
-            settings.pending.to_settings(),
-            settings.decision_log.to_settings(),
-            metrics=metrics,
-            clock=clock,
-            wall_clock=wall_clock,
-        )
-        experiments = Experiments(settings.experiments)
         rules = RuleSet.compile(settings.rules)
         pipeline = Pipeline(
             settings=settings,
@@ -140,12 +127,27 @@ class Service:
             admin_key=env.get(settings.admin_api_key_env) or None,
             clock=clock,
             wall_clock=wall_clock,
+            store=store,
         )
 
+    async def start(self) -> None:
+        """Start the background work of the state backend (inside the serving event loop)."""
+        if self.store is not None:
+            await self.store.start()
+        await self.health.start()
+
     async def close(self) -> None:
-        """Log every pending decision as unanswered, close the log and the health backend."""
+        """Close the decision log, the health backend and the shared-state connection."""
         await self.book.close()
         await self.health.close()
+        if self.store is not None:
+            await self.store.close()
+
+    def state_status(self) -> dict[str, Any]:
+        """Which state backend serves, and whether it is degraded (for /readyz)."""
+        if self.store is None:
+            return {"backend": "memory", "degraded": False}
+        return self.store.status()
 
     def describe(self) -> dict[str, Any]:
         """One line's worth of what is loaded, for start-up logs."""
@@ -155,6 +157,58 @@ class Service:
             "router_version": current.version,
             "routable_models": len(current.universe),
         }
+
+
+def _state(
+    settings: Settings, catalog: Catalog, metrics: Metrics, clock: _Clock, wall_clock: _Clock
+) -> tuple[Any, Health, Bookkeeping, Experiments]:
+    """The live-state parts for ``settings.state.backend``: (store or None, health, book,
+    experiments)."""
+    breakers = settings.breakers.to_settings()
+    stats = settings.stats.to_settings()
+    pending = settings.pending.to_settings()
+    log = settings.decision_log.to_settings()
+    percentile = settings.stats.latency_percentile
+    if settings.state.backend == "memory":
+        health: Health = LocalHealth(
+            catalog,
+            breakers=breakers,
+            stats=stats,
+            percentile=percentile,
+            metrics=metrics,
+            clock=clock,
+        )
+        book: Bookkeeping = LocalBookkeeping(
+            pending, log, metrics=metrics, clock=clock, wall_clock=wall_clock
+        )
+        return None, health, book, Experiments(settings.experiments)
+    # Imported here: the redis client is needed only by the shared backend.
+    from serving.shared import RedisBookkeeping, RedisHealth, RedisStore, RedisTallies
+
+    store = RedisStore(settings.state, metrics=metrics)
+    # Shared timestamps are unix time (every replica reads the same clock); in tests the
+    # wall clock is the fake one all instances share.
+    health = RedisHealth(
+        catalog,
+        breakers=breakers,
+        stats=stats,
+        percentile=percentile,
+        metrics=metrics,
+        store=store,
+        clock=wall_clock,
+        local_clock=clock,
+    )
+    book = RedisBookkeeping(
+        pending,
+        log,
+        metrics=metrics,
+        store=store,
+        clock=wall_clock,
+        local_clock=clock,
+        wall_clock=wall_clock,
+    )
+    experiments = Experiments(settings.experiments, RedisTallies(settings.experiments, store))
+    return store, health, book, experiments
 
 
 def _default_artifact() -> Path:
