@@ -23,7 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+_W = TypeVar("_W")  # where a row was read (a "file:line" string, or a reader's own marker)
 
 __all__ = ["DECISION", "KINDS", "OUTCOME", "JoinReport", "join_rows"]
 
@@ -51,7 +53,7 @@ class JoinReport:
     decisions: int = 0
     outcomes: int = 0
     unanswered: int = 0
-    orphans: list[tuple[str, str]] = field(default_factory=list)  # (where, request id)
+    orphans: list[tuple[Any, str]] = field(default_factory=list)  # (where, request id)
 
 
 def _joined(decision: dict[str, Any], outcome: dict[str, Any] | None) -> dict[str, Any]:
@@ -79,8 +81,8 @@ def _joined(decision: dict[str, Any], outcome: dict[str, Any] | None) -> dict[st
 
 
 def join_rows(
-    rows: Iterable[tuple[str, dict[str, Any]]], report: JoinReport | None = None
-) -> Iterator[tuple[str, dict[str, Any]]]:
+    rows: Iterable[tuple[_W, dict[str, Any]]], report: JoinReport | None = None
+) -> Iterator[tuple[_W, dict[str, Any]]]:
     """Join decision and outcome rows by request id; pass any other row through.
 
     `rows` are ``(where, row)`` pairs (``where`` names the file and line, for messages). A
@@ -95,8 +97,8 @@ def join_rows(
     [('a:1', 'hi', True)]
     """
     report = report if report is not None else JoinReport()
-    decisions: dict[str, tuple[str, dict[str, Any]]] = {}
-    outcomes: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    decisions: dict[str, tuple[_W, dict[str, Any]]] = {}
+    outcomes: dict[str, list[tuple[_W, dict[str, Any]]]] = {}
     order: list[str] = []
     for where, row in rows:
         kind = row.get("kind")

@@ -23,9 +23,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from models.decision_rows import join_rows
 from models.errors import DataError
 
-__all__ = ["DecisionLog", "DecisionLogSettings", "process_path", "read_log_lines"]
+__all__ = [
+    "DecisionLog",
+    "DecisionLogSettings",
+    "process_path",
+    "read_joined_rows",
+    "read_log_lines",
+]
 
 _log = logging.getLogger("promptroute.decision_log")
 
@@ -285,3 +292,10 @@ def read_log_lines(path: str | os.PathLike[str]) -> Iterator[dict]:
                 if not isinstance(row, dict):
                     raise DataError(name, lineno, "not a JSON object")
                 yield row
+
+
+def read_joined_rows(*paths: str | os.PathLike[str]) -> list[dict]:
+    """The training rows of one or more decision logs (with their backups): each decision
+    joined with its outcomes by request id, across the files (`models.decision_rows`)."""
+    rows = ((os.fspath(p), row) for p in paths for row in read_log_lines(p))
+    return [row for _where, row in join_rows(rows)]

@@ -54,6 +54,7 @@ def test_all_is_exact():
         "RuleConfig",
         "RuleMatch",
         "Settings",
+        "StateConfig",
         "StatsConfig",
         "UpstreamConfig",
         "VariantConfig",
