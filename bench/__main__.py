@@ -1,6 +1,7 @@
 """`python -m bench COMMAND`: run benchmarks, write bench/results/NAME.json and SUMMARY.md.
 
-Commands: all, decision, long-inputs, http, breakdown, footprint, training [--full], summary, and
+Commands: all, decision, long-inputs, http, breakdown, footprint, replicas, training [--full],
+summary, and
 train-streaming (streaming training as a command, for the training benchmark's child process).
 """
 
@@ -118,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("http", "HTTP throughput and latency of /route vs a no-op endpoint"),
         ("breakdown", "where a /route request's time goes, the app called in-process"),
         ("footprint", "serving RSS after start and after 10k requests; artifact size"),
+        ("replicas", "/route req/s: redis vs memory state, 2 workers vs 1, granian vs uvicorn"),
         ("training", "training time and memory vs records; streaming training"),
     ):
         sp = sub.add_parser(name, help=help_)
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(write_summary(a.results))
         return 0
 
-    from bench import breakdown, decision, footprint, http, long_inputs, training_scale
+    from bench import breakdown, decision, footprint, http, long_inputs, replicas, training_scale
     from bench.summary import write_summary
 
     full = getattr(a, "full", False)
@@ -169,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "http": ("python -m bench http", lambda: http.run(art)),
         "breakdown": ("python -m bench breakdown", lambda: breakdown.run(art)),
         "footprint": ("python -m bench footprint", lambda: footprint.run(art)),
+        "replicas": ("python -m bench replicas", lambda: replicas.run(art)),
         "training": (
             "python -m bench training" + (" --full" if full else ""),
             lambda: (

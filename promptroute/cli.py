@@ -248,7 +248,13 @@ def cmd_serve(a: argparse.Namespace) -> int:
     from serving.server import serve
 
     return serve(
-        config=a.config, model=a.model, host=a.host, port=a.port, default_model=_default_model
+        config=a.config,
+        model=a.model,
+        host=a.host,
+        port=a.port,
+        default_model=_default_model,
+        workers=a.workers,
+        server=a.server,
     )
 
 
@@ -388,6 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="service config YAML")
     s.add_argument("--host")
     s.add_argument("--port", type=int)
+    s.add_argument(
+        "--workers",
+        type=int,
+        help="worker processes (default: $PROMPTROUTE_WORKERS, else 1); more than one needs "
+        "state: {backend: redis} in the config",
+    )
+    s.add_argument(
+        "--server",
+        choices=("granian", "uvicorn"),
+        help="ASGI server (default: $PROMPTROUTE_SERVER, else the README's measured choice)",
+    )
     s.set_defaults(func=cmd_serve)
     return p
 

@@ -12,6 +12,7 @@ named `process_path`); readers use `read_log_lines`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -132,11 +133,17 @@ class DecisionLog:
             self._lines += 1
 
     def close(self) -> None:
-        """Close the file; further appends raise ValueError. Safe to call twice."""
+        """Close the file; further appends raise ValueError. Safe to call twice.
+
+        A per-process file that got no line is removed (a process that only checked the
+        config, or a worker that served nothing, leaves no empty file behind)."""
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+                if self.settings.per_process and self._size == 0 and self._lines == 0:
+                    with contextlib.suppress(OSError):
+                        os.remove(self.path)
 
     def __enter__(self) -> DecisionLog:
         return self

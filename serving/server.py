@@ -15,9 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["serve"]
+__all__ = ["SETTINGS_ENV", "WORKERS_ENV", "serve", "worker_app"]
+
+WORKERS_ENV = "PROMPTROUTE_WORKERS"
+SETTINGS_ENV = "PROMPTROUTE_WORKER_SETTINGS"  # the validated settings, as JSON, for each worker
 
 _GRACEFUL_SHUTDOWN_SECONDS = 10
+
+
+SERVERS = ("granian", "uvicorn")
+SERVER_ENV = "PROMPTROUTE_SERVER"
+DEFAULT_SERVER = "uvicorn"
 
 
 def serve(
@@ -26,6 +34,8 @@ def serve(
     host: str | None = None,
     port: int | None = None,
     default_model: Callable[[], Path] | None = None,
+    workers: int | None = None,
+    server: str | None = None,
 ) -> int:
     """Run the HTTP service until interrupted; returns the process exit code.
 
@@ -37,6 +47,10 @@ def serve(
     host, port : override the config's
     default_model : called for the default model's folder when neither names an artifact (the
         CLI passes one that trains it from the bundled data the first time)
+    workers : worker processes (default: $PROMPTROUTE_WORKERS, else 1); more than one needs
+        ``state: {backend: redis}``, and gives each worker its own decision-log file
+    server : the ASGI server, "uvicorn" or "granian" (default: $PROMPTROUTE_SERVER, else
+        `DEFAULT_SERVER`; see the README for the measurement behind the choice)
     """
     import uvicorn
 
@@ -51,7 +65,11 @@ def serve(
         if value is not None
     }
     try:
+        workers = _workers(workers)
+        server = _server(server)
         settings = load_settings(config, **overrides)
+        if workers > 1:
+            settings = _for_workers(settings, workers)
         if settings.artifact is None and default_model is not None:
             artifact = default_model()
             settings = settings.model_copy(update={"artifact": str(artifact)})
@@ -76,8 +94,13 @@ def serve(
         service.models.current.version,
         len(service.models.current.universe),
     )
+    if workers > 1 or server != "uvicorn":
+        # Each worker loads its own service; this one only proved that the config loads.
+        asyncio.run(service.close())
+        del service
+        return _serve_workers(settings, workers, server, log_config)
     app = create_app(settings, service=service)
-    server = uvicorn.Server(
+    server_ = uvicorn.Server(
         uvicorn.Config(
             app,
             host=settings.host,
@@ -92,12 +115,100 @@ def serve(
         )
     )
     try:
-        server.run()
+        server_.run()
     finally:
         asyncio.run(
             service.close()
         )  # no-op after a normal lifespan shutdown; drains if startup was cut short
-    return 0 if server.started else 1
+    return 0 if server_.started else 1
+
+
+def _workers(workers: int | None) -> int:
+    from models.errors import ConfigError
+
+    if workers is None:
+        raw = os.environ.get(WORKERS_ENV, "1")
+        if not raw.strip().isdigit():
+            raise ConfigError(WORKERS_ENV, f"must be a whole number >= 1, got {raw[:20]!r}")
+        workers = int(raw)
+    if workers < 1:
+        raise ConfigError("workers", f"must be >= 1, got {workers}")
+    return workers
+
+
+def _server(server: str | None) -> str:
+    from models.errors import ConfigError
+
+    chosen = server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+    if chosen not in SERVERS:
+        raise ConfigError("server", f"unknown ASGI server {chosen[:20]!r}; known: granian, uvicorn")
+    return chosen
+
+
+def _for_workers(settings: Any, workers: int) -> Any:
+    """`settings` for several workers: shared state required, one decision log per process."""
+    from models.errors import ConfigError
+
+    if settings.state.backend != "redis":
+        raise ConfigError(
+            "state.backend",
+            f"--workers {workers} needs the shared state backend: set state: {{backend: redis, "
+            "url: redis://HOST:6379/0} in the config (with state in memory each worker would "
+            "keep its own breakers, statistics and pending decisions, and feedback would miss)",
+        )
+    log = settings.decision_log.model_copy(update={"per_process": True})
+    return settings.model_copy(update={"decision_log": log})
+
+
+def _serve_workers(settings: Any, workers: int, server: str, log_config: dict[str, Any]) -> int:
+    """Run `workers` processes of `worker_app` under `server`; /metrics adds them up."""
+    import shutil
+    import tempfile
+
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    metrics_dir = None
+    if workers > 1:
+        # prometheus-client's multiprocess mode: each worker writes its samples to files here
+        # and /metrics, in whichever worker answers, adds them all up. Set before any worker
+        # imports prometheus_client.
+        metrics_dir = tempfile.mkdtemp(prefix="promptroute-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        if server == "granian":
+            from granian.constants import Interfaces, Loops
+            from granian.server import Server
+
+            Server(
+                "serving.server:worker_app",
+                address=settings.host,
+                port=settings.port,
+                interface=Interfaces.ASGI,
+                workers=workers,
+                loop=Loops.asyncio,
+                factory=True,
+                log_access=settings.access_log,
+                log_dictconfig=log_config,
+                workers_kill_timeout=_GRACEFUL_SHUTDOWN_SECONDS,
+            ).serve()
+        else:
+            import uvicorn
+
+            uvicorn.run(
+                "serving.server:worker_app",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=workers,
+                lifespan="on",
+                loop="asyncio",
+                timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_SECONDS,
+                log_config=log_config,
+                access_log=settings.access_log,
+            )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
 
 
 def _log_config() -> dict[str, Any]:
@@ -111,3 +222,13 @@ def _log_config() -> dict[str, Any]:
         "propagate": False,
     }
     return config
+
+
+def worker_app() -> Any:
+    """The app of one worker process (an ASGI factory): the settings `serve` validated and
+    put in the environment. Each worker loads the artifact itself in its lifespan."""
+    from serving.app import create_app
+    from serving.config import Settings
+
+    settings = Settings.model_validate_json(os.environ[SETTINGS_ENV], strict=False)
+    return create_app(settings)
