@@ -137,7 +137,7 @@ class Metrics:
         )
         self._pending = Gauge(
             "promptroute_pending_decisions",
-            "Decisions waiting for their feedback",
+            "Decisions that may still take an outcome (for their model or a fallback)",
             registry=r,
             multiprocess_mode="livemostrecent",
         )

@@ -15,7 +15,7 @@ each feedback and each breaker transition; the test then checks that
   again after every recovery and ends closed;
 * the service answered every request with a 2xx (no 5xx, no error at all);
 * every decision is in the decision log exactly once, joined with its feedback or marked as
-  evicted at shutdown, across rotated files; the feedback rows and /metrics counters equal what
+  unanswered, across rotated files; the feedback rows and /metrics counters equal what
   the clients sent.
 """
 
@@ -190,7 +190,7 @@ async def _client(k: int, http: httpx.AsyncClient, upstream: Upstream, end: floa
         ok = upstream.call(model, time.monotonic())
         tally.failures_injected += not ok
         if rng.random() < NO_FEEDBACK_SHARE:
-            continue  # the caller never reports back: logged unanswered at shutdown
+            continue  # the caller never reports back: its decision row stays unanswered
         body: dict[str, Any] = {"request_id": rid, "success": ok}
         if ok:
             body |= {"latency_ms": float(rng.randrange(200, 2000)), "quality": 0.8}
@@ -362,7 +362,8 @@ def test_soak_with_a_failing_upstream(tiny_artifact, catalog_path, tmp_path):
     http = _samples(final_metrics, "promptroute_http_requests_total")
     assert http[(("endpoint", "/route"), ("status", "200"))] == routed
     assert http[(("endpoint", "/feedback"), ("status", "200"))] == answered
-    assert _samples(final_metrics, "promptroute_pending_decisions")[()] == routed - answered
+    # A decision stays pending after its first outcome: each fallback may still report one.
+    assert _samples(final_metrics, "promptroute_pending_decisions")[()] == routed
     transitions = _samples(final_metrics, "promptroute_breaker_transitions_total")
     watched_transitions = sum(
         n for labels, n in transitions.items() if ("model", watched) in labels
