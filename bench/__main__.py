@@ -1,8 +1,8 @@
 """`python -m bench COMMAND`: run benchmarks, write bench/results/NAME.json and SUMMARY.md.
 
-Commands: all, decision, long-inputs, http, breakdown, footprint, replicas, training [--full],
-summary, and
-train-streaming (streaming training as a command, for the training benchmark's child process).
+Commands: all, decision, long-inputs, http, breakdown, footprint, artifact-io, replicas,
+training [--full], summary, and train-streaming (streaming training as a command, for the training
+benchmark's child process).
 """
 
 from __future__ import annotations
@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("http", "HTTP throughput and latency of /route vs a no-op endpoint"),
         ("breakdown", "where a /route request's time goes, the app called in-process"),
         ("footprint", "serving RSS after start and after 10k requests; artifact size"),
+        ("artifact-io", "artifact save/load time and size: format 2 vs the old joblib format"),
         ("replicas", "/route req/s: redis vs memory state, 2 workers vs 1, granian vs uvicorn"),
         ("training", "training time and memory vs records; streaming training"),
     ):
@@ -160,7 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         print(write_summary(a.results))
         return 0
 
-    from bench import breakdown, decision, footprint, http, long_inputs, replicas, training_scale
+    from bench import (
+        artifact_io,
+        breakdown,
+        decision,
+        footprint,
+        http,
+        long_inputs,
+        replicas,
+        training_scale,
+    )
     from bench.summary import write_summary
 
     full = getattr(a, "full", False)
@@ -171,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "http": ("python -m bench http", lambda: http.run(art)),
         "breakdown": ("python -m bench breakdown", lambda: breakdown.run(art)),
         "footprint": ("python -m bench footprint", lambda: footprint.run(art)),
+        "artifact-io": ("python -m bench artifact-io", lambda: artifact_io.run(art)),
         "replicas": ("python -m bench replicas", lambda: replicas.run(art)),
         "training": (
             "python -m bench training" + (" --full" if full else ""),
@@ -181,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ),
     }
-    names = list(jobs) if a.command == "all" else [a.command]
+    # replicas needs a redis-server and several minutes: run on its own, not in "all".
+    names = [n for n in jobs if n != "replicas"] if a.command == "all" else [a.command]
     if any(n != "training" for n in names):
         ensure_artifact(art)
     for name in names:

@@ -9,13 +9,23 @@ from typing import Any
 
 __all__ = ["ORDER", "render_summary", "write_summary"]
 
-ORDER = ("decision", "long_inputs", "http", "breakdown", "footprint", "training", "training_full")
+ORDER = (
+    "decision",
+    "long_inputs",
+    "http",
+    "breakdown",
+    "footprint",
+    "artifact_io",
+    "training",
+    "training_full",
+)
 _TITLES = {
     "decision": "Decision latency (in-process)",
     "long_inputs": "Long inputs",
     "http": "HTTP throughput",
     "breakdown": "Where a /route request's time goes (in-process, no server)",
     "footprint": "Serving footprint",
+    "artifact_io": "Artifact save and load (format 2 vs the old joblib format)",
     "training": "Training scale (default sizes)",
     "training_full": "Training scale (`--full`: 100k batch, 1M streaming)",
 }

@@ -4,12 +4,24 @@ PromptrouteError
 ├── DataError       a labelled-log line is unusable (file, line, reason)
 ├── ConfigError     the catalog or config is invalid (field, reason)
 ├── ArtifactError   a trained artifact is missing, tampered with or incompatible
+│   ├── OldArtifactFormatError    saved in a format this promptroute no longer reads (retrain)
+│   ├── ArtifactSignatureError    unsigned or mis-signed while an artifact key is configured
+│   └── ArtifactLocationError     named outside the artifacts directory it may be loaded from
 └── UnknownModelError  a model name the catalog or artifact does not know
 """
 
 from __future__ import annotations
 
-__all__ = ["ArtifactError", "ConfigError", "DataError", "PromptrouteError", "UnknownModelError"]
+__all__ = [
+    "ArtifactError",
+    "ArtifactLocationError",
+    "ArtifactSignatureError",
+    "ConfigError",
+    "DataError",
+    "OldArtifactFormatError",
+    "PromptrouteError",
+    "UnknownModelError",
+]
 
 
 class PromptrouteError(Exception):
@@ -36,6 +48,24 @@ class ConfigError(PromptrouteError):
 
 class ArtifactError(PromptrouteError):
     pass
+
+
+class OldArtifactFormatError(ArtifactError):
+    def __init__(self, path: str, format_version: object, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.format_version = format_version
+
+
+class ArtifactSignatureError(ArtifactError):
+    pass
+
+
+class ArtifactLocationError(ArtifactError):
+    def __init__(self, value: str, artifacts_dir: str, message: str) -> None:
+        super().__init__(message)
+        self.value = value
+        self.artifacts_dir = artifacts_dir
 
 
 class UnknownModelError(PromptrouteError):

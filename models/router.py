@@ -91,6 +91,8 @@ class LinearHead:
 
     @classmethod
     def from_payload(cls, data: dict[str, Any]) -> LinearHead:
+        if data["kind"] not in ("sigmoid", "softmax"):
+            raise ValueError(f"head kind {data['kind']!r}; known: sigmoid, softmax")
         return cls(
             kind=data["kind"],
             dense_w=np.asarray(data["dense_w"], dtype=np.float64),
@@ -129,7 +131,7 @@ class Scored:
 
 @dataclass
 class Router:
-    """A trained router. Build with `Router.from_payload` (see training/artifact.py)."""
+    """A trained router. Saved and loaded as `to_payload()` / `from_payload()` by models/artifact.py."""
 
     models: tuple[str, ...]
     featurizer: PromptFeaturizer
@@ -147,6 +149,44 @@ class Router:
             raise ValueError(f"default_strategy {self.default_strategy!r} has no head")
         self.index = {m: i for i, m in enumerate(self.models)}
         self.n_dense = int(self.featurizer.n_dense_)
+
+    # ----------------------------------------------------------------- persistence
+    def to_payload(self) -> dict[str, Any]:
+        """The router as numpy arrays and plain values: what an artifact stores (no objects)."""
+        return {
+            "models": list(self.models),
+            "featurizer_params": self.featurizer.get_params(),
+            "heads": {name: head.to_payload() for name, head in self.heads.items()},
+            "input_price": self.input_price,
+            "output_price": self.output_price,
+            "output_tokens": self.output_tokens,
+            "cost_ref": float(self.cost_ref),
+            "default_strategy": self.default_strategy,
+            "default_knob": float(self.default_knob),
+        }
+
+    @classmethod
+    def from_payload(cls, data: dict[str, Any], *, version: str = "") -> Router:
+        """Rebuild a router from `to_payload()`'s tree, as decoded from JSON + npz.
+
+        JSON has no tuples, so list-valued featurizer parameters (``char_ngrams``) come back as
+        tuples, keeping ``get_params()`` identical to the saved router's.
+        """
+        params = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data["featurizer_params"].items()
+        }
+        return cls(
+            models=tuple(str(m) for m in data["models"]),
+            featurizer=PromptFeaturizer(**params).fit([]),
+            heads={k: LinearHead.from_payload(v) for k, v in data["heads"].items()},
+            input_price=np.asarray(data["input_price"], dtype=np.float64),
+            output_price=np.asarray(data["output_price"], dtype=np.float64),
+            output_tokens=np.asarray(data["output_tokens"], dtype=np.float64),
+            cost_ref=float(data["cost_ref"]),
+            default_strategy=str(data["default_strategy"]),
+            default_knob=float(data["default_knob"]),
+            version=version,
+        )
 
     # ----------------------------------------------------------------- hot path
     def score(
@@ -183,7 +223,10 @@ class Router:
         """score − λ · cost / c_ref: the quantity the policy maximises."""
         if knob == 0.0:
             return score
-        return score - knob * (cost_usd / self.cost_ref)
+        # A knob near float's limit overflows to -inf for every costed model: rank() then
+        # orders them by cost alone, which is what such a knob asks for.
+        with np.errstate(over="ignore"):
+            return score - knob * (cost_usd / self.cost_ref)
 
     def rank(
         self, scored: Scored, knob: float | None = None, mask: np.ndarray | None = None

@@ -57,6 +57,13 @@ def _train_streaming(a: argparse.Namespace) -> dict[str, Any]:
     return train_streaming_and_save(a.logs, a.out, opts, catalog_path=a.catalog, progress=_progress)
 
 
+def _signed(artifact: str) -> bool:
+    """Whether `train` signed the artifact (it does when PROMPTROUTE_ARTIFACT_KEY is set)."""
+    from models.artifact import SIGNATURE
+
+    return (Path(artifact) / SIGNATURE).is_file()
+
+
 # ----------------------------------------------------------------------------- commands
 def cmd_train(a: argparse.Namespace) -> int:
     from training.trainer import TrainOptions
@@ -69,6 +76,7 @@ def cmd_train(a: argparse.Namespace) -> int:
                 {
                     "artifact": str(a.out),
                     "router_version": manifest["router_version"],
+                    "signed": _signed(a.out),
                     "records": m["n_records"],
                     "default_knob": m["default_knob"],
                     "cv_routing": m["cv_routing"],
@@ -106,6 +114,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             {
                 "artifact": str(a.out),
                 "router_version": manifest["router_version"],
+                "signed": _signed(a.out),
                 "models": len(manifest["models"]),
                 "records": m["n_records"],
                 "default_strategy": m["default_strategy"],
@@ -200,47 +209,29 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_route(a: argparse.Namespace) -> int:
-    from features.text import normalize
-    from models.artifact import load_router
+    """Route one prompt through the in-process API and print /route's answer, explained."""
+    from promptroute.api import PromptRouter
 
-    router, manifest = load_router(_resolve_artifact(a.model))
+    fields: dict[str, Any] = {
+        "candidates": a.candidates,
+        "task_type": a.task_type,
+        "expected_output_tokens": a.output_tokens,
+        "knob": a.knob,
+    }
+    text: dict[str, Any]
     if a.messages:
-        prompt = normalize(messages=json.loads(a.prompt))
+        text = {"messages": json.loads(a.prompt)}
     else:
-        prompt = normalize(prompt=a.prompt)
-    mask = router.mask_for(a.candidates)
-    scored = router.score(
-        prompt,
-        task_type=a.task_type,
-        expected_output_tokens=a.output_tokens,
-        strategy=a.strategy,
-        mask=mask,
-    )
-    knob = router.default_knob if a.knob is None else a.knob
-    order = router.rank(scored, knob, mask)
-    chosen = int(order[0])
-    runner = int(order[1]) if len(order) > 1 else None
-    print(
-        json.dumps(
-            {
-                "model": router.models[chosen],
-                "fallbacks": [router.models[i] for i in order[1:]],
-                "knob": knob,
-                "strategy": scored.strategy,
-                "scores": {router.models[i]: round(float(scored.score[i]), 4) for i in order},
-                "estimated_cost_usd": {
-                    router.models[i]: float(f"{scored.cost_usd[i]:.3g}") for i in order
-                },
-                "input_tokens": scored.input_tokens,
-                "explanation": {
-                    "versus": router.models[runner] if runner is not None else None,
-                    "top_features": router.explain(scored, chosen, runner),
-                },
-                "router_version": manifest["router_version"],
-            },
-            indent=2,
+        text = {"prompt": a.prompt}
+    with PromptRouter.load(_resolve_artifact(a.model)) as router:
+        decision = router.route(**text, **fields)
+        answer = decision.to_response()
+        answer["explanation"] = router.explain(
+            **text,
+            model=decision.model,
+            versus=decision.fallbacks[0] if decision.fallbacks else None,
         )
-    )
+    print(json.dumps(answer, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -256,6 +247,24 @@ def cmd_serve(a: argparse.Namespace) -> int:
         workers=a.workers,
         server=a.server,
     )
+
+
+def cmd_sign(a: argparse.Namespace) -> int:
+    """Sign an artifact folder with the key in PROMPTROUTE_ARTIFACT_KEY (HMAC-SHA256).
+
+    The artifact's files are verified against its manifest first; the signature goes to
+    ARTIFACT/signature.json. A service with the same key set loads only artifacts signed so.
+    """
+    from models.artifact import KEY_ENV, artifact_key, read_manifest, sign_artifact
+    from models.errors import ConfigError
+
+    key = artifact_key()
+    if key is None:
+        raise ConfigError(KEY_ENV, "not set; export the signing key to sign an artifact")
+    sign_artifact(a.artifact, key)
+    version = read_manifest(a.artifact)["router_version"]
+    print(f"signed {a.artifact} (router {version}) with the key in {KEY_ENV}")
+    return 0
 
 
 def _default_model() -> Path:
@@ -374,7 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot", metavar="OUT.png", help="draw the cost-quality curve")
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("route", help="route one prompt and explain the decision")
+    r = sub.add_parser(
+        "route",
+        help="route one prompt and explain the decision",
+        description="Route one prompt with the same pipeline as POST /route (filters, "
+        "breakers, rules, the learned router) and print its answer with the features that "
+        "decided between the chosen model and the first fallback.",
+    )
     r.add_argument(
         "prompt", help="the prompt text (or a JSON list of chat messages with --messages)"
     )
@@ -383,11 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--model", help="artifact folder (default: the bundled default model)")
     r.add_argument("--knob", type=float, help="cost weight λ ≥ 0 (default: the artifact's)")
-    r.add_argument("--strategy", choices=("quality", "classifier"))
     r.add_argument("--candidates", nargs="+", help="restrict to these models")
     r.add_argument("--task-type", help="request task type, if the caller knows it")
     r.add_argument("--output-tokens", type=int, help="expected output tokens (for cost estimates)")
     r.set_defaults(func=cmd_route)
+
+    sg = sub.add_parser(
+        "sign",
+        help="sign an artifact with the key in PROMPTROUTE_ARTIFACT_KEY",
+        description=cmd_sign.__doc__,
+    )
+    sg.add_argument("artifact", metavar="ARTIFACT", help="artifact folder to sign")
+    sg.set_defaults(func=cmd_sign)
 
     s = sub.add_parser("serve", help="start the HTTP routing service")
     s.add_argument("--model", help="artifact folder (default: the bundled default model)")

@@ -373,6 +373,9 @@ class Settings(_Section):
 
     artifact: _NonEmpty | None = None
     catalog: _NonEmpty | None = None
+    # Where POST /admin/reload may load artifacts from (a name or a path inside it); default:
+    # the directory holding `artifact`.
+    artifacts_dir: _NonEmpty | None = None
     host: _NonEmpty = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     default_priority: Priority = "balanced"

@@ -28,22 +28,33 @@ _log = logging.getLogger("promptroute.service")
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """One verified router and everything derived from it at load time, in its model order.
+    """One verified router and everything derived from it at load time.
 
-    The arrays are read-only: a request never changes them, a reload replaces the whole object.
+    The index space is the router's models first (``n_scored`` of them, in `Router.models`
+    order: the ones it has learned scores for), then the catalog's other models in catalog
+    order. Those *unscored* models are never ranked by the learned router: rules, experiments
+    and `candidates` can pin them, and when they are the only eligible models the decision falls
+    back to the catalog's order (its documented preference). Every array below is in this
+    order. They are read-only: a reload replaces the whole object.
     """
 
     router: Router
     manifest: Mapping[str, Any]
     path: str
     names: tuple[str, ...]
-    universe: frozenset[str]  # catalog ∩ router.models: what this model may route to
+    index: Mapping[str, int]
+    n_scored: int
+    universe: frozenset[str]  # every model this service may send requests to with this model
+    scored: frozenset[str]  # catalog ∩ router.models: what the learned router ranks
     routable: np.ndarray  # bool, True for models in the catalog
     context_window: np.ndarray  # float64, 0 for models outside the catalog
     min_context_window: float  # the smallest routable window, and the smallest window minus
-    min_context_slack: float  # the learned output tokens: prompts within it fit everywhere
+    min_context_slack: float  # the expected output tokens: prompts within it fit everywhere
     vision: np.ndarray  # bool
     catalog_index: np.ndarray  # int64 positions in the health view's (catalog-order) arrays
+    input_price: np.ndarray  # USD per token: the router's for scored models, else the catalog's
+    output_price: np.ndarray
+    output_tokens: np.ndarray  # learned for scored models, the catalog's typical otherwise
 
     @property
     def version(self) -> str:
@@ -52,12 +63,27 @@ class LoadedModel:
     def mask_of(self, names: Iterable[str]) -> np.ndarray:
         """Boolean mask of the given names (names this model does not know are ignored)."""
         mask = np.zeros(len(self.names), dtype=bool)
-        index = self.router.index
+        index = self.index
         for name in names:
             i = index.get(name)
             if i is not None:
                 mask[i] = True
         return mask & self.routable
+
+    def estimate_cost(self, input_tokens: int, expected_output_tokens: int | None) -> np.ndarray:
+        """This request's estimated cost per model (USD)."""
+        out = self.output_tokens if expected_output_tokens is None else expected_output_tokens
+        return self.input_price * input_tokens + self.output_price * out
+
+    def unscored_note(self, name: str) -> str | None:
+        """Why `name` is not ranked by the learned router (None when it is)."""
+        if name in self.scored:
+            return None
+        return (
+            f"router {self.version} has no learned scores for {name}: it is used when a rule, "
+            "an experiment or `candidates` pins it, or when no scored model can take the "
+            "request (then the catalog's order decides)"
+        )
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -70,29 +96,47 @@ def build_loaded_model(
 ) -> LoadedModel:
     """Precompute the hot path's arrays for `router`; ArtifactError if it can route nowhere."""
     specs = [catalog.get(name) for name in router.models]
-    universe = frozenset(name for name, spec in zip(router.models, specs, strict=True) if spec)
-    if not universe:
+    scored = frozenset(name for name, spec in zip(router.models, specs, strict=True) if spec)
+    if not scored:
         raise ArtifactError(
             f"{path}: none of the artifact's models ({', '.join(router.models)}) is in the "
             f"catalog ({', '.join(catalog.names)}); nothing could be routed"
         )
-    window = np.array([s.context_window if s else 0 for s in specs], dtype=np.float64)
-    routable = np.array([s is not None for s in specs], dtype=bool)
+    known = set(router.models)
+    extras = [spec for spec in catalog.models if spec.name not in known]
+    names = (*router.models, *(spec.name for spec in extras))
+    all_specs = [*specs, *extras]
+    window = np.array([s.context_window if s else 0 for s in all_specs], dtype=np.float64)
+    routable = np.array([s is not None for s in all_specs], dtype=bool)
+    typical = float(catalog.typical_output_tokens)
+    output_tokens = np.concatenate(
+        [np.asarray(router.output_tokens, dtype=np.float64), np.full(len(extras), typical)]
+    )
+    input_price = np.concatenate(
+        [router.input_price, [s.input_price_per_1m / 1e6 for s in extras]]
+    ).astype(np.float64)
+    output_price = np.concatenate(
+        [router.output_price, [s.output_price_per_1m / 1e6 for s in extras]]
+    ).astype(np.float64)
     position = {name: i for i, name in enumerate(catalog.names)}
     return LoadedModel(
         router=router,
         manifest=manifest,
         path=path,
-        names=router.models,
-        universe=universe,
+        names=names,
+        index={name: i for i, name in enumerate(names)},
+        n_scored=len(router.models),
+        universe=scored | frozenset(spec.name for spec in extras),
+        scored=scored,
         routable=_frozen(routable),
         context_window=_frozen(window),
         min_context_window=float(window[routable].min()),
-        min_context_slack=float((window - router.output_tokens)[routable].min()),
-        vision=_frozen(np.array([bool(s and "vision" in s.capabilities) for s in specs])),
-        catalog_index=_frozen(
-            np.array([position.get(name, 0) for name in router.models], dtype=np.int64)
-        ),
+        min_context_slack=float((window - output_tokens)[routable].min()),
+        vision=_frozen(np.array([bool(s and "vision" in s.capabilities) for s in all_specs])),
+        catalog_index=_frozen(np.array([position.get(name, 0) for name in names], dtype=np.int64)),
+        input_price=_frozen(input_price),
+        output_price=_frozen(output_price),
+        output_tokens=_frozen(output_tokens),
     )
 
 

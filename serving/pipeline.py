@@ -1,6 +1,8 @@
 """The decision pipeline: from one normalised request to a chosen model, in eight stages.
 
-    1 candidates   the request's `candidates`, else every routable model (catalog ∩ router)
+    1 candidates   the request's `candidates`, else every catalog model (those the router has
+                   learned scores for, and the others, which only rules, experiments,
+                   `candidates` or the catalog-preference fallback below choose)
     2 capability   vision when the request has images; context window ≥ input tokens +
                    expected output tokens (the request's, else the artifact's per-model estimate)
     3 cost         estimated cost of this request ≤ `max_cost_usd`
@@ -23,7 +25,11 @@
                    calls delivers half the quality) — except while its circuit is half-open,
                    when the probe, not the failures that opened it, should decide; priority
                    "speed" takes the models within `priorities.speed_tolerance` of the best
-                   utility at the balanced knob and picks the one with the lowest observed latency
+                   utility at the balanced knob and picks the one with the lowest observed latency.
+                   Catalog models the router has no learned scores for follow the ranked ones in
+                   catalog order; when only they are eligible (say an image request and no scored
+                   model has vision), the first of them in the catalog's order is chosen, with
+                   stage `catalog_preference` — the catalog lists models in order of preference
 
 Every removal is recorded with the filter and a reason, and `reason.detail` says what decided.
 Only per-request work happens here: the arrays the filters compare against were built when the
@@ -197,7 +203,7 @@ class Pipeline:
         # 2-4 are one vectorised test each; reasons are worked out only for models they remove.
         checks = [
             *_capability(loaded, prompt, input_tokens, query.expected_output_tokens),  # 2.
-            *_cost(router, input_tokens, query),  # 3.
+            *_cost(loaded, input_tokens, query),  # 3.
             *_latency(view, at, query.max_latency_ms, settings.stats.latency_percentile),  # 4.
         ]
         if checks:
@@ -233,24 +239,42 @@ class Pipeline:
                         "not applied, a rule decided"
                     )
 
-        # 8. the learned router
+        # 8. the learned router ranks the models it has scores for; models without learned
+        # scores come after them, in catalog order, and decide only when nothing else is left.
         knob, priority = _knob(settings, router, query, experiment)
-        scored = router.score(
-            prompt,
-            task_type=query.task_type,
-            expected_output_tokens=query.expected_output_tokens,
-            mask=mask,
-        )
-        ranked = _reliability(view, loaded, scored, mask, notes)
-        order = router.rank(ranked, knob, mask)
-        if priority == "speed" and pinned is None:
-            order, headline = _fastest_first(
-                router, ranked, order, knob, view.latency[at], settings
+        k = loaded.n_scored
+        scored_mask = mask[:k]
+        unscored = np.flatnonzero(mask[k:]) + k if len(names) > k else _NONE
+        scored: Scored | None = None
+        if scored_mask.any():
+            scored = router.score(
+                prompt,
+                task_type=query.task_type,
+                expected_output_tokens=query.expected_output_tokens,
+                mask=scored_mask,
             )
+            ranked = _reliability(view, loaded, scored, scored_mask, notes)
+            order = router.rank(ranked, knob, scored_mask)
+            if priority == "speed" and pinned is None:
+                order, headline = _fastest_first(
+                    router, ranked, order, knob, view.latency[at[:k]], settings
+                )
+            else:
+                headline = (
+                    f"{scored.strategy} head ranked {len(order)} eligible model(s) at knob {knob:g}"
+                )
+            if unscored.size:
+                order = np.concatenate([order, unscored])
+                listed = ", ".join(names[i] for i in unscored)
+                notes.append(f"without learned scores, listed last: {listed}")
         else:
+            order = unscored
             headline = (
-                f"{scored.strategy} head ranked {len(order)} eligible model(s) at knob {knob:g}"
+                f"no model with learned scores can take this request; {len(order)} model(s) "
+                f"without learned scores are eligible, in the catalog's order of preference"
             )
+            if pinned is None and not degraded:
+                stage = "catalog_preference"
         ranking = order.tolist()
         chosen = ranking[0] if pinned is None else pinned
         fallbacks = [i for i in ranking if i != chosen]
@@ -261,13 +285,18 @@ class Pipeline:
             )
         # A pinned model was decided by its rule or experiment, whose note says so.
         detail = "; ".join(notes if pinned is not None else [headline, *notes])
-        rounded = scored.score.round(6).tolist()
+        rounded = scored.score.round(6).tolist() if scored is not None else []
+        cost = (
+            float(scored.cost_usd[chosen])
+            if scored is not None and chosen < k
+            else float(loaded.estimate_cost(input_tokens, query.expected_output_tokens)[chosen])
+        )
         decision = Decision(
             request_id=_request_id(),
             model=names[chosen],
             fallbacks=tuple(names[i] for i in fallbacks),
-            scores={names[i]: rounded[i] for i in (chosen, *fallbacks)},
-            estimated_cost_usd=float(scored.cost_usd[chosen]),
+            scores={names[i]: rounded[i] for i in (chosen, *fallbacks) if i < k},
+            estimated_cost_usd=cost,
             stage=stage,
             detail=detail,
             removed=removals.reasons,
@@ -353,6 +382,7 @@ class Pipeline:
 # Stages and their helpers
 
 _Check = tuple[np.ndarray, str, Callable[[int], str]]
+_NONE = np.zeros(0, dtype=np.int64)
 
 
 class _Removals:
@@ -406,7 +436,7 @@ def _candidates(
 ) -> np.ndarray:
     if candidates is None:
         return loaded.routable.copy()
-    index = loaded.router.index
+    index = loaded.index
     keep = np.zeros(len(loaded.names), dtype=bool)
     for i, name in enumerate(candidates):
         j = index.get(name)
@@ -436,7 +466,7 @@ def _capability(
     if expected_output is None:
         if input_tokens <= loaded.min_context_slack:
             return checks
-        out: np.ndarray | float = loaded.router.output_tokens
+        out: np.ndarray | float = loaded.output_tokens
     else:
         if input_tokens + expected_output <= loaded.min_context_window:
             return checks
@@ -450,11 +480,11 @@ def _capability(
     return checks
 
 
-def _cost(router: Router, input_tokens: int, query: RouteQuery) -> list[_Check]:
+def _cost(loaded: LoadedModel, input_tokens: int, query: RouteQuery) -> list[_Check]:
     budget = query.max_cost_usd
     if budget is None:
         return []
-    cost = router.estimate_cost(input_tokens, query.expected_output_tokens)
+    cost = loaded.estimate_cost(input_tokens, query.expected_output_tokens)
     return [(cost_ok(cost, budget), "cost", lambda i: describe_cost(cost[i], budget))]
 
 
@@ -479,7 +509,7 @@ def _breakers(
     if not view.not_closed:  # a closed circuit is always available: nothing to ask
         return mask, blocked
     for name in tuple(view.not_closed):
-        i = loaded.router.index.get(name)
+        i = loaded.index.get(name)
         if i is not None and mask[i]:
             blocked[i] = not health.is_available(name)
     names = loaded.names
@@ -493,12 +523,13 @@ def _reliability(
     """`scored` with each score times the model's observed success rate (when it has one)."""
     if not live.any_unreliable:
         return scored
-    factor = live.factor[loaded.catalog_index]
+    k = loaded.n_scored
+    factor = live.factor[loaded.catalog_index[:k]]
     for name in tuple(live.not_closed):  # a half-open model is judged by its probe
-        i = loaded.router.index.get(name)
-        if i is not None:
+        i = loaded.index.get(name)
+        if i is not None and i < k:
             factor[i] = 1.0
-    scaled = mask & (factor < 1.0)
+    scaled = mask[:k] & (factor < 1.0)
     if not scaled.any():
         return scored
     names = loaded.names
@@ -537,7 +568,7 @@ def _rules(
     if outcome is None:
         return None, mask
     if outcome.model is not None:
-        i = loaded.router.index.get(outcome.model)
+        i = loaded.index.get(outcome.model)
         if i is not None and mask[i]:
             notes.insert(0, f"rule {outcome.rule!r} pins {outcome.model}")
             return i, mask
@@ -567,7 +598,7 @@ def _experiment(
     """(pinned model index or None, whether the variant changed how this request is routed)."""
     where = f"experiment {a.experiment!r} variant {a.variant!r}"
     if a.model is not None:
-        i = loaded.router.index.get(a.model)
+        i = loaded.index.get(a.model)
         if i is not None and mask[i]:
             notes.append(f"{where} pins {a.model}")
             return i, True

@@ -142,7 +142,7 @@ class Removal(BaseModel):
 
 
 class Reason(BaseModel):
-    stage: Literal["rule", "experiment", "classifier", "degraded"]
+    stage: Literal["rule", "experiment", "classifier", "catalog_preference", "degraded"]
     detail: str
     removed: dict[str, Removal]
 
@@ -157,7 +157,8 @@ class RouteResponse(BaseModel):
     model: str
     fallbacks: list[str] = Field(description="The other eligible models, best first.")
     scores: dict[str, float] = Field(
-        description="Predicted quality (or P(best)) per eligible model, before live scaling."
+        description="Predicted quality (or P(best)) per eligible model, before live scaling; "
+        "models the router has no learned scores for are absent."
     )
     estimated_cost_usd: float
     reason: Reason
@@ -250,7 +251,10 @@ class FeedbackResponse(BaseModel):
 
 class ReloadRequest(_Strict):
     artifact: Text | None = Field(
-        None, min_length=1, description="Artifact folder; default: the configured one."
+        None,
+        min_length=1,
+        description="An artifact in `artifacts_dir`: its name, or a path inside it; "
+        "default: the configured artifact.",
     )
 
 
@@ -269,7 +273,14 @@ class ModelInfo(BaseModel):
     latency_ms: float
     context_window: int
     capabilities: list[str]
-    routable: bool
+    routable: bool = Field(
+        description="The loaded router has learned scores for this model and ranks it."
+    )
+    why_not_routable: str | None = Field(
+        None,
+        description="When not routable: why, and how a request can still reach the model "
+        "(rules, experiments, `candidates`, or the catalog-preference fallback).",
+    )
     stats: dict[str, Any]
     breaker: dict[str, Any]
 

@@ -2,14 +2,16 @@
 
 `tests/test_artifact.py` checks `load_router` refuses each kind of damage before unpickling, and
 `tests/test_serving_ops.py` reloads a byte-flipped and a missing artifact. This takes the other
-kinds through the service: a truncated payload, an edited manifest hash, wrong format, feature
-or numpy versions, an unreadable manifest, and a payload that would run code when unpickled.
+kinds through the service: a truncated payload, an edited manifest hash, wrong format or feature
+versions, an unreadable manifest, and payloads that would run code if unpickled (an old-format
+pickle, a pickle in place of the arrays, each with a manifest that vouches for it).
 Each reload is a 422 naming the reason while the old model keeps serving, even under traffic;
 each start-up is exit 2 with the reason, before uvicorn runs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 import shutil
@@ -17,12 +19,11 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import uvicorn
 from fakes import TestClient
 
-from models.artifact import MANIFEST, PAYLOAD, file_sha256
+from models.artifact import ARRAYS, MANIFEST, file_sha256
 from serving import create_app, load_settings, serve
 
 KEY = "refusal-admin-key"
@@ -46,12 +47,12 @@ def _edit_manifest(art: Path, change: Callable[[dict], None]) -> None:
 
 
 def _truncate(art: Path) -> None:
-    data = (art / PAYLOAD).read_bytes()
-    (art / PAYLOAD).write_bytes(data[: len(data) // 2])
+    data = (art / ARRAYS).read_bytes()
+    (art / ARRAYS).write_bytes(data[: len(data) // 2])
 
 
 def _hash_edited(art: Path) -> None:
-    _edit_manifest(art, lambda m: m["payload"].update(sha256="0" * 64))
+    _edit_manifest(art, lambda m: m["payload"]["files"][ARRAYS].update(sha256="0" * 64))
 
 
 def _format(art: Path) -> None:
@@ -60,11 +61,6 @@ def _format(art: Path) -> None:
 
 def _features(art: Path) -> None:
     _edit_manifest(art, lambda m: m.update(feature_version="0"))
-
-
-def _numpy(art: Path) -> None:
-    major = int(np.__version__.split(".")[0]) + 1
-    _edit_manifest(art, lambda m: m["libraries"].update(numpy=f"{major}.0.0"))
 
 
 def _manifest_cut(art: Path) -> None:
@@ -77,20 +73,45 @@ def _manifest_gone(art: Path) -> None:
 
 
 def _code_in_payload(art: Path) -> None:
-    (art / PAYLOAD).write_bytes(pickle.dumps(_RunsCode(art.parent / "pwned")))
+    (art / ARRAYS).write_bytes(pickle.dumps(_RunsCode(art.parent / "pwned")))
+
+
+def _vouch(art: Path, **fields) -> None:
+    """Recompute the manifest's hashes for the files as they now are (what a forger does)."""
+    files = {ARRAYS: file_sha256(art / ARRAYS), "router.json": file_sha256(art / "router.json")}
+    lines = "".join(f"{n} {files[n]}\n" for n in sorted(files))
+
+    def change(manifest: dict) -> None:
+        for name, digest in files.items():
+            manifest["payload"]["files"][name]["sha256"] = digest
+        manifest["payload"]["sha256"] = hashlib.sha256(lines.encode()).hexdigest()
+        manifest.update(fields)
+
+    _edit_manifest(art, change)
+
+
+def _code_with_matching_hash(art: Path) -> None:
+    _code_in_payload(art)
+    _vouch(art)
 
 
 def _code_with_matching_hash_but_old_features(art: Path) -> None:
-    # Even a payload whose hash the manifest vouches for is not unpickled when the versions
-    # do not fit: the manifest is checked first.
+    # The manifest is checked first: old features are refused before the payload is read.
     _code_in_payload(art)
-    digest = file_sha256(art / PAYLOAD)
+    _vouch(art, feature_version="0")
 
-    def vouch(manifest: dict) -> None:
-        manifest["payload"]["sha256"] = digest
-        manifest["feature_version"] = "0"
 
-    _edit_manifest(art, vouch)
+def _old_format_pickle(art: Path) -> None:
+    # A format-1 artifact as issue 11 built it: router.joblib runs a command when unpickled,
+    # and the manifest's sha256 is recomputed to match.
+    for name in (ARRAYS, "router.json", MANIFEST):
+        (art / name).unlink()
+    (art / "router.joblib").write_bytes(pickle.dumps(_RunsCode(art.parent / "pwned")))
+    manifest = {
+        "format_version": 1,
+        "payload": {"file": "router.joblib", "sha256": file_sha256(art / "router.joblib")},
+    }
+    (art / MANIFEST).write_text(json.dumps(manifest))
 
 
 DAMAGE = [
@@ -99,13 +120,19 @@ DAMAGE = [
     ),
     pytest.param(_hash_edited, "does not match the manifest's 0000000000000000…", id="hash-edited"),
     pytest.param(
-        _format, "artifact format 99, this promptroute reads format 1; retrain it", id="format"
+        _format, "artifact format 99, this promptroute reads format 2; retrain it", id="format"
     ),
     pytest.param(_features, "trained with feature version '0'", id="feature-version"),
-    pytest.param(_numpy, "numpy major versions differ, retrain it", id="numpy-major"),
     pytest.param(_manifest_cut, "unreadable manifest", id="manifest-cut"),
     pytest.param(_manifest_gone, "missing manifest", id="manifest-missing"),
     pytest.param(_code_in_payload, "refusing to load it", id="code-in-payload"),
+    pytest.param(_code_with_matching_hash, "arrays: not an npz archive", id="code-vouched-for"),
+    pytest.param(
+        _old_format_pickle,
+        "this artifact uses the old format 1 (a pickled router.joblib, which promptroute no "
+        "longer opens); retrain it with `promptroute train --logs LOGS --out",
+        id="old-format-pickle",
+    ),
     pytest.param(
         _code_with_matching_hash_but_old_features,
         "trained with feature version '0'",
@@ -126,8 +153,12 @@ def damaged(tiny_artifact, tmp_path) -> Callable[[Callable[[Path], None]], Path]
 
 
 @pytest.fixture
-def admin(tiny_artifact, catalog_path):
-    config = load_settings(artifact=str(tiny_artifact), catalog=str(catalog_path))
+def admin(tiny_artifact, catalog_path, tmp_path):
+    config = load_settings(
+        artifact=str(tiny_artifact),
+        catalog=str(catalog_path),
+        artifacts_dir=str(tmp_path / "models"),
+    )
     with TestClient(create_app(config, environ={"PROMPTROUTE_ADMIN_KEY": KEY})) as client:
         yield client
 

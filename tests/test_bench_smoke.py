@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bench import breakdown, decision, footprint, http, long_inputs, training_scale
+from bench import artifact_io, breakdown, decision, footprint, http, long_inputs, training_scale
 from bench.__main__ import ensure_artifact, main
 from bench._common import loglog_slope, percentiles_us, real_prompts
 from bench.summary import render_summary
@@ -60,6 +60,7 @@ def results(tiny_artifact: Path, scale_dir: Path) -> dict[str, dict[str, Any]]:
         ),
         "breakdown": _json_ready(breakdown.run(tiny_artifact, n_prompts=4, rounds=2)),
         "footprint": _json_ready(footprint.run(tiny_artifact, n_requests=20, settle_seconds=0)),
+        "artifact_io": _json_ready(artifact_io.run(tiny_artifact, repeats=2)),
         "training": _json_ready(
             training_scale.run(
                 sizes=(40,),
@@ -226,6 +227,28 @@ def test_footprint(tiny_artifact: Path, results: dict) -> None:
     assert _metrics(r) == ["serving RSS after 20 requests", "artifact size on disk"]
 
 
+def test_artifact_io(results: dict) -> None:
+    r = results["artifact_io"]
+    assert r["params"]["repeats"] == 2
+    assert {k: len(v) for k, v in r["all_seconds"].items()} == {
+        "v1_save": 2,
+        "v1_load": 2,
+        "v2_save": 2,
+        "v2_load": 2,
+    }
+    assert sorted(r["v2_files"]) == ["manifest.json", "router.json", "router.npz"]
+    assert r["bytes"]["v2"] == sum(r["v2_files"].values()) and r["bytes"]["v1"] > 0
+    med = r["median_seconds"]
+    # the medians are rounded to 0.1 ms in the JSON, the ratio is not
+    assert r["ratios"]["load_v2_over_v1"] == pytest.approx(med["v2_load"] / med["v1_load"], rel=0.1)
+    assert _metrics(r) == [
+        "artifact load time, format 2 / format 1",
+        "artifact save time, format 2 / format 1",
+        "artifact size, format 2 / format 1",
+    ]
+    assert isinstance(r["targets"][0]["pass"], bool)
+
+
 def test_training_scale(results: dict, scale_dir: Path) -> None:
     r = results["training"]
     (batch,) = r["batch"]
@@ -269,6 +292,7 @@ def test_summary_renders_every_result(results: dict, tmp_path: Path) -> None:
         "## HTTP throughput",
         "## Where a /route request's time goes (in-process, no server)",
         "## Serving footprint",
+        "## Artifact save and load (format 2 vs the old joblib format)",
         "## Training scale (default sizes)",
     ]
     assert "| decision p50 | ≤ 100 µs |" in text
@@ -290,6 +314,7 @@ def test_main_runs_each_benchmark_and_writes_its_json(
         (http, "http"),
         (breakdown, "breakdown"),
         (footprint, "footprint"),
+        (artifact_io, "artifact_io"),
         (training_scale, "training"),
     ):
 
@@ -306,12 +331,14 @@ def test_main_runs_each_benchmark_and_writes_its_json(
         "http",
         "breakdown",
         "footprint",
+        "artifact_io",
         "training",
     ]
-    assert all(c[1] == (tiny_artifact,) for c in calls[:5]) and calls[5][1:] == ((), {})
+    assert all(c[1] == (tiny_artifact,) for c in calls[:6]) and calls[6][1:] == ((), {})
     files = sorted(p.name for p in out.iterdir())
     assert files == [
         "SUMMARY.md",
+        "artifact_io.json",
         "breakdown.json",
         "decision.json",
         "footprint.json",

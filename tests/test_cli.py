@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
-from models.artifact import PAYLOAD, file_sha256
+from models.artifact import ARRAYS, file_sha256
 from promptroute.cli import main
+from serving.app import create_app
+from serving.config import load_settings
+from tests.fakes import TestClient
 from training.split import is_test
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -216,20 +219,91 @@ def test_eval_missing_artifact(logs: Path, tmp_path: Path) -> None:
     assert code == 2
     assert err.endswith(
         f"promptroute: error: {tmp_path / 'nope'}: not an artifact folder "
-        f"(expected a directory with manifest.json and {PAYLOAD})\n"
+        f"(expected a directory with manifest.json, router.json and {ARRAYS})\n"
     )
 
 
 def test_tampered_artifact_is_refused(art: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     shutil.copytree(art, bad)
-    data = bytearray((bad / PAYLOAD).read_bytes())
+    data = bytearray((bad / ARRAYS).read_bytes())
     data[100] ^= 0xFF
-    (bad / PAYLOAD).write_bytes(bytes(data))
+    (bad / ARRAYS).write_bytes(bytes(data))
     code, out, err = _run(["route", "hello", "--model", str(bad)])
     assert code == 2 and out == ""
-    assert err.startswith(f"promptroute: error: {bad / PAYLOAD}: sha256 ")
+    assert err.startswith(f"promptroute: error: {bad / ARRAYS}: sha256 ")
     assert err.endswith("refusing to load it\n")
+
+
+# --------------------------------------------------------------------------- signing
+SIGNING_KEY = "cli-test-signing-key-0123456789"
+
+
+def test_train_signs_when_the_key_is_set(
+    logs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMPTROUTE_ARTIFACT_KEY", SIGNING_KEY)
+    out_dir = tmp_path / "signed"
+    code, out, err = _run(["train", "--logs", str(logs), "--out", str(out_dir), *TRAIN_ARGS])
+    assert code == 0, err
+    assert json.loads(out)["signed"] is True
+    code, out, err = _run(["route", "hello", "--model", str(out_dir)])
+    assert (code, err) == (0, "")
+    monkeypatch.setenv("PROMPTROUTE_ARTIFACT_KEY", "another-key-of-enough-length")
+    code, out, err = _run(["route", "hello", "--model", str(out_dir)])
+    assert code == 2 and out == ""
+    assert err.startswith(f"promptroute: error: {out_dir}: the signature does not match")
+
+
+def test_sign_an_existing_artifact(
+    art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(art, copy)
+    monkeypatch.delenv("PROMPTROUTE_ARTIFACT_KEY", raising=False)
+    code, out, err = _run(["sign", str(copy)])
+    assert (code, out) == (2, "")
+    assert err == (
+        "promptroute: error: PROMPTROUTE_ARTIFACT_KEY: not set; export the signing key to sign "
+        "an artifact\n"
+    )
+    monkeypatch.setenv("PROMPTROUTE_ARTIFACT_KEY", SIGNING_KEY)
+    code, out, err = _run(["route", "hello", "--model", str(copy)])
+    assert code == 2
+    assert f"{copy}: unsigned artifact, and PROMPTROUTE_ARTIFACT_KEY is set" in err
+    code, out, err = _run(["sign", str(copy)])
+    version = json.loads((copy / "manifest.json").read_text())["router_version"]
+    assert (code, err) == (0, "")
+    assert out == f"signed {copy} (router {version}) with the key in PROMPTROUTE_ARTIFACT_KEY\n"
+    code, out, err = _run(["route", "hello", "--model", str(copy)])
+    assert (code, err) == (0, "")
+
+
+def test_sign_refuses_a_tampered_artifact(
+    art: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(art, bad)
+    (bad / ARRAYS).write_bytes((bad / ARRAYS).read_bytes()[:-1])
+    monkeypatch.setenv("PROMPTROUTE_ARTIFACT_KEY", SIGNING_KEY)
+    code, out, err = _run(["sign", str(bad)])
+    assert code == 2 and out == ""
+    assert err.startswith(f"promptroute: error: {bad / ARRAYS}: sha256 ")
+    assert not (bad / "signature.json").exists()
+
+
+def test_old_format_artifact_says_retrain(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "router.joblib").write_bytes(b"\x80\x04not really a pickle")
+    (old / "manifest.json").write_text('{"format_version": 1}')
+    code, out, err = _run(["route", "hello", "--model", str(old)])
+    assert code == 2 and out == ""
+    assert err == (
+        f"promptroute: error: {old}: this artifact uses the old format 1 (a pickled "
+        "router.joblib, which promptroute no longer opens); retrain it with "
+        f"`promptroute train --logs LOGS --out {old}`\n"
+    )
 
 
 # --------------------------------------------------------------------------- bad input lines
@@ -283,20 +357,28 @@ def _route(art: Path, *args: str) -> dict[str, Any]:
 
 
 def test_route_explains_the_decision(art: Path) -> None:
-    d = _route(art, "Write a Python function that merges two sorted lists.")
+    """`route` prints /route's answer for the same request, plus the deciding features."""
+    prompt = "Write a Python function that merges two sorted lists."
+    d = _route(art, prompt)
     models = json.loads((art / "manifest.json").read_text())["models"]
     assert d["model"] in models
-    assert sorted([d["model"], *d["fallbacks"]]) == sorted(models)
-    assert list(d["scores"]) == [d["model"], *d["fallbacks"]]
-    assert set(d["estimated_cost_usd"]) == set(models)
-    assert d["input_tokens"] == -(
-        -len("Write a Python function that merges two sorted lists.") // 4
-    )
+    ranked = [d["model"], *d["fallbacks"]]
+    assert sorted(ranked[: len(models)]) == sorted(models)  # then the catalog's unscored models
+    assert list(d["scores"]) == ranked[: len(models)]
+    assert d["estimated_cost_usd"] > 0
+    assert d["reason"]["stage"] == "classifier" and d["reason"]["removed"] == {}
+    assert d["input_tokens"] == -(-len(prompt) // 4)
+    assert d["explanation"]["model"] == d["model"]
     assert d["explanation"]["versus"] == d["fallbacks"][0]
     feats = d["explanation"]["top_features"]
     assert feats and all(set(f) == {"feature", "value", "contribution"} for f in feats)
     assert feats[-1]["feature"] == "hashed n-grams (total)"
     assert d["router_version"] == json.loads((art / "manifest.json").read_text())["router_version"]
+    # The same request over HTTP gets the same decision (request ids aside).
+    with TestClient(create_app(load_settings(artifact=str(art)), environ={})) as client:
+        http = client.post("/route", json={"prompt": prompt}).json()
+    for key in ("model", "fallbacks", "scores", "estimated_cost_usd", "reason", "knob"):
+        assert http[key] == d[key], key
 
 
 def test_route_knob_and_candidates(art: Path) -> None:
@@ -304,20 +386,11 @@ def test_route_knob_and_candidates(art: Path) -> None:
     cheap = _route(art, "Explain quantum tunnelling.", "--knob", "1000", "--candidates", *cands)
     assert cheap["knob"] == 1000.0
     assert set(cheap["scores"]) == set(cands)
-    costs = cheap["estimated_cost_usd"]
-    assert cheap["model"] == min(costs, key=costs.get)
-    best = _route(
-        art,
-        "Explain quantum tunnelling.",
-        "--knob",
-        "0",
-        "--strategy",
-        "quality",
-        "--candidates",
-        *cands,
-    )
-    assert best["strategy"] == "quality"
+    catalog = json.loads((art / "manifest.json").read_text())["catalog"]["models"]
+    assert set(cheap["reason"]["removed"]) == {m["name"] for m in catalog} - set(cands)
+    best = _route(art, "Explain quantum tunnelling.", "--knob", "0", "--candidates", *cands)
     assert best["model"] == max(best["scores"], key=best["scores"].get)
+    assert cheap["estimated_cost_usd"] <= best["estimated_cost_usd"]
     one = _route(art, "hi", "--candidates", "claude-v2")
     assert (one["model"], one["fallbacks"], one["explanation"]["versus"]) == ("claude-v2", [], None)
 
@@ -337,13 +410,13 @@ def test_route_messages(art: Path) -> None:
     [
         pytest.param(
             ["hi", "--candidates", "claude-v2", "gpt-5"],
-            "promptroute: error: candidates: unknown model 'gpt-5'; known: ",
+            "promptroute: error: candidates[1]: unknown model 'gpt-5'",
             id="unknown-candidate",
         ),
         pytest.param(["{not json", "--messages"], "promptroute: error: invalid JSON: ", id="json"),
         pytest.param(
             ['{"role": "user"}', "--messages"],
-            "promptroute: error: messages: must be a list of chat messages",
+            "promptroute: error: messages: Input should be a valid list",
             id="messages-shape",
         ),
         pytest.param(["   "], "promptroute: error: prompt: must not be empty", id="empty"),

@@ -304,3 +304,11 @@ def test_mask_for_an_empty_list_is_an_error_not_an_empty_mask() -> None:
     r = _constant_router([0.3, 0.9, 0.6])
     with pytest.raises(ValueError, match="candidates: must name at least one model"):
         r.mask_for([])
+
+
+def test_a_knob_at_floats_limit_picks_the_cheapest_model(tiny_router) -> None:
+    from features.text import normalize
+
+    scored = tiny_router.score(normalize(prompt="Explain recursion."))
+    order = tiny_router.rank(scored, 1e308)
+    assert order[0] == int(np.argmin(scored.cost_usd))

@@ -13,7 +13,7 @@ import yaml
 from fakes import TestClient
 
 import serving
-from models.artifact import PAYLOAD
+from models.artifact import ARRAYS
 from models.catalog import load_catalog
 from models.errors import ArtifactError, ConfigError
 from serving import create_app, load_settings, serve
@@ -50,13 +50,14 @@ def make_client(tiny_artifact, catalog_path):
 
 
 @pytest.fixture
-def admin(make_client):
-    return make_client(environ={"PROMPTROUTE_ADMIN_KEY": KEY})
+def admin(make_client, tmp_path):
+    # Reloads may name artifacts under tmp_path (the copies each test makes).
+    return make_client(environ={"PROMPTROUTE_ADMIN_KEY": KEY}, artifacts_dir=str(tmp_path))
 
 
 def tampered_copy(source: Path, dest: Path) -> Path:
     shutil.copytree(source, dest)
-    payload = dest / PAYLOAD
+    payload = dest / ARRAYS
     data = bytearray(payload.read_bytes())
     data[len(data) // 2] ^= 0xFF
     payload.write_bytes(bytes(data))
@@ -122,11 +123,32 @@ def test_models_lists_the_catalog_with_live_state(make_client, tiny_router):
     }
 
 
-def test_catalog_models_the_router_does_not_know_are_not_candidates(make_client):
+def test_a_candidate_without_learned_scores_is_chosen_by_catalog_preference(make_client):
     client = make_client()
     response = client.post("/route", json={"prompt": PROMPT, "candidates": ["gemma-2-9b-it"]})
-    assert response.status_code == 422
-    assert response.json()["error"]["field"] == "candidates[0]"
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["model"], body["fallbacks"], body["scores"]) == ("gemma-2-9b-it", [], {})
+    assert body["reason"]["stage"] == "catalog_preference"
+    assert "no model with learned scores can take this request" in body["reason"]["detail"]
+    assert body["estimated_cost_usd"] > 0
+
+
+def test_unscored_models_follow_the_ranked_ones_and_are_never_scored(make_client):
+    client = make_client()
+    body = client.post("/route", json={"prompt": PROMPT}).json()
+    assert body["reason"]["stage"] == "classifier"
+    assert body["fallbacks"][-2:] == ["gemma-2-9b-it", "qwen2.5-7b-instruct"]  # catalog order
+    assert not {"gemma-2-9b-it", "qwen2.5-7b-instruct"} & set(body["scores"])
+    assert "without learned scores, listed last" in body["reason"]["detail"]
+
+
+def test_models_say_why_a_model_is_not_routable(make_client):
+    body = client_models = make_client().get("/models").json()
+    notes = {m["name"]: m["why_not_routable"] for m in body["models"]}
+    assert notes["claude-v1"] is None
+    assert "has no learned scores for gemma-2-9b-it" in notes["gemma-2-9b-it"]
+    del client_models
 
 
 def test_metrics_in_prometheus_format(make_client):
@@ -143,7 +165,7 @@ def test_metrics_in_prometheus_format(make_client):
     lines = set(response.text.splitlines())
     expected = [
         'promptroute_decisions_total{model="claude-v1",stage="classifier"} 1.0',
-        'promptroute_filter_removals_total{filter="candidates"} 22.0',
+        'promptroute_filter_removals_total{filter="candidates"} 26.0',  # 13 others, twice
         'promptroute_filter_removals_total{filter="breaker"} 1.0',
         'promptroute_filter_removals_total{filter="latency"} 6.0',
         'promptroute_breaker_state{model="claude-v1"} 2.0',
@@ -257,12 +279,12 @@ def test_reload_swaps_in_a_verified_artifact(admin, tiny_artifact, tmp_path):
     response = admin.post("/admin/reload", json={"artifact": str(copy)}, headers={"X-API-Key": KEY})
     assert response.status_code == 200
     body = response.json()
-    assert body["artifact"] == str(copy)
+    assert body["artifact"] == str(copy.resolve())
     assert body["router_version"] == body["previous_version"] == before
     assert len(body["models"]) == 12
     # Without a body: the configured (now: the last loaded) artifact again.
     again = admin.post("/admin/reload", headers={"X-API-Key": KEY})
-    assert again.status_code == 200 and again.json()["artifact"] == str(copy)
+    assert again.status_code == 200 and again.json()["artifact"] == str(copy.resolve())
 
 
 @pytest.mark.parametrize("problem", ["tampered", "missing"])
@@ -287,8 +309,11 @@ def test_reload_failure_keeps_the_old_model(admin, tiny_artifact, tmp_path, prob
     assert admin.post("/route", json={"prompt": PROMPT}).status_code == 200
 
 
-def test_reload_refuses_an_artifact_the_rules_cannot_use(tiny_artifact, catalog_path, tmp_path):
-    # Config whose rule names a model; an artifact without that model must not be swapped in.
+def test_a_rule_still_pins_a_model_the_reloaded_artifact_has_no_scores_for(
+    tiny_artifact, catalog_path, tmp_path
+):
+    # The rule names a catalog model; an artifact without learned scores for it can still be
+    # swapped in, and the rule keeps sending its requests there (the model stays in the catalog).
     from models.artifact import load_router, save_router
 
     router, manifest = load_router(tiny_artifact)
@@ -304,17 +329,24 @@ def test_reload_refuses_an_artifact_the_rules_cannot_use(tiny_artifact, catalog_
         setattr(router, name, getattr(router, name)[keep])
     save_router(router, tmp_path / "smaller", catalog=manifest["catalog"], training={}, metrics={})
     rule = {"name": "pin", "match": {"task_types": ["x"]}, "model": "claude-v1"}
-    config = load_settings(artifact=str(tiny_artifact), catalog=str(catalog_path), rules=[rule])
+    config = load_settings(
+        artifact=str(tiny_artifact),
+        catalog=str(catalog_path),
+        rules=[rule],
+        artifacts_dir=str(tmp_path),
+    )
     with TestClient(create_app(config, environ={"PROMPTROUTE_ADMIN_KEY": KEY})) as client:
         response = client.post(
             "/admin/reload",
             json={"artifact": str(tmp_path / "smaller")},
             headers={"X-API-Key": KEY},
         )
-        assert response.status_code == 422
-        assert "rules[0].model: unknown model 'claude-v1'" in response.json()["error"]["message"]
+        assert response.status_code == 200, response.text
+        assert "claude-v1" not in response.json()["models"]
         body = client.post("/route", json={"prompt": PROMPT, "task_type": "x"}).json()
-        assert body["model"] == "claude-v1"
+        assert (body["model"], body["reason"]["stage"]) == ("claude-v1", "rule")
+        info = {m["name"]: m for m in client.get("/models").json()["models"]}["claude-v1"]
+        assert info["routable"] is False and "no learned scores" in info["why_not_routable"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,13 +369,13 @@ def test_reload_refuses_an_artifact_the_rules_cannot_use(tiny_artifact, catalog_
                         "name": "e",
                         "variants": [
                             {"name": "a", "weight": 1},
-                            {"name": "b", "weight": 1, "model": "gemma-2-9b-it"},
+                            {"name": "b", "weight": 1, "model": "gpt-5"},
                         ],
                     }
                 ]
             },
             ConfigError,
-            "experiments[0].variants[1].model: unknown model 'gemma-2-9b-it'",
+            "experiments[0].variants[1].model: unknown model 'gpt-5'",
             id="variant-not-routable",
         ),
         pytest.param(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
 
-from models.errors import ArtifactError, ConfigError
-from serving.deps import AdminDep, CatalogDep, HealthDep, ModelsDep
+from models.artifact import resolve_artifact
+from models.errors import ArtifactError, ArtifactLocationError, ConfigError
+from models.paths import default_artifact_path
+from serving.config import Settings
+from serving.deps import AdminDep, CatalogDep, HealthDep, ModelsDep, SettingsDep
 from serving.errors import ApiError
 from serving.schemas import ErrorResponse, ReloadRequest, ReloadResponse
 
@@ -21,6 +25,13 @@ _AUTH: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _artifacts_dir(settings: Settings) -> Path:
+    """The configured `artifacts_dir`, else the directory holding the configured artifact."""
+    if settings.artifacts_dir is not None:
+        return Path(settings.artifacts_dir)
+    return Path(settings.artifact or default_artifact_path()).parent
+
+
 @router.post(
     "/reload",
     response_model=ReloadResponse,
@@ -28,13 +39,31 @@ _AUTH: dict[int | str, dict[str, Any]] = {
         **_AUTH,
         400: {"model": ErrorResponse, "description": "The body is not valid JSON."},
         413: {"model": ErrorResponse, "description": "The body is over the size limit."},
-        422: {"model": ErrorResponse, "description": "Not loaded; the old model serves on."},
+        422: {
+            "model": ErrorResponse,
+            "description": "Not loaded (outside the artifacts directory, unsigned, damaged or "
+            "incompatible); the old model serves on.",
+        },
     },
 )
-def reload_artifact(models: ModelsDep, body: ReloadRequest | None = None) -> ReloadResponse:
+def reload_artifact(
+    models: ModelsDep, settings: SettingsDep, body: ReloadRequest | None = None
+) -> ReloadResponse:
     """Load and verify an artifact, then swap it in atomically; on failure nothing changes."""
     # A plain `def`: loading runs in the thread pool while requests keep being served.
     path = body.artifact if body is not None else None
+    if path is not None:
+        # Only from the artifacts directory: the admin key alone must not reach any folder on
+        # disk the service's user can read.
+        try:
+            path = str(resolve_artifact(_artifacts_dir(settings), path))
+        except ArtifactLocationError as exc:
+            raise ApiError(
+                422,
+                "artifact_outside_dir",
+                f"{exc}; still serving router {models.current.version}",
+                field="artifact",
+            ) from None
     try:
         old, new = models.reload(path)
     except (ArtifactError, ConfigError) as exc:
@@ -48,7 +77,7 @@ def reload_artifact(models: ModelsDep, body: ReloadRequest | None = None) -> Rel
         artifact=new.path,
         router_version=new.version,
         previous_version=old.version,
-        models=sorted(new.universe),
+        models=sorted(new.scored),
     )
 
 

@@ -14,7 +14,7 @@ router = APIRouter(tags=["operations"])
 
 @router.get("/models", response_model=ModelsResponse)
 async def list_models(models: ModelsDep, health: HealthDep, catalog: CatalogDep) -> ModelsResponse:
-    """Catalog entries with rolling stats and circuit state; `routable` = the router knows it."""
+    """Catalog entries with rolling stats and circuit state; `routable` = the router scores it."""
     loaded = models.current
     stats = health.stats_snapshot()
     breakers = health.breakers_snapshot()
@@ -23,7 +23,8 @@ async def list_models(models: ModelsDep, health: HealthDep, catalog: CatalogDep)
         models=[
             ModelInfo(
                 **spec.model_dump(mode="json"),
-                routable=spec.name in loaded.universe,
+                routable=spec.name in loaded.scored,
+                why_not_routable=loaded.unscored_note(spec.name),
                 stats=stats[spec.name],
                 breaker=breakers[spec.name],
             )
