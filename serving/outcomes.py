@@ -13,7 +13,20 @@ from serving.experiments import Experiments
 from serving.health import Health
 from serving.loaded_model import ModelSlot
 
-__all__ = ["Outcomes", "apply_feedback"]
+__all__ = ["Outcomes", "apply_feedback", "check_model"]
+
+
+def check_model(fb: Feedback, models: ModelSlot) -> None:
+    """422 ``unknown_model`` when the feedback names a model that is not routable."""
+    if fb.model is not None and fb.model not in models.routable_names():
+        known = sorted(models.routable_names())
+        raise ApiError(
+            422,
+            "unknown_model",
+            f"model: {fb.model!r} is not a routable model; known: {', '.join(known)}",
+            field="model",
+            known=known,
+        )
 
 
 async def apply_feedback(
@@ -37,15 +50,7 @@ async def apply_feedback(
         ``model_not_offered`` (neither the decision's model nor a fallback), 409
         ``outcome_already_recorded`` (that model's outcome is in already).
     """
-    if fb.model is not None and fb.model not in models.routable_names():
-        known = sorted(models.routable_names())
-        raise ApiError(
-            422,
-            "unknown_model",
-            f"model: {fb.model!r} is not a routable model; known: {', '.join(known)}",
-            field="model",
-            known=known,
-        )
+    check_model(fb, models)
     decision, model = await book.claim(fb.request_id, fb.model, fb.caller)
     await health.record_outcome(
         model, success=fb.success, latency_ms=fb.latency_ms, quality=fb.quality

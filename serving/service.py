@@ -123,7 +123,7 @@ class Service:
             experiments=experiments,
             rules=rules,
             pipeline=pipeline,
-            outcomes=Outcomes(models, health, experiments, book),
+            outcomes=_outcomes(store, models, health, experiments, book),
             admin_key=env.get(settings.admin_api_key_env) or None,
             clock=clock,
             wall_clock=wall_clock,
@@ -157,6 +157,16 @@ class Service:
             "router_version": current.version,
             "routable_models": len(current.universe),
         }
+
+
+def _outcomes(
+    store: Any, models: ModelSlot, health: Health, experiments: Experiments, book: Bookkeeping
+) -> Outcomes:
+    if store is None:
+        return Outcomes(models, health, experiments, book)
+    from serving.shared.outcomes import SharedOutcomes
+
+    return SharedOutcomes(models, health, experiments, book, store=store)
 
 
 def _state(

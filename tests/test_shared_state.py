@@ -125,7 +125,9 @@ def test_half_open_admits_the_configured_number_of_probes_in_total(pair):
     model = _route(a)["model"]
     for client in (a, b):
         rid = _route(client, candidates=[model])["request_id"]
-        assert client.post("/feedback", json={"request_id": rid, "success": False}).status_code == 200
+        assert (
+            client.post("/feedback", json={"request_id": rid, "success": False}).status_code == 200
+        )
     time.sleep(BOUND_SECONDS)  # both have seen the trip
     wall.advance(11.0)  # the cooldown is over: half-open, 3 probe slots for everyone together
     admitted = 0
@@ -146,7 +148,10 @@ def test_experiment_tallies_add_up_across_instances(pair):
     experiments = [
         {
             "name": "exp",
-            "variants": [{"name": "control", "weight": 1}, {"name": "cheap", "weight": 1, "knob": 3.0}],
+            "variants": [
+                {"name": "control", "weight": 1},
+                {"name": "cheap", "weight": 1, "knob": 3.0},
+            ],
         }
     ]
     a, b, _ = pair(experiments=experiments)
@@ -160,7 +165,9 @@ def test_experiment_tallies_add_up_across_instances(pair):
         variants = client.get("/experiments/exp").json()["variants"]
         assert sum(v["assigned"] for v in variants) == 10
         assert sum(v["feedback"] for v in variants) == 10
-        assert sum(round(v["mean_latency_ms"] * v["feedback"]) for v in variants if v["feedback"]) == sum(100 + i for i in range(10))
+        assert sum(
+            round(v["mean_latency_ms"] * v["feedback"]) for v in variants if v["feedback"]
+        ) == sum(100 + i for i in range(10))
 
 
 def test_redis_stopped_mid_soak_no_5xx_then_sharing_resumes(pair, redis_server):
@@ -174,8 +181,12 @@ def test_redis_stopped_mid_soak_no_5xx_then_sharing_resumes(pair, redis_server):
             statuses.append(routed.status_code)
             if routed.status_code == 200:
                 rid = routed.json()["request_id"]
-                statuses.append(y.post("/feedback", json={"request_id": rid, "success": True}).status_code)
-                statuses.append(x.post("/feedback", json={"request_id": rid, "success": True}).status_code)
+                statuses.append(
+                    y.post("/feedback", json={"request_id": rid, "success": True}).status_code
+                )
+                statuses.append(
+                    x.post("/feedback", json={"request_id": rid, "success": True}).status_code
+                )
 
     soak(20)
     assert a.get("/readyz").json()["state"] == {"backend": "redis", "degraded": False}
@@ -197,3 +208,32 @@ def test_redis_stopped_mid_soak_no_5xx_then_sharing_resumes(pair, redis_server):
     fb = {"request_id": decision["request_id"], "success": True}
     assert b.post("/feedback", json=fb).status_code == 200  # shared again
     assert "promptroute_state_degraded 0.0" in a.get("/metrics").text
+
+
+def test_route_and_feedback_each_make_one_round_trip(pair):
+    experiments = [
+        {"name": "exp", "variants": [{"name": "a", "weight": 1}, {"name": "b", "weight": 1}]}
+    ]
+    a, b, _ = pair(experiments=experiments)
+    batches: list[list[str]] = []
+    for client in (a, b):
+        store = client.app.state.service.store
+        execute = store._execute
+
+        async def counted(batch, execute=execute):
+            names = [op[0] for op in batch if op[0] != "snapshot"]  # the background refresh
+            if names:
+                batches.append(names)
+            return await execute(batch)
+
+        store._execute = counted
+    decision = _route(a, user_id="someone")  # in the experiment: a tally rides along
+    assert batches == [["tally", "remember"]]
+    batches.clear()
+    fb = {"request_id": decision["request_id"], "success": True, "latency_ms": 12.0}
+    assert b.post("/feedback", json=fb).status_code == 200
+    assert batches == [["feedback"]]  # rules, breaker, statistics and tally: one script
+    stats = {m["name"]: m["stats"] for m in a.get("/models").json()["models"]}
+    assert stats[decision["model"]]["latency_ms"]["p50"] == 12.0
+    variants = a.get("/experiments/exp").json()["variants"]
+    assert sum(v["feedback"] for v in variants) == 1 and sum(v["assigned"] for v in variants) == 1

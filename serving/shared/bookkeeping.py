@@ -34,12 +34,13 @@ from serving.metrics import Metrics
 from serving.pending import PendingDecisions, PendingSettings
 from serving.shared.store import RedisStore, StateUnavailable, now_arg
 
-__all__ = ["RedisBookkeeping"]
+__all__ = ["RedisBookkeeping", "decode_decision", "text"]
 
 _Clock = Callable[[], float]
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A reply value as text."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
@@ -58,7 +59,8 @@ def _encode(d: PendingDecision) -> str:
     )
 
 
-def _decode(raw: str) -> PendingDecision:
+def decode_decision(raw: str) -> PendingDecision:
+    """A pending decision from its stored JSON."""
     v = json.loads(raw)
     e = v.get("e")
     return PendingDecision(
@@ -87,12 +89,12 @@ class RedisBookkeeping(Bookkeeping):
         self._metrics = metrics
         self._store = store
         self._settings = pending
-        self._clock = clock
+        self.clock = clock
         self.wall_clock = wall_clock
         self.decision_log = DecisionLog(log, clock=wall_clock) if log is not None else None
         self.keeps_text = self.decision_log is not None
         self.max_age_seconds = pending.max_age_seconds
-        self._keys = [store.key("pending", part) for part in ("data", "times", "answered", "bytes")]
+        self.keys = [store.key("pending", part) for part in ("data", "times", "answered", "bytes")]
         # Decisions served while Redis was unreachable.
         self.local = PendingDecisions(pending, clock=local_clock, sizeof=PendingDecision.approx_bytes)
         self._count = 0
@@ -112,11 +114,11 @@ class RedisBookkeeping(Bookkeeping):
         try:
             reply = await self._store.call(
                 "remember",
-                self._keys,
+                self.keys,
                 [
                     request_id,
                     _encode(decision),
-                    now_arg(self._clock),
+                    now_arg(self.clock),
                     repr(float(s.max_age_seconds)),
                     str(s.max_items),
                     str(s.max_bytes),
@@ -136,26 +138,30 @@ class RedisBookkeeping(Bookkeeping):
         try:
             reply = await self._store.call(
                 "claim",
-                self._keys,
+                self.keys,
                 [
                     request_id,
                     model or "",
                     caller or "",
-                    now_arg(self._clock),
+                    now_arg(self.clock),
                     repr(float(self.max_age_seconds)),
                 ],
             )
         except StateUnavailable:
             raise unknown_request(request_id, self.max_age_seconds) from None
-        code, chosen, raw = (_text(v) for v in reply)
+        code, chosen, raw = (text(v) for v in reply)
         if code == "unknown":
             raise unknown_request(request_id, self.max_age_seconds)
-        decision = _decode(raw)
+        decision = decode_decision(raw)
         if code == "not_offered":
             raise not_offered(chosen, decision.model, decision.fallbacks)
         if code == "answered":
             raise already_answered(request_id, chosen)
         return decision, chosen
+
+    def holds_locally(self, request_id: str) -> bool:
+        """Whether the decision was kept in this process (served while Redis was down)."""
+        return bool(len(self.local)) and self.local.get(request_id) is not None
 
     def _claim_local(
         self, request_id: str, decision: PendingDecision, model: str | None, caller: str | None
@@ -172,7 +178,7 @@ class RedisBookkeeping(Bookkeeping):
 
     def expire(self) -> int:
         self._store.send(
-            "expire", self._keys, [now_arg(self._clock), repr(float(self.max_age_seconds))]
+            "expire", self.keys, [now_arg(self.clock), repr(float(self.max_age_seconds))]
         )
         return self.local.expire()
 

@@ -33,11 +33,11 @@ from serving.metrics import Metrics
 from serving.shared.store import RedisStore, StateUnavailable, now_arg
 from serving.stats import StatsSettings
 
-__all__ = ["RedisHealth"]
+__all__ = ["FIELDS", "RedisHealth", "decode_state"]
 
 _log = logging.getLogger("promptroute.state")
 _Clock = Callable[[], float]
-_FIELDS = 15  # values per model in a script's reply (see scripts.model_state)
+FIELDS = 15  # values per model in a script's reply (see scripts.model_state)
 
 
 @dataclass(slots=True)
@@ -70,7 +70,8 @@ def _float(value: Any) -> float | None:
     return float(text) if text else None
 
 
-def _decode(values: list[Any]) -> _Seen:
+def decode_state(values: list[Any]) -> _Seen:
+    """One model's state from a script's reply (FIELDS values)."""
     t = [_text(v) for v in values]
     return _Seen(
         state=t[0],
@@ -119,7 +120,7 @@ class RedisHealth(Health):
         self._store = store
         self._clock = clock
         self._local_clock = local_clock
-        self._cfg = ",".join(
+        self.cfg = ",".join(
             repr(float(v))
             for v in (
                 breakers.window_size,
@@ -186,12 +187,12 @@ class RedisHealth(Health):
         """Read every model's shared state now (one round trip); False when Redis is down."""
         try:
             reply = await self._store.call(
-                "snapshot", self._all_keys, [now_arg(self._clock), self._cfg]
+                "snapshot", self._all_keys, [now_arg(self._clock), self.cfg]
             )
         except StateUnavailable:
             return False
         for i, model in enumerate(self.names):
-            self._apply(model, _decode(reply[i * _FIELDS : (i + 1) * _FIELDS]))
+            self._apply(model, decode_state(reply[i * FIELDS : (i + 1) * FIELDS]))
         self.refreshed_at = self._clock()
         return True
 
@@ -304,11 +305,19 @@ class RedisHealth(Health):
 
     async def _script(self, model: str, *args: str) -> str:
         reply = await self._store.call(
-            "breaker", self._keys[model], [args[0], now_arg(self._clock), self._cfg, *args[1:]]
+            "breaker", self._keys[model], [args[0], now_arg(self._clock), self.cfg, *args[1:]]
         )
-        self._events(model, reply[1])
-        self._apply(model, _decode(reply[2 : 2 + _FIELDS]))
+        self.seen_write(model, reply[1], decode_state(reply[2 : 2 + FIELDS]))
         return _text(reply[0])
+
+    def seen_write(self, model: str, events: Any, seen: _Seen) -> None:
+        """Take in what a script this process ran did to `model`: transitions, new state."""
+        self._events(model, events)
+        self._apply(model, seen)
+
+    def count_feedback(self, model: str, success: bool) -> None:
+        """Count one outcome in this process's metrics."""
+        self._metrics.feedback(model, success)
 
     async def take_slot(self, model: str) -> bool:
         try:
@@ -333,7 +342,7 @@ class RedisHealth(Health):
             )
             self._merge_local()
             return
-        self._metrics.feedback(model, success)
+        self.count_feedback(model, success)
 
     async def reset_breaker(self, model: str) -> dict[str, Any]:
         if model not in self._keys:

@@ -8,7 +8,16 @@ replicas on different machines need clocks in sync to well under the cooldowns (
 
 from __future__ import annotations
 
-__all__ = ["BREAKER", "CLAIM", "EXPIRE", "REMEMBER", "SNAPSHOT", "TALLIES", "TALLY_OUTCOME"]
+__all__ = [
+    "BREAKER",
+    "CLAIM",
+    "EXPIRE",
+    "FEEDBACK",
+    "REMEMBER",
+    "SNAPSHOT",
+    "TALLIES",
+    "TALLY_OUTCOME",
+]
 
 # Shared helpers, prepended to the scripts that use them.
 _COMMON = r"""
@@ -134,76 +143,83 @@ local function model_state(b, w, p, d, now, c)
 end
 """
 
+# One breaker operation on one model's keys: the body of BREAKER, and of FEEDBACK's record.
+_BREAKER_OP = r"""
+-- op "record" (a1 success 1|0, a2 latency|'', a3 quality|''): statistics and breaker
+-- op "slot": take a half-open probe slot (result 1 taken or not needed, 0 refused)
+-- op "reset": close now with an empty window
+-- Returns {result, events (';'-joined "old>new>reason"), model_state...}
+local function breaker_op(keys, op, now, c, a1, a2, a3)
+  local b, w, p, s, d = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local events = {}
+  local state = refresh(b, p, now, c, events)
+  local result = '1'
+  if op == 'record' then
+    local ok = a1 == '1'
+    redis.call('RPUSH', s, fmt(now) .. '|' .. a1 .. '|' .. a2 .. '|' .. a3)
+    redis.call('LTRIM', s, -c.stats_window_size, -1)
+    derive(s, d, now, c)
+    if state == 'closed' then
+      local calls, failures = window_counts(w, now, c)
+      redis.call('RPUSH', w, fmt(now) .. '|' .. a1)
+      redis.call('LTRIM', w, -c.window_size, -1)
+      if ok then
+        redis.call('HSET', b, 'consecutive', 0)
+      else
+        calls, failures = window_counts(w, now, c)
+        local consecutive = redis.call('HINCRBY', b, 'consecutive', 1)
+        local rate = failures / calls
+        if consecutive >= c.consecutive_failures then
+          open(b, p, now, consecutive .. ' consecutive failures', state, events)
+        elseif calls >= c.min_calls and rate > c.error_rate_threshold then
+          open(b, p, now, string.format('error rate %.2f > %.2f over %d calls', rate,
+            c.error_rate_threshold, calls), state, events)
+        end
+      end
+    elseif state == 'half_open' and redis.call('ZCARD', p) > 0 then
+      redis.call('ZPOPMIN', p)
+      if ok then
+        redis.call('HSET', b, 'consecutive', 0)
+        local done = redis.call('HINCRBY', b, 'probe_successes', 1)
+        if done >= c.half_open_successes then
+          close(b, w, p, c, done .. ' probe successes', state, events)
+        end
+      else
+        redis.call('HINCRBY', b, 'consecutive', 1)
+        local cooldown = num(redis.call('HGET', b, 'cooldown'), c.cooldown_seconds)
+        cooldown = math.min(cooldown * c.cooldown_multiplier, c.max_cooldown_seconds)
+        redis.call('HSET', b, 'cooldown', fmt(cooldown))
+        open(b, p, now, 'probe failed', state, events)
+      end
+    end
+    -- open, or half-open with no probe in flight: late feedback, ignored for the breaker
+  elseif op == 'slot' then
+    if state == 'open' then
+      result = '0'
+    elseif state == 'half_open' then
+      if redis.call('ZCARD', p) < c.half_open_max_probes then
+        local n = redis.call('HINCRBY', b, 'probe_seq', 1)
+        redis.call('ZADD', p, fmt(now), tostring(n))
+      else
+        result = '0'
+      end
+    end
+  elseif op == 'reset' then
+    close(b, w, p, c, 'reset', state, events)
+  end
+  local out = {result, table.concat(events, ';')}
+  for _, v in ipairs(model_state(b, w, p, d, now, c)) do table.insert(out, v) end
+  return out
+end
+"""
+
 BREAKER = (
     _COMMON
     + _BREAKER_LIB
+    + _BREAKER_OP
     + r"""
--- KEYS: b w p s d.  ARGV: op now cfg [op args].
--- op "record" success(1|0) latency|'' quality|'' : statistics and breaker
--- op "slot": take a half-open probe slot (1 taken or not needed, 0 refused)
--- op "reset": close now with an empty window
--- Returns {result, events (';'-joined "old>new>reason"), model_state...}
-local b, w, p, s, d = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local op, now, c = ARGV[1], tonumber(ARGV[2]), cfg_of(ARGV[3])
-local events = {}
-local state = refresh(b, p, now, c, events)
-local result = '1'
-if op == 'record' then
-  local ok = ARGV[4] == '1'
-  redis.call('RPUSH', s, fmt(now) .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6])
-  redis.call('LTRIM', s, -c.stats_window_size, -1)
-  derive(s, d, now, c)
-  if state == 'closed' then
-    local calls, failures = window_counts(w, now, c)
-    redis.call('RPUSH', w, fmt(now) .. '|' .. ARGV[4])
-    redis.call('LTRIM', w, -c.window_size, -1)
-    if ok then
-      redis.call('HSET', b, 'consecutive', 0)
-    else
-      calls, failures = window_counts(w, now, c)
-      local consecutive = redis.call('HINCRBY', b, 'consecutive', 1)
-      local rate = failures / calls
-      if consecutive >= c.consecutive_failures then
-        open(b, p, now, consecutive .. ' consecutive failures', state, events)
-      elseif calls >= c.min_calls and rate > c.error_rate_threshold then
-        open(b, p, now, string.format('error rate %.2f > %.2f over %d calls', rate,
-          c.error_rate_threshold, calls), state, events)
-      end
-    end
-  elseif state == 'half_open' and redis.call('ZCARD', p) > 0 then
-    redis.call('ZPOPMIN', p)
-    if ok then
-      redis.call('HSET', b, 'consecutive', 0)
-      local done = redis.call('HINCRBY', b, 'probe_successes', 1)
-      if done >= c.half_open_successes then
-        close(b, w, p, c, done .. ' probe successes', state, events)
-      end
-    else
-      redis.call('HINCRBY', b, 'consecutive', 1)
-      local cooldown = num(redis.call('HGET', b, 'cooldown'), c.cooldown_seconds)
-      cooldown = math.min(cooldown * c.cooldown_multiplier, c.max_cooldown_seconds)
-      redis.call('HSET', b, 'cooldown', fmt(cooldown))
-      open(b, p, now, 'probe failed', state, events)
-    end
-  end
-  -- open, or half-open with no probe in flight: late feedback, ignored for the breaker
-elseif op == 'slot' then
-  if state == 'open' then
-    result = '0'
-  elseif state == 'half_open' then
-    if redis.call('ZCARD', p) < c.half_open_max_probes then
-      local n = redis.call('HINCRBY', b, 'probe_seq', 1)
-      redis.call('ZADD', p, fmt(now), tostring(n))
-    else
-      result = '0'
-    end
-  end
-elseif op == 'reset' then
-  close(b, w, p, c, 'reset', state, events)
-end
-local out = {result, table.concat(events, ';')}
-for _, v in ipairs(model_state(b, w, p, d, now, c)) do table.insert(out, v) end
-return out
+-- KEYS: b w p s d of one model.  ARGV: op now cfg [a1 a2 a3] (see breaker_op).
+return breaker_op(KEYS, ARGV[1], tonumber(ARGV[2]), cfg_of(ARGV[3]), ARGV[4], ARGV[5], ARGV[6])
 """
 )
 
@@ -281,66 +297,110 @@ return {n, redis.call('ZCARD', KEYS[2])}
 """
 )
 
+_CLAIM_FN = r"""
+-- The outcome rules. Returns code ('ok', 'unknown' (also another caller's), 'not_offered',
+-- 'answered'), the model, the decision's JSON.
+local function claim(data, times, answered, bytes, id, model, caller, now, max_age)
+  local json = redis.call('HGET', data, id)
+  if not json then return 'unknown', '', '' end
+  local ts = tonumber(redis.call('ZSCORE', times, id) or '0')
+  if now - ts >= max_age then
+    drop(data, times, answered, bytes, id)
+    return 'unknown', '', ''
+  end
+  local d = cjson.decode(json)
+  local owner = d.c
+  if owner == cjson.null or owner == nil then owner = '' end
+  if owner ~= caller then return 'unknown', '', '' end
+  if model == '' then model = d.m end
+  local offered = (model == d.m)
+  for _, f in ipairs(d.f) do if f == model then offered = true end end
+  if not offered then return 'not_offered', model, json end
+  local done = redis.call('HGET', answered, id) or ''
+  for m in string.gmatch(done, '[^\n]+') do
+    if m == model then return 'answered', model, json end
+  end
+  if done == '' then done = model else done = done .. '\n' .. model end
+  if #d.f + 1 <= select(2, string.gsub(done, '\n', '')) + 1 then
+    drop(data, times, answered, bytes, id)  -- every offered model answered
+  else
+    redis.call('HSET', answered, id, done)
+  end
+  return 'ok', model, json
+end
+"""
+
 CLAIM = (
     _COMMON
     + _PENDING_LIB
+    + _CLAIM_FN
     + r"""
--- ARGV: id model('' = the decision's) caller('' = none) now max_age.
--- Returns {code, model or '', json or ''}: code 'ok', 'unknown' (also another caller's),
--- 'not_offered', 'answered'.
-local data, times, answered, bytes = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, model, caller, now, max_age = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
-  tonumber(ARGV[5])
-local json = redis.call('HGET', data, id)
-if not json then return {'unknown', '', ''} end
-local ts = tonumber(redis.call('ZSCORE', times, id) or '0')
-if now - ts >= max_age then
-  drop(data, times, answered, bytes, id)
-  return {'unknown', '', ''}
+-- KEYS: the pending keys.  ARGV: id model('' = the decision's) caller('' = none) now max_age.
+local code, model, json = claim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3],
+  tonumber(ARGV[4]), tonumber(ARGV[5]))
+return {code, model, json}
+"""
+)
+
+_TALLY_FN = r"""
+-- Welford's running mean and M2, so that large offsets keep their digits.
+local function tally(h, success, lat, q)
+  redis.call('HINCRBY', h, 'feedback', 1)
+  if success == '1' then redis.call('HINCRBY', h, 'successes', 1) end
+  for _, pair in ipairs({{'lat', lat}, {'q', q}}) do
+    local name, raw = pair[1], pair[2]
+    if raw ~= '' then
+      local x = tonumber(raw)
+      local v = redis.call('HMGET', h, name .. '_n', name .. '_mean', name .. '_m2')
+      local n, mean, m2 = num(v[1], 0) + 1, num(v[2], 0), num(v[3], 0)
+      local delta = x - mean
+      mean = mean + delta / n
+      m2 = m2 + delta * (x - mean)
+      redis.call('HSET', h, name .. '_n', n, name .. '_mean', fmt(mean), name .. '_m2', fmt(m2))
+    end
+  end
+end
+"""
+
+FEEDBACK = (
+    _COMMON
+    + _BREAKER_LIB
+    + _BREAKER_OP
+    + _PENDING_LIB
+    + _CLAIM_FN
+    + _TALLY_FN
+    + r"""
+-- One /feedback, one round trip: the outcome rules, then the model's statistics and breaker,
+-- then the experiment's tally. The model's and the experiment's keys are known only once the
+-- decision is read, so they are built here from the prefix (a standalone Redis, not Cluster).
+-- KEYS: the pending keys.  ARGV: id model caller now max_age prefix cfg success latency quality.
+-- Returns {code, model, json} or {'ok', model, json, breaker_op's reply...}.
+local code, model, json = claim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3],
+  tonumber(ARGV[4]), tonumber(ARGV[5]))
+if code ~= 'ok' then return {code, model, json} end
+local k = ARGV[6] .. ':'
+local keys = {k .. 'breaker:' .. model, k .. 'bwin:' .. model, k .. 'probes:' .. model,
+  k .. 'stats:' .. model, k .. 'derived:' .. model}
+local out = {code, model, json}
+for _, v in ipairs(breaker_op(keys, 'record', tonumber(ARGV[4]), cfg_of(ARGV[7]), ARGV[8], ARGV[9],
+    ARGV[10])) do
+  table.insert(out, v)
 end
 local d = cjson.decode(json)
-local owner = d.c
-if owner == cjson.null or owner == nil then owner = '' end
-if owner ~= caller then return {'unknown', '', ''} end
-if model == '' then model = d.m end
-local offered = (model == d.m)
-for _, f in ipairs(d.f) do if f == model then offered = true end end
-if not offered then return {'not_offered', model, json} end
-local done = redis.call('HGET', answered, id) or ''
-for m in string.gmatch(done, '[^\n]+') do
-  if m == model then return {'answered', model, json} end
+if d.e and d.e ~= cjson.null then
+  tally(k .. 'experiment:' .. d.e[1] .. ':' .. d.e[2], ARGV[8], ARGV[9], ARGV[10])
 end
-if done == '' then done = model else done = done .. '\n' .. model end
-if #d.f + 1 <= select(2, string.gsub(done, '\n', '')) + 1 then
-  drop(data, times, answered, bytes, id)  -- every offered model answered
-else
-  redis.call('HSET', answered, id, done)
-end
-return {'ok', model, json}
+return out
 """
 )
 
 TALLY_OUTCOME = (
     _COMMON
+    + _TALLY_FN
     + r"""
 -- KEYS: the variant's hash.  ARGV: success(1|0) latency|'' quality|'', or "assign".
--- Welford's running mean and M2, so that large offsets keep their digits.
-local h = KEYS[1]
-if ARGV[1] == 'assign' then return redis.call('HINCRBY', h, 'assigned', 1) end
-redis.call('HINCRBY', h, 'feedback', 1)
-if ARGV[1] == '1' then redis.call('HINCRBY', h, 'successes', 1) end
-for _, pair in ipairs({{'lat', ARGV[2]}, {'q', ARGV[3]}}) do
-  local name, raw = pair[1], pair[2]
-  if raw ~= '' then
-    local x = tonumber(raw)
-    local v = redis.call('HMGET', h, name .. '_n', name .. '_mean', name .. '_m2')
-    local n, mean, m2 = num(v[1], 0) + 1, num(v[2], 0), num(v[3], 0)
-    local delta = x - mean
-    mean = mean + delta / n
-    m2 = m2 + delta * (x - mean)
-    redis.call('HSET', h, name .. '_n', n, name .. '_mean', fmt(mean), name .. '_m2', fmt(m2))
-  end
-end
+if ARGV[1] == 'assign' then return redis.call('HINCRBY', KEYS[1], 'assigned', 1) end
+tally(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 return 1
 """
 )

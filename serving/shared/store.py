@@ -40,6 +40,7 @@ _SCRIPTS = {
     "remember": scripts.REMEMBER,
     "expire": scripts.EXPIRE,
     "claim": scripts.CLAIM,
+    "feedback": scripts.FEEDBACK,
     "tally": scripts.TALLY_OUTCOME,
     "tallies": scripts.TALLIES,
 }
