@@ -233,6 +233,7 @@ def test_route_and_feedback_each_make_one_round_trip(pair):
     fb = {"request_id": decision["request_id"], "success": True, "latency_ms": 12.0}
     assert b.post("/feedback", json=fb).status_code == 200
     assert batches == [["feedback"]]  # rules, breaker, statistics and tally: one script
+    time.sleep(BOUND_SECONDS)  # A sees B's write at its next refresh
     stats = {m["name"]: m["stats"] for m in a.get("/models").json()["models"]}
     assert stats[decision["model"]]["latency_ms"]["p50"] == 12.0
     variants = a.get("/experiments/exp").json()["variants"]
