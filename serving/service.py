@@ -92,7 +92,6 @@ class Service:
         router, manifest = load_router(artifact)
         catalog = _service_catalog(settings, manifest, artifact)
         metrics.bind_models(catalog.names)
-        store, health, book, experiments = _state(settings, catalog, metrics, clock, wall_clock)
         models = ModelSlot(
             catalog,
             artifact,
@@ -103,6 +102,8 @@ class Service:
             metrics=metrics,
             loaded=(router, manifest),
         )
+        # After every check: the decision log's file is created only for a service that runs.
+        store, health, book, experiments = _state(settings, catalog, metrics, clock, wall_clock)
         rules = RuleSet.compile(settings.rules)
         pipeline = Pipeline(
             settings=settings,
