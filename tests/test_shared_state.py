@@ -238,3 +238,55 @@ def test_route_and_feedback_each_make_one_round_trip(pair):
     assert stats[decision["model"]]["latency_ms"]["p50"] == 12.0
     variants = a.get("/experiments/exp").json()["variants"]
     assert sum(v["feedback"] for v in variants) == 1 and sum(v["assigned"] for v in variants) == 1
+
+
+def test_public_api():
+    import serving.shared as shared
+
+    assert sorted(shared.__all__) == [
+        "RedisBookkeeping",
+        "RedisHealth",
+        "RedisStore",
+        "RedisTallies",
+        "StateUnavailable",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("state", "field", "reason"),
+    [
+        pytest.param(
+            {"backend": "redis"}, "state.url", "is required with backend: redis", id="no-url"
+        ),
+        pytest.param(
+            {"backend": "redis", "url": "http://x"},
+            "state.url",
+            "must be a redis://, rediss:// or unix:// URL, got 'http://x'",
+            id="scheme",
+        ),
+        pytest.param(
+            {"backend": "disk"},
+            "state.backend",
+            "Input should be 'memory' or 'redis'",
+            id="backend",
+        ),
+        pytest.param(
+            {"timeout_seconds": 0},
+            "state.timeout_seconds",
+            "Input should be greater than 0",
+            id="timeout",
+        ),
+        pytest.param(
+            {"prefix": "a b"},
+            "state.prefix",
+            "String should match pattern '^[A-Za-z0-9_.-]+$'",
+            id="prefix",
+        ),
+    ],
+)
+def test_state_config_errors_name_the_field(state, field, reason):
+    from models.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_settings(state=state)
+    assert (info.value.field, info.value.reason) == (field, reason)
