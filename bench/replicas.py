@@ -195,20 +195,26 @@ def run(
         }
         for name, rs in rows.items()
     }
-    ratios = {
-        f"{server}: redis ÷ memory, 1 worker": _ratio(
-            rows, f"redis-1-{server}", f"memory-1-{server}"
-        )
-        for server in ("uvicorn", "granian")
-    } | {
-        f"{server}: 2 workers ÷ 1, redis": _ratio(rows, f"redis-2-{server}", f"redis-1-{server}")
-        for server in ("uvicorn", "granian")
-    } | {
-        f"{backend}-{workers}: granian ÷ uvicorn": _ratio(
-            rows, f"{backend}-{workers}-granian", f"{backend}-{workers}-uvicorn"
-        )
-        for backend, workers in (("memory", 1), ("redis", 1), ("redis", 2))
-    }
+    ratios = (
+        {
+            f"{server}: redis ÷ memory, 1 worker": _ratio(
+                rows, f"redis-1-{server}", f"memory-1-{server}"
+            )
+            for server in ("uvicorn", "granian")
+        }
+        | {
+            f"{server}: 2 workers ÷ 1, redis": _ratio(
+                rows, f"redis-2-{server}", f"redis-1-{server}"
+            )
+            for server in ("uvicorn", "granian")
+        }
+        | {
+            f"{backend}-{workers}: granian ÷ uvicorn": _ratio(
+                rows, f"{backend}-{workers}-granian", f"{backend}-{workers}-uvicorn"
+            )
+            for backend, workers in (("memory", 1), ("redis", 1), ("redis", 2))
+        }
+    )
     targets = []
     for server in ("uvicorn", "granian"):
         sharing = ratios[f"{server}: redis ÷ memory, 1 worker"]

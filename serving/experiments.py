@@ -231,9 +231,7 @@ class Experiments:
     True
     """
 
-    def __init__(
-        self, configs: Sequence[ExperimentConfig], tallies: Tallies | None = None
-    ) -> None:
+    def __init__(self, configs: Sequence[ExperimentConfig], tallies: Tallies | None = None) -> None:
         self._experiments = {c.name: _Experiment.build(c) for c in configs}
         if len(self._experiments) != len(configs):
             raise ValueError("experiment names must be unique")

@@ -346,7 +346,7 @@ def _checked(
                 if isinstance(obj, dict) and obj.get("kind") in KINDS:
                     if held is None:
                         raise _Invalid(
-                            "a decision-log row (\"kind\") must be joined with its outcome "
+                            'a decision-log row ("kind") must be joined with its outcome '
                             "across files: read it with load_records (train without --streaming)"
                         )
                     held.append(((display, number), obj))

@@ -96,7 +96,9 @@ class RedisBookkeeping(Bookkeeping):
         self.max_age_seconds = pending.max_age_seconds
         self.keys = [store.key("pending", part) for part in ("data", "times", "answered", "bytes")]
         # Decisions served while Redis was unreachable.
-        self.local = PendingDecisions(pending, clock=local_clock, sizeof=PendingDecision.approx_bytes)
+        self.local = PendingDecisions(
+            pending, clock=local_clock, sizeof=PendingDecision.approx_bytes
+        )
         self._count = 0
         metrics.track_pending(self.pending_count)
         self._closed = False

@@ -73,7 +73,9 @@ class RedisStore:
             retry=Retry(NoBackoff(), 0),  # a retry would double the wait: fall back instead
             health_check_interval=0,
         )
-        self._shas = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SCRIPTS.items()}
+        self._shas = {
+            name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SCRIPTS.items()
+        }
         self._queue: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._monitor: asyncio.Task[None] | None = None
@@ -229,5 +231,3 @@ class RedisStore:
 def now_arg(clock: Callable[[], float]) -> str:
     """The caller's clock as a script argument."""
     return repr(float(clock()))
-
-

@@ -90,8 +90,6 @@ class RedisTallies(Tallies):
             t.assigned = _num(v["assigned"], int)
             t.feedback = _num(v["feedback"], int)
             t.successes = _num(v["successes"], int)
-            t.latency = Welford.of(
-                _num(v["lat_n"], int), _num(v["lat_mean"]), _num(v["lat_m2"])
-            )
+            t.latency = Welford.of(_num(v["lat_n"], int), _num(v["lat_mean"]), _num(v["lat_m2"]))
             t.quality = Welford.of(_num(v["q_n"], int), _num(v["q_mean"]), _num(v["q_m2"]))
             self._seen[pair] = t
