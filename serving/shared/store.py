@@ -129,7 +129,13 @@ class RedisStore:
         await asyncio.sleep(0)
         while self._queue:
             batch, self._queue = self._queue, []
-            await self._run(batch)
+            try:
+                await self._run(batch)
+            except Exception as exc:  # a bug, not a fault: no caller may wait forever on it
+                _log.exception("shared-state batch failed")
+                for *_, future in batch:
+                    if future is not None and not future.done():
+                        future.set_exception(StateUnavailable(f"batch failed: {exc}"))
 
     async def _run(self, batch: list[_Op]) -> None:
         try:
