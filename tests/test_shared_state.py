@@ -48,6 +48,12 @@ def _route(client, **body):
     return response.json()
 
 
+def _refresh(*clients):
+    """Read the shared state now, as the background refresh would within its bound."""
+    for client in clients:
+        assert client.portal.call(client.app.state.service.health.refresh) is True
+
+
 def _breaker(client, model):
     return next(m for m in client.get("/models").json()["models"] if m["name"] == model)["breaker"]
 
@@ -128,7 +134,7 @@ def test_half_open_admits_the_configured_number_of_probes_in_total(pair):
         assert (
             client.post("/feedback", json={"request_id": rid, "success": False}).status_code == 200
         )
-    time.sleep(BOUND_SECONDS)  # both have seen the trip
+    _refresh(a, b)  # both have seen the trip
     wall.advance(11.0)  # the cooldown is over: half-open, 3 probe slots for everyone together
     admitted = 0
     for i in range(12):
@@ -138,8 +144,7 @@ def test_half_open_admits_the_configured_number_of_probes_in_total(pair):
             admitted += 1
         else:
             assert response.json()["error"]["code"] == "no_eligible_model"
-        # Each instance sees the other's probes at its next refresh; wait it out.
-        time.sleep(BOUND_SECONDS)
+        _refresh(a, b)  # each sees the other's probes at its next refresh
     assert admitted == 3
     assert _breaker(a, model)["probes_in_flight"] == 3
 
@@ -233,7 +238,7 @@ def test_route_and_feedback_each_make_one_round_trip(pair):
     fb = {"request_id": decision["request_id"], "success": True, "latency_ms": 12.0}
     assert b.post("/feedback", json=fb).status_code == 200
     assert batches == [["feedback"]]  # rules, breaker, statistics and tally: one script
-    time.sleep(BOUND_SECONDS)  # A sees B's write at its next refresh
+    _refresh(a)  # A sees B's write at its next refresh
     stats = {m["name"]: m["stats"] for m in a.get("/models").json()["models"]}
     assert stats[decision["model"]]["latency_ms"]["p50"] == 12.0
     variants = a.get("/experiments/exp").json()["variants"]
