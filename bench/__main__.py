@@ -1,8 +1,8 @@
 """`python -m bench COMMAND`: run benchmarks, write bench/results/NAME.json and SUMMARY.md.
 
 Commands: all, decision, long-inputs, http, breakdown, footprint, artifact-io, replicas,
-training [--full], summary, and train-streaming (streaming training as a command, for the training
-benchmark's child process).
+training [--full], loop, summary, and train-streaming (streaming training as a command, for the
+training benchmark's child process).
 """
 
 from __future__ import annotations
@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also 100k records in memory and 1M streamed (long: tens of minutes)",
             )
+    lp = sub.add_parser("loop", help="the learning loop simulated on RouterBench (a few minutes)")
+    lp.add_argument("--results", type=Path, default=RESULTS, help="where JSON results go")
+    lp.add_argument("--rounds", type=int, default=5)
+    lp.add_argument("--explore", type=float, default=0.1, help="exploration share (default 0.1)")
+    lp.add_argument("--seed", type=int, default=0, help="first traffic seed")
+    lp.add_argument("--seeds", type=int, default=3, help="traffic replays (default 3)")
     s = sub.add_parser("summary", help="rewrite SUMMARY.md from the JSON results")
     s.add_argument("--results", type=Path, default=RESULTS)
 
@@ -155,6 +161,22 @@ def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     if a.command == "train-streaming":
         return _train_streaming(a)
+    if a.command == "loop":
+        from bench import loop
+        from bench.summary import write_summary
+
+        command = (
+            f"python -m bench loop --rounds {a.rounds} --explore {a.explore} --seed {a.seed}"
+            f" --seeds {a.seeds}"
+        )
+        _save(
+            "loop",
+            command,
+            lambda: loop.run(rounds=a.rounds, explore=a.explore, seed=a.seed, seeds=a.seeds),
+            a.results,
+        )
+        _say(f"summary: {write_summary(a.results)}")
+        return 0
     if a.command == "summary":
         from bench.summary import write_summary
 

@@ -18,6 +18,7 @@ ORDER = (
     "artifact_io",
     "training",
     "training_full",
+    "loop",
 )
 _TITLES = {
     "decision": "Decision latency (in-process)",
@@ -28,6 +29,7 @@ _TITLES = {
     "artifact_io": "Artifact save and load (format 2 vs the old joblib format)",
     "training": "Training scale (default sizes)",
     "training_full": "Training scale (`--full`: 100k batch, 1M streaming)",
+    "loop": "The learning loop, simulated on RouterBench",
 }
 _STATUS = {True: "pass", False: "**miss**", None: "—"}
 

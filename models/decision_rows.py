@@ -6,7 +6,7 @@ result, arrives — possibly in another process's file. Both carry the request i
 
 ``decision``  ``{"id", "kind": "decision", "prompt"|"messages"|"prompt_sha256", "model",
               "fallbacks", "input_tokens", "task_type"?, "ts", "router_version",
-              "experiment"?: {"name", "variant"}, "caller"?}``
+              "experiment"?: {"name", "variant"}, "caller"?, "propensity"?}``
 ``outcome``   ``{"id", "kind": "outcome", "model", "success", "quality"?, "cost_usd"?,
               "latency_ms"?, "error_type"?, "input_tokens"?, "output_tokens"?, "ts"}``
 
@@ -76,6 +76,9 @@ def _joined(decision: dict[str, Any], outcome: dict[str, Any] | None) -> dict[st
             row["routed_model"] = routed
     if decision.get("experiment") is not None:
         row["experiment"] = decision["experiment"]
+    # The propensity is the routed model's: a fallback that answered instead has none.
+    if decision.get("propensity") is not None and row["model"] == routed:
+        row["propensity"] = decision["propensity"]
     row["ts"] = decision.get("ts")
     return row
 

@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,10 +174,54 @@ def _print_table(report: dict[str, Any]) -> None:
             )
 
 
+def _eval_offpolicy(a: argparse.Namespace) -> int:
+    """`eval` on decision logs: off-policy estimates of how the artifact would have done."""
+    from models.artifact import load_router
+    from models.catalog import Catalog, load_catalog
+    from training.offpolicy import evaluate_offpolicy, read_decisions
+
+    router, manifest = load_router(_resolve_artifact(a.model))
+    catalog = load_catalog(a.catalog) if a.catalog else Catalog.from_dict(manifest["catalog"])
+    reward = load_router(a.reward_model)[0] if a.reward_model else None
+    decisions, skipped = read_decisions(a.logs)
+    _progress(
+        f"{len(decisions)} logged decision(s) with outcomes; set aside: "
+        + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in skipped.items())
+    )
+    report = evaluate_offpolicy(router, decisions, catalog, reward=reward)
+    report["skipped_rows"] = skipped
+
+    def line(name: str, est: dict[str, Any]) -> str:
+        lo, hi = est["ci95"]
+        return f"  {name:32s} {est['estimate']:10.4g}   95% CI [{lo:.4g}, {hi:.4g}]"
+
+    print(
+        f"off-policy estimate for router {report['router_version']} at knob {report['knob']:g}"
+        f" on {report['n']} logged decisions"
+    )
+    print(
+        f"  {report['single_calls']} single calls with propensities (smallest "
+        f"{report['min_propensity']}), {report['multi_outcome_rows']} multi-outcome rows; "
+        f"{report['supporting_decisions']} decisions chose what this router would"
+    )
+    print(line("quality, doubly robust", report["quality"]["dr"]))
+    print(line("quality, inverse propensity", report["quality"]["ips"]))
+    print(line("cost $/request, doubly robust", report["cost_usd"]["dr"]))
+    print(line("cost $/request, inverse propensity", report["cost_usd"]["ips"]))
+    if report["logged_quality"] is not None:
+        print(f"  the logged policy's own quality: {report['logged_quality']:.4g}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from models.catalog import load_catalog
     from training.evaluate import cross_val_evaluate, evaluate
+    from training.offpolicy import has_propensities
 
+    if not a.cv and has_propensities(a.logs):
+        return _eval_offpolicy(a)
     records, _ = _load(a.logs, a.split, a.skip_invalid)
     if a.cv:
         from training.trainer import TrainOptions
@@ -206,6 +251,161 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         plot_curve(report, a.plot)
     return 0
+
+
+def cmd_retrain(a: argparse.Namespace) -> int:
+    """Retrain from decision logs; promote the candidate only when it is not worse."""
+    from models.artifact import read_manifest
+    from models.catalog import Catalog, load_catalog
+    from promptroute.loopconfig import load_loop_config
+    from training.loop import retrain, write_report
+    from training.trainer import TrainOptions
+
+    config = load_loop_config(a.config)
+    options = config.retrain.to_options(
+        holdout_share=a.holdout_share, margin=a.margin, min_outcomes=a.min_outcomes
+    )
+    key = _admin_key(a.admin_key_env) if a.service else None  # before training, not after
+    serving = _resolve_artifact(a.serving)
+    manifest = read_manifest(serving)
+    catalog = load_catalog(a.catalog) if a.catalog else Catalog.from_dict(manifest["catalog"])
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = Path(a.artifacts_dir) / f"retrained-{stamp}"
+    n = 1
+    while out.exists():  # two retrains within a second
+        n += 1
+        out = Path(a.artifacts_dir) / f"retrained-{stamp}-{n}"
+    report = retrain(
+        a.logs,
+        a.labelled or [],
+        serving,
+        out,
+        catalog,
+        options,
+        train_options=TrainOptions(c_grid=tuple(a.c_grid), cv_folds=a.cv_folds, n_jobs=a.jobs),
+        progress=_progress,
+    )
+    if report["promoted"] and a.service and key:
+        report["reload"] = _reload_service(a.service, out, key)
+    write_report(report, a.json, a.report)
+    summary = {
+        "promoted": report["promoted"],
+        "reason": report["reason"],
+        "artifact": report.get("artifact"),
+        "reload": report.get("reload"),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_label(a: argparse.Namespace) -> int:
+    """Replay prompts through the configured upstreams, grade the answers, write outcomes."""
+    import asyncio
+    import os
+
+    from models.catalog import load_catalog
+    from models.errors import ConfigError
+    from promptroute.label import Labeller, read_prompt_rows, sample_decision_log
+    from promptroute.loopconfig import load_loop_config
+    from serving.config import load_settings
+    from serving.gateway.upstreams import resolve_upstreams
+
+    config = load_loop_config(a.config)
+    if config.label is None:
+        raise ConfigError("label", "the config has no label: section", source=a.config)
+    settings = load_settings(upstreams=config.upstreams)
+    upstreams = resolve_upstreams(settings, os.environ)
+    catalog = load_catalog(a.catalog)
+    if a.prompts:
+        rows = read_prompt_rows(a.prompts)
+    else:
+        from models.errors import DataError
+        from serving.decision_log import read_log_lines
+
+        if a.sample < 1:
+            raise ValueError(f"--sample: must be at least 1, got {a.sample}")
+        try:
+            rows = sample_decision_log(read_log_lines(a.decision_log), a.sample, a.seed)
+        except FileNotFoundError:
+            raise DataError(a.decision_log, None, "no decision log here") from None
+        if not rows:
+            raise DataError(a.decision_log, None, "no row with prompt text to replay")
+    labeller = Labeller(config.label, upstreams, catalog, seed=a.seed)
+    bar = _progress_bar("label", len(rows))
+    try:
+        summary = asyncio.run(labeller.run(rows, a.out, progress=bar.update))
+    finally:
+        bar.close()
+    print(json.dumps({"out": a.out, **summary.__dict__}, indent=2))
+    return 0
+
+
+class _Bar:
+    """A tqdm bar on a terminal; plain progress lines (every 10%) otherwise."""
+
+    def __init__(self, name: str, total: int) -> None:
+        self.name = name
+        self.total = total
+        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
+        self.last = -1
+
+    def update(self, done: int, total: int) -> None:
+        if self.tty:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=self.name, unit="prompt")
+            self.bar.update(done - self.bar.n)
+            return
+        step = max(total // 10, 1)
+        if done == total or done // step != self.last:
+            self.last = done // step
+            _progress(f"{self.name}: {done}/{total}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress_bar(name: str, total: int) -> _Bar:
+    return _Bar(name, total)
+
+
+def _admin_key(key_env: str) -> str:
+    import os
+
+    from models.errors import ConfigError
+
+    key = os.environ.get(key_env)
+    if not key:
+        raise ConfigError("--admin-key-env", f"environment variable {key_env} is not set")
+    return key
+
+
+def _reload_service(url: str, artifact: Path, key: str) -> dict[str, Any]:
+    """POST /admin/reload on a running service; a refusal is an error the user can fix."""
+    import httpx
+
+    from models.errors import ConfigError
+
+    endpoint = url.rstrip("/") + "/admin/reload"
+    try:
+        resp = httpx.post(
+            endpoint,
+            json={"artifact": str(artifact.resolve())},
+            headers={"X-API-Key": key},
+            timeout=120,
+        )
+    except httpx.HTTPError as exc:
+        raise ConfigError("--service", f"cannot reach {endpoint}: {exc}") from None
+    if resp.status_code != 200:
+        raise ConfigError(
+            "--service",
+            f"{endpoint} answered {resp.status_code}: {resp.text[:300]} "
+            f"(the candidate is saved at {artifact})",
+        )
+    return resp.json()
 
 
 def cmd_route(a: argparse.Namespace) -> int:
@@ -378,6 +578,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="instead of --model: train and evaluate out of fold, K folds",
     )
+    e.add_argument(
+        "--reward-model",
+        metavar="ARTIFACT",
+        help="decision logs only: the reward model of the doubly robust estimate (default: --model)",
+    )
     e.add_argument("--json", metavar="OUT.json", help="write the full report as JSON")
     e.add_argument("--report", metavar="OUT.md", help="write a Markdown report")
     e.add_argument("--plot", metavar="OUT.png", help="draw the cost-quality curve")
@@ -402,6 +607,64 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task-type", help="request task type, if the caller knows it")
     r.add_argument("--output-tokens", type=int, help="expected output tokens (for cost estimates)")
     r.set_defaults(func=cmd_route)
+
+    rt = sub.add_parser(
+        "retrain",
+        help="retrain from decision logs; promote only a candidate that is not worse",
+        description=cmd_retrain.__doc__,
+    )
+    rt.add_argument(
+        "--logs", nargs="+", required=True, metavar="FILE", help="decision logs (oldest first)"
+    )
+    rt.add_argument(
+        "--labelled", nargs="+", metavar="FILE", help="labelled files to train on as well"
+    )
+    rt.add_argument("--serving", help="the serving artifact (default: the bundled default model)")
+    rt.add_argument(
+        "--artifacts-dir",
+        default=str(Path("models") / "artifacts"),
+        help="where a promoted candidate is written (default: %(default)s)",
+    )
+    rt.add_argument("--config", help="loop config YAML (its retrain: section)")
+    rt.add_argument("--holdout-share", type=float, help="newest share of rows to compare on")
+    rt.add_argument("--margin", type=float, help="AIQ the candidate may lose and still ship")
+    rt.add_argument("--min-outcomes", type=int, help="outcomes a model needs before it is routable")
+    rt.add_argument("--service", metavar="URL", help="reload this running service on promotion")
+    rt.add_argument(
+        "--admin-key-env",
+        default="PROMPTROUTE_ADMIN_KEY",
+        help="environment variable holding the service's admin key (default: %(default)s)",
+    )
+    rt.add_argument("--catalog", help="catalog YAML (default: the serving artifact's snapshot)")
+    rt.add_argument("--json", metavar="OUT.json", help="write the report as JSON")
+    rt.add_argument("--report", metavar="OUT.md", help="write the report as Markdown")
+    rt.add_argument("--jobs", type=int, default=2, help="parallel fits (default 2)")
+    rt.add_argument(
+        "--c-grid",
+        type=float,
+        nargs="+",
+        default=list(C_GRID_DEFAULT),
+        help="inverse regularisation values C to cross-validate (default: %(default)s)",
+    )
+    rt.add_argument("--cv-folds", type=int, default=CV_FOLDS_DEFAULT)
+    rt.set_defaults(func=cmd_retrain)
+
+    lb = sub.add_parser(
+        "label",
+        help="replay prompts through upstreams and grade the answers (multi-outcome records)",
+        description=cmd_label.__doc__,
+    )
+    lb.add_argument("--config", required=True, help="loop config YAML (upstreams: and label:)")
+    src = lb.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompts", metavar="FILE", help="JSONL of {prompt|messages, id?, ...}")
+    src.add_argument("--decision-log", metavar="PATH", help="sample prompts from a decision log")
+    lb.add_argument("--sample", type=int, default=500, help="rows drawn from --decision-log")
+    lb.add_argument(
+        "--out", required=True, help="output JSONL (appended; resumes where it stopped)"
+    )
+    lb.add_argument("--catalog", help="catalog YAML (prices; default: the packaged catalog)")
+    lb.add_argument("--seed", type=int, default=0, help="sampling and judge-order seed")
+    lb.set_defaults(func=cmd_label)
 
     sg = sub.add_parser(
         "sign",

@@ -73,6 +73,8 @@ class PendingDecision:
     task_type: str | None = None
     router_version: str = ""
     answered: set[str] = field(default_factory=set)
+    # The probability that the service's policy chose `model` (only with exploration on).
+    propensity: float | None = None
 
     def offers(self, model: str) -> bool:
         """Whether `model` is the decision's model or one of its fallbacks."""
@@ -126,6 +128,8 @@ def decision_row(
         row["experiment"] = {"name": d.experiment.experiment, "variant": d.experiment.variant}
     if d.caller is not None:
         row["caller"] = d.caller
+    if d.propensity is not None:  # the routed model's; joined only onto that model's outcome
+        row["propensity"] = d.propensity
     return row
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "BreakersConfig",
     "DecisionLogConfig",
     "ExperimentConfig",
+    "ExplorationConfig",
     "GatewayConfig",
     "LimitsConfig",
     "PendingConfig",
@@ -361,6 +362,24 @@ class UpstreamConfig(_Section):
         return value
 
 
+class ExplorationConfig(_Section):
+    """Route a small random share of decisions to another eligible model, so that the decision
+    log learns how the models the router does not pick would have done.
+
+    An explored decision picks uniformly among the other models that passed every filter, have
+    a closed circuit and survive the rules; rule pins, experiments and degraded answers are never
+    explored. Every decision row then carries the propensity of its model (1 − share for the
+    router's own pick, share / k for each of the k alternatives), which off-policy evaluation
+    and `promptroute retrain` need. `seed` makes the draws reproducible (tests).
+
+    Catalog models without learned scores are among the alternatives when eligible: that is
+    how a model you want to try gathers outcomes until `promptroute retrain` learns it.
+    """
+
+    share: float = Field(0.0, ge=0.0, le=0.5)
+    seed: int | None = None
+
+
 class GatewayConfig(_Section):
     """The OpenAI-compatible gateway: how many models one request may try, and waits."""
 
@@ -394,6 +413,7 @@ class Settings(_Section):
     upstreams: dict[_NonEmpty, UpstreamConfig] = Field(default_factory=dict)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
     state: StateConfig = Field(default_factory=StateConfig)
+    exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:

@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
-STAGES = ("rule", "experiment", "classifier", "degraded")
+STAGES = ("rule", "experiment", "classifier", "degraded", "exploration")
 FILTERS = ("candidates", "capability", "cost", "latency", "breaker", "rule")
 # A decision takes tens to hundreds of microseconds: fine buckets there, coarse ones beyond.
 DECISION_BUCKETS = (
@@ -141,6 +141,22 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self._explored = Counter(
+            "promptroute_exploration_decisions",
+            "Decisions routed to another eligible model by exploration, by the model explored",
+            ["model"],
+            registry=r,
+        )
+        self.exploration_cost = Counter(
+            "promptroute_exploration_estimated_cost_usd",
+            "Estimated cost (USD) of the explored decisions, at the models explored",
+            registry=r,
+        )
+        self.exploration_greedy_cost = Counter(
+            "promptroute_exploration_greedy_estimated_cost_usd",
+            "Estimated cost (USD) the same decisions would have had at the router's own pick",
+            registry=r,
+        )
         self._upstream = Counter(
             "promptroute_upstream_attempts",
             "Calls the /v1 gateway made to upstream models, by model and outcome",
@@ -200,6 +216,12 @@ class Metrics:
             child = self._decision_child[(model, stage)] = self._decisions.labels(model, stage)
         child.inc()
         self.decision_seconds.observe(seconds)
+
+    def explored(self, model: str, cost_usd: float, greedy_cost_usd: float) -> None:
+        """One decision explored `model`; its estimated cost and that of the router's pick."""
+        self._explored.labels(model).inc()
+        self.exploration_cost.inc(max(cost_usd, 0.0))
+        self.exploration_greedy_cost.inc(max(greedy_cost_usd, 0.0))
 
     def removed(self, filter_name: str, count: int = 1) -> None:
         self._removal_child[filter_name].inc(count)

@@ -31,6 +31,12 @@
                    model has vision), the first of them in the catalog's order is chosen, with
                    stage `catalog_preference` — the catalog lists models in order of preference
 
+Exploration (``exploration.share`` > 0): a decision stage 8 made (no rule pin, no experiment,
+not degraded) goes, with probability `share`, to one of the other eligible models with a closed
+circuit — models without learned scores included — drawn uniformly; its stage is then
+``exploration``. Every decision
+carries the propensity of its model, which the decision log records for off-policy evaluation.
+
 Every removal is recorded with the filter and a reason, and `reason.detail` says what decided.
 Only per-request work happens here: the arrays the filters compare against were built when the
 model was loaded (`serving.loaded_model.LoadedModel`).
@@ -40,9 +46,10 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -117,6 +124,10 @@ class Decision:
     priority: str | None
     degraded: bool
     input_tokens: int
+    # P(model) under the service's policy; None when exploration is off (deterministic policy).
+    propensity: float | None = None
+    explored_instead_of: str | None = None  # the router's own pick, when exploration chose
+    estimated_cost_of_pick_usd: float | None = None
 
     def to_response(self) -> dict[str, Any]:
         experiment = self.experiment
@@ -154,9 +165,14 @@ class Pipeline:
     experiments: Experiments
     rules: RuleSet
     metrics: Metrics
+    # Exploration's draws; seeded from `exploration.seed` when None (tests inject their own).
+    rng: random.Random | None = field(default=None)
 
     def __post_init__(self) -> None:
         self.has_experiments = any(e.enabled for e in self.settings.experiments)
+        self.explore_share = self.settings.exploration.share
+        if self.rng is None:
+            self.rng = random.Random(self.settings.exploration.seed)
 
     async def route(self, query: RouteQuery) -> Decision:
         """Run the eight stages for `query`, commit the decision, and return it.
@@ -277,6 +293,20 @@ class Pipeline:
                 stage = "catalog_preference"
         ranking = order.tolist()
         chosen = ranking[0] if pinned is None else pinned
+        propensity: float | None = None
+        greedy: int | None = None
+        if self.explore_share > 0.0:
+            propensity = 1.0
+            if pinned is None and not degraded and experiment is None:
+                pick, propensity = self._explore(ranking, view, names)
+                if pick is not None:
+                    greedy, chosen = ranking[0], pick
+                    stage = "exploration"
+                    unknown = " (a model without learned scores)" if chosen >= k else ""
+                    headline = (
+                        f"exploration (share {self.explore_share:g}): {names[chosen]}{unknown} "
+                        f"drawn at random instead of the router's pick {names[greedy]} ({headline})"
+                    )
         fallbacks = [i for i in ranking if i != chosen]
         if degraded:
             headline = (
@@ -286,17 +316,18 @@ class Pipeline:
         # A pinned model was decided by its rule or experiment, whose note says so.
         detail = "; ".join(notes if pinned is not None else [headline, *notes])
         rounded = scored.score.round(6).tolist() if scored is not None else []
-        cost = (
-            float(scored.cost_usd[chosen])
-            if scored is not None and chosen < k
-            else float(loaded.estimate_cost(input_tokens, query.expected_output_tokens)[chosen])
-        )
+
+        def cost_of(i: int) -> float:
+            if scored is not None and i < k:
+                return float(scored.cost_usd[i])
+            return float(loaded.estimate_cost(input_tokens, query.expected_output_tokens)[i])
+
         decision = Decision(
             request_id=_request_id(),
             model=names[chosen],
             fallbacks=tuple(names[i] for i in fallbacks),
             scores={names[i]: rounded[i] for i in (chosen, *fallbacks) if i < k},
-            estimated_cost_usd=cost,
+            estimated_cost_usd=cost_of(chosen),
             stage=stage,
             detail=detail,
             removed=removals.reasons,
@@ -306,8 +337,29 @@ class Pipeline:
             priority=priority,
             degraded=degraded,
             input_tokens=input_tokens,
+            propensity=propensity,
+            explored_instead_of=names[greedy] if greedy is not None else None,
+            estimated_cost_of_pick_usd=cost_of(greedy) if greedy is not None else None,
         )
         return decision, loaded
+
+    def _explore(
+        self, ranking: list[int], view: HealthView, names: tuple[str, ...]
+    ) -> tuple[int | None, float]:
+        """(the explored model, or None to keep the router's pick; the chosen one's propensity).
+
+        The alternatives are the other eligible models whose circuit is closed — models without
+        learned scores included, which is how they gather outcomes — but not a half-open one:
+        its probes are for finding out whether it recovered.
+        """
+        alternatives = [i for i in ranking[1:] if names[i] not in view.not_closed]
+        if not alternatives:
+            return None, 1.0
+        share = self.explore_share
+        assert self.rng is not None
+        if self.rng.random() >= share:
+            return None, 1.0 - share
+        return alternatives[self.rng.randrange(len(alternatives))], share / len(alternatives)
 
     async def commit(
         self, decision: Decision, query: RouteQuery, loaded: LoadedModel, started: float
@@ -320,6 +372,10 @@ class Pipeline:
             await self.health.take_slot(model)
         if decision.experiment is not None:
             self.experiments.record_assignment(decision.experiment)
+        if decision.explored_instead_of is not None:
+            self.metrics.explored(
+                model, decision.estimated_cost_usd, decision.estimated_cost_of_pick_usd or 0.0
+            )
         await self.remember(
             decision.request_id,
             model=model,
@@ -331,6 +387,7 @@ class Pipeline:
             task_type=query.task_type,
             router_version=loaded.version,
             experiment=decision.experiment,
+            propensity=decision.propensity,
         )
         self.metrics.decision(model, decision.stage, time.perf_counter() - started)
         if self.settings.log_prompts:
@@ -357,6 +414,7 @@ class Pipeline:
         experiment: Assignment | None,
         fallbacks: tuple[str, ...] = (),
         caller: str | None = None,
+        propensity: float | None = None,
     ) -> None:
         """Log a served decision and keep what its outcomes need until they arrive."""
         book = self.book
@@ -372,6 +430,7 @@ class Pipeline:
                 input_tokens=input_tokens,
                 task_type=task_type,
                 router_version=router_version,
+                propensity=propensity,
             ),
             prompt=raw_prompt if keep_text and raw_messages is None else None,
             messages=raw_messages if keep_text else None,

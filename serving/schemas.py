@@ -142,7 +142,9 @@ class Removal(BaseModel):
 
 
 class Reason(BaseModel):
-    stage: Literal["rule", "experiment", "classifier", "catalog_preference", "degraded"]
+    stage: Literal[
+        "rule", "experiment", "classifier", "catalog_preference", "degraded", "exploration"
+    ]
     detail: str
     removed: dict[str, Removal]
 

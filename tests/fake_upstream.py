@@ -15,6 +15,9 @@ Behaviours, for ``POST <any prefix>/chat/completions``:
     empty       200 event stream that ends before its first event
     break       200 event stream that sends one chunk, then drops the connection
 
+`reply(model, fn)` makes a non-streaming ``ok`` answer's content ``fn(request_body)`` for that
+model (a fake judge reads the prompt it was sent and scores it).
+
 Every request is kept in `requests` (path, headers, JSON body) so tests can see what was sent;
 `on_request`, when set, is called as each request arrives (a test advances its fake clock there,
 so that the call "takes" a known time).
@@ -99,6 +102,7 @@ class FakeUpstream:
         self.on_request: Callable[[], None] | None = None
         self.requests: list[Received] = []
         self._behaviour: dict[str, str] = {}
+        self._replies: dict[str, Callable[[dict[str, Any]], str]] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._stack = contextlib.ExitStack()
@@ -122,9 +126,14 @@ class FakeUpstream:
         with self._lock:
             self._behaviour[model] = behaviour
 
+    def reply(self, model: str, fn: Callable[[dict[str, Any]], str]) -> None:
+        with self._lock:
+            self._replies[model] = fn
+
     def reset(self) -> None:
         with self._lock:
             self._behaviour.clear()
+            self._replies.clear()
             self.requests.clear()
             self.usage = (12, 7)
             self.on_request = None
@@ -143,6 +152,7 @@ class FakeUpstream:
             behaviour = self._behaviour.get(model, "ok")
             usage = self.usage
             hook = self.on_request
+            reply = self._replies.get(model)
         if hook is not None:
             hook()
         stream = body.get("stream") is True
@@ -159,11 +169,14 @@ class FakeUpstream:
         if stream:
             events = _events(model, usage, behaviour)
             return StreamingResponse(events, media_type="text/event-stream")
-        return JSONResponse(completion(model, usage))
+        content = reply(body) if reply is not None else None
+        return JSONResponse(completion(model, usage, content))
 
 
-def completion(model: str, usage: tuple[int, int] | None) -> dict[str, Any]:
-    """The body the fake answers a non-streaming request with."""
+def completion(
+    model: str, usage: tuple[int, int] | None, content: str | None = None
+) -> dict[str, Any]:
+    """The body the fake answers a non-streaming request with (`content`: default ANSWER)."""
     body: dict[str, Any] = {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -172,7 +185,10 @@ def completion(model: str, usage: tuple[int, int] | None) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "".join(ANSWER)},
+                "message": {
+                    "role": "assistant",
+                    "content": "".join(ANSWER) if content is None else content,
+                },
                 "finish_reason": "stop",
             }
         ],

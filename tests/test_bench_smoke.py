@@ -388,3 +388,32 @@ def test_replicas_at_tiny_size(tiny_artifact: Path, redis_server) -> None:
     assert r["ratios"]["granian: redis ÷ memory, 1 worker"] > 0
     assert r["ratios"]["uvicorn: redis ÷ memory, 1 worker"] is None  # not run
     assert [t["pass"] for t in r["targets"]][-1] is True  # no error responses
+
+
+def test_loop_simulation_runs_end_to_end_at_a_tiny_size() -> None:
+    from bench import loop
+    from training.trainer import TrainOptions
+
+    opts = TrainOptions(
+        c_grid=(1.0,), cv_folds=2, n_hash_features=2**12, n_jobs=1, strategy="quality"
+    )
+    said: list[str] = []
+    result = _json_ready(
+        loop.run(rounds=2, seeds=1, limit=500, train_options=opts, say=said.append)
+    )
+    setup = result["setup"]
+    assert setup["records"] == 500
+    assert setup["test"] + setup["start"] + setup["traffic"] == 500
+    assert [r["round"] for r in result["rounds"]] == [1, 2]
+    assert sum(r["decisions"] for r in result["rounds"]) == setup["traffic"]
+    explored = sum(r["explored"] for r in result["rounds"])
+    assert result["exploration_share_spent"] == round(explored / setup["traffic"], 4)
+    for r in result["rounds"]:
+        assert set(r["covered"]) == {"quality_dr", "quality_ips", "utility_difference_dr"}
+        assert r["promoted"] or not r["promoted_worse_on_test"]
+    assert _metrics(result) == [
+        "share of the start→full AIQ gap closed within 3 rounds",
+        "rounds whose 95% interval (DR quality of the candidate) covers the truth",
+        "rounds that promoted a router worse on the test side",
+    ]
+    assert len(said) == 2 + 2  # the split, the two routers' AIQ, one line per round

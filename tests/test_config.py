@@ -46,6 +46,7 @@ def test_all_is_exact():
         "BreakersConfig",
         "DecisionLogConfig",
         "ExperimentConfig",
+        "ExplorationConfig",
         "GatewayConfig",
         "LimitsConfig",
         "PendingConfig",
