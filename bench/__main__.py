@@ -1,8 +1,8 @@
 """`python -m bench COMMAND`: run benchmarks, write bench/results/NAME.json and SUMMARY.md.
 
-Commands: all, decision, long-inputs, http, breakdown, server-profile, footprint, artifact-io, training [--full],
-loop, summary, and train-streaming (streaming training as a command, for the training benchmark's
-child process).
+Commands: all, decision, long-inputs, http, breakdown, server-profile, footprint, artifact-io,
+replicas, training [--full], loop, summary, and train-streaming (streaming training as a command,
+for the training benchmark's child process).
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("server-profile", "a served /route request's wall time by part, server under cProfile"),
         ("footprint", "serving RSS after start and after 10k requests; artifact size"),
         ("artifact-io", "artifact save/load time and size: format 2 vs the old joblib format"),
+        ("replicas", "/route req/s: redis vs memory state, 2 workers vs 1, granian vs uvicorn"),
         ("training", "training time and memory vs records; streaming training"),
     ):
         sp = sub.add_parser(name, help=help_)
@@ -190,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         footprint,
         http,
         long_inputs,
+        replicas,
         server_profile,
         training_scale,
     )
@@ -205,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "server-profile": ("python -m bench server-profile", lambda: server_profile.run(art)),
         "footprint": ("python -m bench footprint", lambda: footprint.run(art)),
         "artifact-io": ("python -m bench artifact-io", lambda: artifact_io.run(art)),
+        "replicas": ("python -m bench replicas", lambda: replicas.run(art)),
         "training": (
             "python -m bench training" + (" --full" if full else ""),
             lambda: (
@@ -214,8 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ),
     }
-    # server-profile explains the HTTP figures rather than adding one: run on its own.
-    names = [n for n in jobs if n != "server-profile"] if a.command == "all" else [a.command]
+    # server-profile explains the HTTP figures rather than adding one, and replicas needs a
+    # redis-server and several minutes: each runs on its own, not in "all".
+    alone = ("server-profile", "replicas")
+    names = [n for n in jobs if n not in alone] if a.command == "all" else [a.command]
     if any(n != "training" for n in names):
         ensure_artifact(art)
     for name in names:

@@ -1,6 +1,6 @@
 """HTTP throughput and latency of POST /route against a no-op endpoint of the same server.
 
-A real server (`promptroute serve --model ART`, uvicorn, one process) runs on a free
+A real server (`promptroute serve --model ART`: one worker of the default ASGI server) runs on a free
 127.0.0.1 port. A load generator in a separate process — `wrk` (one thread, `wrk_load.lua`)
 when it is installed, else `bench._load` (asyncio + httpx with connection reuse) — drives it at
 each concurrency for `rounds` slices of `duration` seconds per endpoint, alternating
@@ -30,6 +30,7 @@ import numpy as np
 
 from bench._common import REPO, Server, Target, child_env, real_prompts
 from bench.long_inputs import build_text
+from serving.server import DEFAULT_SERVER
 
 __all__ = ["run", "run_load", "write_bodies"]
 
@@ -216,7 +217,7 @@ def run(
         "load_avg": {"before": load_before, "after": _load_avg()},
         "server": {
             "command": "promptroute serve --model ART --host 127.0.0.1 --port PORT",
-            "note": "one uvicorn process, default settings (access log off)",
+            "note": f"one {DEFAULT_SERVER} worker, default settings (access log off)",
             "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
             "loop": "asyncio",  # serving/server.py pins it
             "log_tail": server_log,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -518,6 +519,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         port=a.port,
         workers=a.workers,
         default_model=_default_model,
+        server=a.server,
     )
 
 
@@ -557,8 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--logs",
             nargs="+",
             required=True,
-            metavar="FILE",
-            help="labelled logs (.jsonl or .jsonl.gz)",
+            metavar="PATH",
+            help="labelled logs (.jsonl or .jsonl.gz), folders (every *.jsonl* file in them, "
+            "e.g. the service's per-process decision logs and their rotated backups) or glob "
+            "patterns; decision and outcome rows are joined by request id across all of them",
         )
         sp.add_argument(
             "--split",
@@ -759,10 +763,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="default: $PROMPTROUTE_HOST, else the config's (127.0.0.1)")
     s.add_argument("--port", type=int, help="default: $PROMPTROUTE_PORT, else the config's (8000)")
     s.add_argument(
-        "--workers", type=int, help="worker processes (default: $PROMPTROUTE_WORKERS, else 1)"
+        "--workers",
+        type=int,
+        help="worker processes (default: $PROMPTROUTE_WORKERS, else 1); more than one needs "
+        "state: {backend: redis} in the config",
+    )
+    s.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        help="ASGI server (default: $PROMPTROUTE_SERVER, else uvicorn)",
     )
     s.set_defaults(func=cmd_serve)
     return p
+
+
+def expand_logs(paths: list[str]) -> list[str]:
+    """Files from ``--logs``: a folder gives its ``*.jsonl*`` files, a glob its matches (each
+    sorted); a plain path stays as given. A folder or glob that matches nothing is an error."""
+    import glob
+
+    from models.errors import DataError
+
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(path, name)
+                for name in os.listdir(path)
+                if ".jsonl" in name and os.path.isfile(os.path.join(path, name))
+            )
+            if not found:
+                raise DataError(path, None, "folder holds no *.jsonl* file")
+        elif glob.has_magic(path):
+            found = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+            if not found:
+                raise DataError(path, None, "pattern matches no file")
+        else:
+            found = [path]
+        files.extend(f for f in found if f not in files)
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -771,6 +810,8 @@ def main(argv: list[str] | None = None) -> int:
     from models.errors import PromptrouteError
 
     try:
+        if getattr(args, "logs", None):
+            args.logs = expand_logs(args.logs)
         return int(args.func(args) or 0)
     except (PromptrouteError, PromptError) as exc:
         _err(str(exc))

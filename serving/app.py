@@ -95,6 +95,7 @@ def create_app(
             await loaded.close()
             raise
         app.state.service = loaded
+        await loaded.start()
         app.state.gateway = Gateway(
             upstreams,
             loaded.settings.gateway,

@@ -53,6 +53,7 @@ __all__ = [
     "RuleConfig",
     "RuleMatch",
     "Settings",
+    "StateConfig",
     "StatsConfig",
     "UpstreamConfig",
     "VariantConfig",
@@ -165,6 +166,7 @@ class PendingConfig(_Section):
 
     max_items: int = Field(100_000, gt=0)
     max_age_seconds: float = Field(3600.0, gt=0)
+    max_bytes: int = Field(64 * 2**20, gt=0)
 
     def to_settings(self) -> PendingSettings:
         """The `PendingSettings` dataclass."""
@@ -181,6 +183,8 @@ class DecisionLogConfig(_Section):
     backup_count: int = Field(5, gt=0, le=1000)
     store_prompt: bool = True
     fsync: bool = False
+    per_process: bool = False  # one file per process: <stem>.<host>-<pid><suffix>; forced on
+    # by `serve --workers N` with N > 1, so that every file has exactly one writer
 
     def to_settings(self) -> DecisionLogSettings | None:
         """The `DecisionLogSettings` dataclass, or None when the log is disabled."""
@@ -189,6 +193,46 @@ class DecisionLogConfig(_Section):
         from serving.decision_log import DecisionLogSettings
 
         return DecisionLogSettings(**self.model_dump())
+
+
+class StateConfig(_Section):
+    """Where live state (breakers, statistics, pending decisions, experiment tallies) is kept.
+
+    ``memory``: in this process (the default; one process, no extra service). ``redis``: in the
+    Redis at `url`, shared by every worker and replica that names the same `url` and `prefix`.
+    Reads on the request path come from a local snapshot refreshed every `refresh_seconds`
+    (a breaker opened by one replica is seen by all within `refresh_seconds` plus one round
+    trip); a Redis call that takes longer than `timeout_seconds` counts as a fault, and the
+    service goes on from local state until Redis answers again (retried every
+    `retry_seconds`).
+    """
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: _NonEmpty | None = None
+    prefix: Annotated[str, Field(pattern=_NAME_PATTERN, max_length=64)] = "promptroute"
+    timeout_seconds: float = Field(0.1, gt=0, le=10)
+    connect_timeout_seconds: float = Field(0.25, gt=0, le=10)
+    refresh_seconds: float = Field(0.1, gt=0, le=10)
+    retry_seconds: float = Field(1.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urllib.parse.urlsplit(value)
+            if parts.scheme not in ("redis", "rediss", "unix"):
+                raise PydanticCustomError(
+                    "url",
+                    "must be a redis://, rediss:// or unix:// URL, got {value}",
+                    {"value": repr(value[:80])},
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> Self:
+        if self.backend == "redis" and self.url is None:
+            raise _invalid("url", "is required with backend: redis", None)
+        return self
 
 
 class PrioritiesConfig(_Section):
@@ -419,6 +463,7 @@ class Settings(_Section):
     experiments: list[ExperimentConfig] = Field(default_factory=list)
     upstreams: dict[_NonEmpty, UpstreamConfig] = Field(default_factory=dict)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
 
     @model_validator(mode="after")

@@ -104,7 +104,7 @@ class RouteQuery:
     metadata: Mapping[str, Any] | None = None
     raw_prompt: str | None = None
     raw_messages: list[Any] | None = None
-    caller: str | None = None  # the client key's name; feedback must come from the same one
+    caller: str | None = None  # the client key's name; only that caller may give feedback
 
 
 @dataclass(slots=True)
@@ -380,6 +380,8 @@ class Pipeline:
         await self.remember(
             decision.request_id,
             model=model,
+            fallbacks=decision.fallbacks,
+            caller=query.caller,
             raw_prompt=query.raw_prompt,
             raw_messages=query.raw_messages,
             input_tokens=decision.input_tokens,
@@ -420,24 +422,28 @@ class Pipeline:
         task_type: str | None,
         router_version: str,
         experiment: Assignment | None,
+        fallbacks: tuple[str, ...] = (),
+        caller: str | None = None,
         propensity: float | None = None,
     ) -> None:
-        """Keep a served decision until its feedback arrives (or it is evicted)."""
+        """Log a served decision and keep what its outcomes need until they arrive."""
         book = self.book
-        keep_text = book.keeps_text  # no log, no reason to hold prompts in memory
+        keep_text = book.keeps_text  # no log, no reason to pass the prompt on
         await book.remember(
             request_id,
             PendingDecision(
                 model=model,
-                prompt=raw_prompt if keep_text and raw_messages is None else None,
-                messages=raw_messages if keep_text else None,
+                fallbacks=fallbacks,
+                caller=caller,
+                experiment=experiment,
+                ts=book.wall_clock(),
                 input_tokens=input_tokens,
                 task_type=task_type,
                 router_version=router_version,
-                experiment=experiment,
-                ts=book.wall_clock(),
                 propensity=propensity,
             ),
+            prompt=raw_prompt if keep_text and raw_messages is None else None,
+            messages=raw_messages if keep_text else None,
         )
 
 

@@ -412,6 +412,24 @@ def test_ensure_artifact_keeps_a_readable_artifact(tiny_artifact: Path) -> None:
     assert (tiny_artifact / "manifest.json").read_bytes() == before
 
 
+def test_replicas_at_tiny_size(tiny_artifact: Path, redis_server) -> None:
+    from bench import replicas
+
+    configs = (
+        ("memory-1-granian", "memory", 1, "granian"),
+        ("redis-1-granian", "redis", 1, "granian"),
+    )
+    r = replicas.run(
+        tiny_artifact, duration=0.5, rounds=1, warmup=0.2, client="python", configs=configs
+    )
+    assert list(r["by_config"]) == ["memory-1-granian", "redis-1-granian"]
+    for row in r["by_config"].values():
+        assert row["errors"] == 0 and row["rps"] > 0 and row["load_generator_cpu_per_s"] > 0
+    assert r["ratios"]["granian: redis ÷ memory, 1 worker"] > 0
+    assert r["ratios"]["uvicorn: redis ÷ memory, 1 worker"] is None  # not run
+    assert [t["pass"] for t in r["targets"]][-1] is True  # no error responses
+
+
 def test_loop_simulation_runs_end_to_end_at_a_tiny_size() -> None:
     from bench import loop
     from training.trainer import TrainOptions

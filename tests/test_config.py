@@ -59,6 +59,7 @@ def test_all_is_exact():
         "RuleConfig",
         "RuleMatch",
         "Settings",
+        "StateConfig",
         "StatsConfig",
         "UpstreamConfig",
         "VariantConfig",

@@ -44,7 +44,14 @@ def _row(experiments, variant, name="exp"):
 
 
 def test_all_is_exact():
-    assert sorted(experiments_module.__all__) == ["Assignment", "Experiments"]
+    assert sorted(experiments_module.__all__) == [
+        "Assignment",
+        "Experiments",
+        "LocalTallies",
+        "Tallies",
+        "VariantTally",
+        "Welford",
+    ]
 
 
 def test_assignment_follows_the_documented_hash():

@@ -106,7 +106,12 @@ def test_retrain_promotes_and_saves_with_a_report(decision_log, tiny_artifact, c
     )
     assert report["promoted"] is True
     c = report["comparison"]
-    assert c["skipped_rows"] == {"no_feedback": 1, "no_propensity": 0, "label_only": 0}
+    assert c["skipped_rows"] == {
+        "no_feedback": 1,
+        "no_propensity": 0,
+        "label_only": 0,
+        "no_decision": 0,
+    }
     total = c["newest_rows"] + report["training"]["decision_rows"]
     assert c["newest_rows"] == c["single_calls"] == round(0.25 * total)
     assert c["candidate"]["supporting_decisions"] <= c["newest_rows"]

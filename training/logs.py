@@ -23,6 +23,14 @@ Three line forms are accepted; each needs exactly one of ``prompt`` (a string) o
 ``label``  (directly labelled)
     ``{"prompt"|"messages", "label": MODEL}`` gives ``Record(label=MODEL)``.
 
+``decision`` and ``outcome`` rows  (the service's decision log, see `models.decision_rows`)
+    ``{"id", "kind": "decision", "prompt"|"messages", "model", ...}`` and ``{"id", "kind":
+    "outcome", "model", "success", ...}``, in any files and any order: `load_records` joins
+    them by request id into ``single`` rows (one per outcome) once every file is read. A
+    decision without an outcome is an unlabelled row (rejected like ``"success": null``); an
+    outcome whose decision is in none of the files is rejected at the outcome's line.
+    `iter_records` streams one file and cannot join across files: it rejects them.
+
 A JSON null counts as absent. Other keys (``meta``, ``source``, timestamps, ...) are ignored and
 never reach features. Blank lines are skipped. Every other problem is a `DataError` naming the
 file, the line and the reason; with ``skip_invalid`` the line is skipped instead and the skip is
@@ -43,6 +51,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from features.text import Prompt, PromptError, normalize
+from models.decision_rows import KINDS, JoinReport, join_rows
 from models.errors import DataError
 from training.records import Outcome, Record
 
@@ -157,7 +166,9 @@ def _responses(
     if value is None:
         return ()
     if not isinstance(value, str):
-        raise _Invalid(f"{name}response: must be a string (the answer text), got {_json_type(value)}")
+        raise _Invalid(
+            f"{name}response: must be a string (the answer text), got {_json_type(value)}"
+        )
     return ((value, quality),)
 
 
@@ -330,16 +341,23 @@ class _FileStats:
     on_bytes: Callable[[int], None] | None = None
 
 
+_Where = tuple[str, int]  # (file, line)
+_Held = list[tuple[_Where, dict[str, Any]]]
+
+
 def _parsed(
     path: str | Path,
     skip: SkipHook | None,
     stats: _FileStats,
+    held: _Held | None = None,
 ) -> Iterator[tuple[str, Record]]:
-    """(form, record) for each usable line; `skip` is None to raise on the first bad line."""
+    """(form, record) for each usable line; `skip` is None to raise on the first bad line.
+
+    Decision-log rows go to `held`, for a join once every file is read (None: rejected)."""
     display = str(path)
     # closing() so that raising mid-file closes the file now, not when the generator is collected.
     with closing(_lines(Path(path), display, stats.on_bytes)) as lines:
-        yield from _checked(lines, display, skip, stats)
+        yield from _checked(lines, display, skip, stats, held)
 
 
 def _checked(
@@ -347,6 +365,7 @@ def _checked(
     display: str,
     skip: SkipHook | None,
     stats: _FileStats,
+    held: _Held | None = None,
 ) -> Iterator[tuple[str, Record]]:
     try:
         for number, line in lines:
@@ -354,7 +373,16 @@ def _checked(
             if not line.strip():
                 continue
             try:
-                yield _parse(_decode(line, number), f"{display}:{number}")
+                obj = _decode(line, number)
+                if isinstance(obj, dict) and obj.get("kind") in KINDS:
+                    if held is None:
+                        raise _Invalid(
+                            'a decision-log row ("kind") must be joined with its outcome '
+                            "across files: read it with load_records (train without --streaming)"
+                        )
+                    held.append(((display, number), obj))
+                    continue
+                yield _parse(obj, f"{display}:{number}")
             except _Invalid as e:
                 if skip is None:
                     raise DataError(display, number, e.reason) from None
@@ -434,6 +462,23 @@ def _merge_outcomes(calls: list[Outcome]) -> Outcome:
     )
 
 
+def _joined(held: _Held, skip: SkipHook | None) -> Iterator[tuple[str, Record]]:
+    """The decision-log rows joined by request id, parsed; problems named at their line."""
+    report = JoinReport()
+    for (display, number), row in join_rows(held, report):
+        try:
+            yield _parse(row, f"{display}:{number}")
+        except _Invalid as e:
+            if skip is None:
+                raise DataError(display, number, e.reason) from None
+            skip(f"{display}:{number}", e.reason)
+    for (display, number), rid in report.orphans:
+        reason = "an outcome row whose decision row is in none of the files read"
+        if skip is None:
+            raise DataError(display, number, f"{reason} (request id {rid[:64]!r})")
+        skip(f"{display}:{number}", reason)
+
+
 def load_records(
     paths: str | Path | Sequence[str | Path],
     *,
@@ -470,16 +515,23 @@ def load_records(
     skip = (lambda where, reason: report.skipped.append((where, reason))) if skip_invalid else None
     slots: list[Record | None] = []  # None marks a merged record's place, filled in at the end
     merged: dict[Prompt, tuple[int, Record, dict[str, list[Outcome]]]] = {}
+    held: _Held = []
+
+    def add(form: str, record: Record) -> None:
+        if form != "single":
+            slots.append(record)
+            return
+        ((model, outcome),) = record.outcomes.items()
+        if record.prompt not in merged:
+            merged[record.prompt] = (len(slots), record, {})
+            slots.append(None)
+        merged[record.prompt][2].setdefault(model, []).append(outcome)
+
     for path in paths:
-        for form, record in _parsed(path, skip, stats):
-            if form != "single":
-                slots.append(record)
-                continue
-            ((model, outcome),) = record.outcomes.items()
-            if record.prompt not in merged:
-                merged[record.prompt] = (len(slots), record, {})
-                slots.append(None)
-            merged[record.prompt][2].setdefault(model, []).append(outcome)
+        for form, record in _parsed(path, skip, stats, held):
+            add(form, record)
+    for form, record in _joined(held, skip):
+        add(form, record)
     for index, first, calls in merged.values():
         first.outcomes = {model: _merge_outcomes(outs) for model, outs in calls.items()}
         slots[index] = first

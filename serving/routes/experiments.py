@@ -19,6 +19,7 @@ router = APIRouter(tags=["experiments"])
 @router.get("/experiments")
 async def list_experiments(experiments: ExperimentsDep) -> dict[str, Any]:
     """Every configured experiment with its per-variant statistics."""
+    await experiments.tallies.refresh()
     return {"experiments": experiments.summaries()}
 
 
@@ -28,6 +29,8 @@ async def list_experiments(experiments: ExperimentsDep) -> dict[str, Any]:
 )
 async def get_experiment(name: str, experiments: ExperimentsDep) -> dict[str, Any]:
     """One experiment: counts, success rate, latency and quality means with 95% intervals."""
+    if name in experiments.names():
+        await experiments.tallies.refresh()
     try:
         return experiments.summary(name)
     except KeyError:
