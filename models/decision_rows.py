@@ -8,7 +8,8 @@ result, arrives — possibly in another process's file. Both carry the request i
               "fallbacks", "input_tokens", "task_type"?, "ts", "router_version",
               "experiment"?: {"name", "variant"}, "caller"?, "propensity"?}``
 ``outcome``   ``{"id", "kind": "outcome", "model", "success", "quality"?, "cost_usd"?,
-              "latency_ms"?, "error_type"?, "input_tokens"?, "output_tokens"?, "ts"}``
+              "latency_ms"?, "error_type"?, "input_tokens"?, "output_tokens"?, "response"?,
+              "escalations"?, "ts"}``
 
 `join_rows` turns them back into the single-call rows `promptroute train` reads (the decision's
 prompt with one outcome's model and label, ``routed_model`` when the outcome is a fallback's),
@@ -42,6 +43,8 @@ _OUTCOME_FIELDS = (
     "error_type",
     "input_tokens",
     "output_tokens",
+    "response",
+    "escalations",
 )
 _DECISION_FIELDS = ("prompt", "messages", "prompt_sha256", "task_type", "router_version")
 

@@ -39,6 +39,7 @@ from serving.errors import ApiError
 from serving.experiments import Assignment
 from serving.metrics import Metrics
 from serving.pending import PendingDecisions, PendingSettings
+from serving.redact import quote
 
 __all__ = [
     "Bookkeeping",
@@ -162,11 +163,10 @@ def outcome_row(request_id: str, model: str, fb: Feedback, ts: float) -> dict[st
 
 def unknown_request(request_id: str, max_age_seconds: float) -> ApiError:
     """404: unknown, expired, or another caller's decision (indistinguishable on purpose)."""
-    shown = request_id if len(request_id) <= 64 else request_id[:64] + "…"
     return ApiError(
         404,
         "unknown_request_id",
-        f"no pending decision with request_id {shown!r}: it is unknown, has an outcome for "
+        f"no pending decision with request_id {quote(request_id)}: it is unknown, has an outcome for "
         f"every model it offered, or is older than {max_age_seconds:g} s",
         field="request_id",
     )
@@ -178,7 +178,7 @@ def not_offered(model: str, decision_model: str, fallbacks: tuple[str, ...]) -> 
     return ApiError(
         422,
         "model_not_offered",
-        f"model: {model!r} was neither the decision's model nor one of its fallbacks; "
+        f"model: {quote(model)} was neither the decision's model nor one of its fallbacks; "
         f"offered: {', '.join(offered)}",
         field="model",
         known=offered,
@@ -190,7 +190,7 @@ def already_answered(request_id: str, model: str) -> ApiError:
     return ApiError(
         409,
         "outcome_already_recorded",
-        f"model: request {request_id!r} already has an outcome for {model!r}; each model a "
+        f"model: request {quote(request_id)} already has an outcome for {quote(model)}; each model a "
         "decision offered takes one outcome",
         field="model",
     )

@@ -30,6 +30,7 @@ from models.catalog import load_catalog
 from models.verifier import STRUCTURE_NAMES, Verifier
 from serving import create_app, load_settings
 from serving.config import EscalationConfig
+from serving.decision_log import read_joined_rows
 from serving.gateway.escalation import EscalationPolicy, check_answer, policy_for
 
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -147,8 +148,8 @@ class Service:
         return self.client.post("/v1/chat/completions", json=body)
 
     def row(self, request_id: str) -> dict[str, Any]:
-        rows = [json.loads(x) for x in self.log_path.read_text("utf-8").splitlines()]
-        (found,) = [r for r in rows if r["id"] == request_id]
+        """The request's training row: its decision joined with its outcome."""
+        (found,) = [r for r in read_joined_rows(self.log_path) if r["id"] == request_id]
         return found
 
 

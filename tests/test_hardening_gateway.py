@@ -48,9 +48,12 @@ class Live:
             return response, b"".join(response.iter_bytes())
 
     def row(self, request_id: str) -> dict[str, Any]:
+        """The request's outcome row, with the routed model from its decision row (written
+        apart, at decision time) as ``routed_model``."""
         rows = [json.loads(line) for line in self.log_path.read_text("utf-8").splitlines()]
-        (found,) = [r for r in rows if r["id"] == request_id]
-        return found
+        (decision,) = [r for r in rows if r["id"] == request_id and r.get("kind") == "decision"]
+        (found,) = [r for r in rows if r["id"] == request_id and r.get("kind") == "outcome"]
+        return {**found, "routed_model": decision["model"]}
 
     def breaker(self, model: str) -> dict[str, Any]:
         models = {m["name"]: m for m in self.client.get("/models").json()["models"]}
