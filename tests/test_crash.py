@@ -155,6 +155,6 @@ def test_more_than_one_worker_needs_redis(tmp_path, tiny_artifact, catalog_path)
     )
     assert done.returncode == 2
     assert done.stderr.startswith(
-        "promptroute: error: state.backend: --workers 2 needs the shared state backend: set "
+        "promptroute: error: state.backend: 2 workers need the shared state backend: set "
         "state: {backend: redis, url: redis://HOST:6379/0} in the config"
     )
