@@ -32,10 +32,13 @@ _WORKER_STARTUP_SECONDS = 120
 
 SERVERS = ("uvicorn", "granian")
 SERVER_ENV = "PROMPTROUTE_SERVER"
-# uvicorn by default: its protocol enforces the request-head deadline (serving.read_deadlines),
-# which granian's options do not offer. granian served more /route requests per second in
-# `python -m bench replicas` (README "Several workers and replicas"); choose it with --server.
+# One process with state in memory: uvicorn, whose protocol enforces the request-head deadline
+# (serving.read_deadlines) and which served as many /route requests as granian there. With the
+# Redis backend or several workers: granian, which served 3x uvicorn's requests/s with Redis and
+# scaled with workers where uvicorn did not (`python -m bench replicas`, README "Several workers
+# and replicas"). --server or PROMPTROUTE_SERVER overrides either.
 DEFAULT_SERVER = "uvicorn"
+SHARED_SERVER = "granian"
 
 
 def serve(
@@ -58,7 +61,8 @@ def serve(
     host, port, workers : override the config's (and PROMPTROUTE_HOST/PORT/WORKERS)
     default_model : called for the default model's folder when neither names an artifact (the
         CLI passes one that trains it from the bundled data the first time)
-    server : "uvicorn" or "granian" (default: $PROMPTROUTE_SERVER, else `DEFAULT_SERVER`)
+    server : "uvicorn" or "granian" (default: $PROMPTROUTE_SERVER, else `DEFAULT_SERVER` for one
+        process with state in memory and `SHARED_SERVER` with Redis or several workers)
 
     More than one worker needs ``state: {backend: redis}`` and gives each worker its own
     decision-log file; /metrics adds the workers' figures up.
@@ -85,7 +89,7 @@ def serve(
         env = read_environment()
         config = config if config is not None else env.config
         settings = load_settings(config, **{**env.overrides(), **flags})
-        server = _server(server)
+        server = _server(server, shared=settings.workers > 1 or settings.state.backend == "redis")
         if settings.workers > 1:
             settings = _for_workers(settings, settings.workers)
         if settings.artifact is None and default_model is not None:
@@ -132,10 +136,10 @@ def serve(
     return 0 if server.started else 1
 
 
-def _server(server: str | None) -> str:
+def _server(server: str | None, *, shared: bool) -> str:
     from models.errors import ConfigError
 
-    chosen = server or os.environ.get(SERVER_ENV) or DEFAULT_SERVER
+    chosen = server or os.environ.get(SERVER_ENV) or (SHARED_SERVER if shared else DEFAULT_SERVER)
     if chosen not in SERVERS:
         raise ConfigError(
             "server", f"unknown ASGI server {chosen[:20]!r}; known: {', '.join(SERVERS)}"

@@ -283,3 +283,15 @@ def test_all_is_exact():
         "unauthorized",
     ]
     assert all(hasattr(auth, name) for name in auth.__all__)
+
+
+def test_feedback_is_accepted_only_from_the_key_that_made_the_decision(client):
+    """Another client's key cannot report (or fake) the outcome of a decision it did not make."""
+    decided = client.post("/route", json={"prompt": "Explain recursion."}, headers=a(TEAM_A))
+    assert decided.status_code == 200
+    body = {"request_id": decided.json()["request_id"], "success": False}
+    other = client.post("/feedback", json=body, headers=a(TEAM_B))
+    assert other.status_code == 404
+    assert other.json()["error"]["code"] == "unknown_request_id"
+    own = client.post("/feedback", json=body, headers=a(TEAM_A))
+    assert own.status_code == 200

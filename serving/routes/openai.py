@@ -283,6 +283,7 @@ async def _plan(
         task_type=query.task_type,
         router_version=pipeline.models.current.version,
         experiment=None,
+        caller=caller_name,
     )
     return ChatPlan(request_id, (name,), payload, body.stream, input_tokens, caller_name)
 
