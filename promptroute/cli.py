@@ -771,7 +771,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--server",
         choices=("uvicorn", "granian"),
-        help="ASGI server (default: $PROMPTROUTE_SERVER, else uvicorn)",
+        help="ASGI server (default: $PROMPTROUTE_SERVER, else uvicorn for one worker and granian "
+        "for several)",
     )
     s.set_defaults(func=cmd_serve)
     return p

@@ -1,9 +1,9 @@
 """`promptroute serve`: settings → loaded state → an ASGI server, with a graceful shutdown.
 
 Everything that can be wrong with the configuration or the artifact is found before the server
-starts, and reported as one line with exit code 2, like the rest of the CLI. The server is
-uvicorn by default (its HTTP protocol carries the request-head deadline of
-`serving.read_deadlines`); granian on request (``--server granian``). With several workers, or
+starts, and reported as one line with exit code 2, like the rest of the CLI. One worker runs on
+uvicorn (its HTTP protocol carries the request-head deadline of `serving.read_deadlines`),
+several on granian; ``--server`` picks either. With several workers, or
 granian, each worker process builds its app from `worker_app` and the settings this process
 validated; several workers need the shared state backend (Redis).
 """
@@ -32,13 +32,13 @@ _WORKER_STARTUP_SECONDS = 120
 
 SERVERS = ("uvicorn", "granian")
 SERVER_ENV = "PROMPTROUTE_SERVER"
-# One process with state in memory: uvicorn, whose protocol enforces the request-head deadline
-# (serving.read_deadlines) and which served as many /route requests as granian there. With the
-# Redis backend or several workers: granian, which served 3x uvicorn's requests/s with Redis and
-# scaled with workers where uvicorn did not (`python -m bench replicas`, README "Several workers
-# and replicas"). --server or PROMPTROUTE_SERVER overrides either.
+# One worker (state in memory or in Redis): uvicorn, whose protocol enforces the request-head
+# deadline (serving.read_deadlines) and which served more /route requests than one granian worker
+# on a quiet machine (1.16x in memory, 1.18x with Redis). Several workers: granian, whose second
+# worker added 1.57x where uvicorn's added 1.24x (`python -m bench replicas`, README "Several
+# workers and replicas"). --server or PROMPTROUTE_SERVER overrides either.
 DEFAULT_SERVER = "uvicorn"
-SHARED_SERVER = "granian"
+WORKERS_SERVER = "granian"
 
 
 def serve(
@@ -62,7 +62,7 @@ def serve(
     default_model : called for the default model's folder when neither names an artifact (the
         CLI passes one that trains it from the bundled data the first time)
     server : "uvicorn" or "granian" (default: $PROMPTROUTE_SERVER, else `DEFAULT_SERVER` for one
-        process with state in memory and `SHARED_SERVER` with Redis or several workers)
+        worker and `WORKERS_SERVER` for several)
 
     More than one worker needs ``state: {backend: redis}`` and gives each worker its own
     decision-log file; /metrics adds the workers' figures up.
@@ -89,7 +89,7 @@ def serve(
         env = read_environment()
         config = config if config is not None else env.config
         settings = load_settings(config, **{**env.overrides(), **flags})
-        server = _server(server, shared=settings.workers > 1 or settings.state.backend == "redis")
+        server = _server(server, several_workers=settings.workers > 1)
         if settings.workers > 1:
             settings = _for_workers(settings, settings.workers)
         if settings.artifact is None and default_model is not None:
@@ -136,10 +136,14 @@ def serve(
     return 0 if server.started else 1
 
 
-def _server(server: str | None, *, shared: bool) -> str:
+def _server(server: str | None, *, several_workers: bool) -> str:
     from models.errors import ConfigError
 
-    chosen = server or os.environ.get(SERVER_ENV) or (SHARED_SERVER if shared else DEFAULT_SERVER)
+    chosen = (
+        server
+        or os.environ.get(SERVER_ENV)
+        or (WORKERS_SERVER if several_workers else DEFAULT_SERVER)
+    )
     if chosen not in SERVERS:
         raise ConfigError(
             "server", f"unknown ASGI server {chosen[:20]!r}; known: {', '.join(SERVERS)}"
