@@ -299,7 +299,7 @@ def test_soak_with_a_failing_upstream(tiny_artifact, catalog_path, tmp_path):
         catalog=str(catalog_path),
         breakers=BREAKERS,
         stats={"window_seconds": 2.0},  # reliability scaling forgets a fault window quickly
-        decision_log={"path": str(log_path), "max_bytes": 256 * 1024, "backup_count": 1_000},
+        decision_log={"path": str(log_path), "max_bytes": 64 * 1024, "backup_count": 1_000},
     )
     events = Events()
     server = LiveServer(create_app(settings, service=recording_service(settings, events)))
