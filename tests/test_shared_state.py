@@ -175,6 +175,33 @@ def test_experiment_tallies_add_up_across_instances(pair):
         ) == sum(100 + i for i in range(10))
 
 
+def test_gateway_costs_and_escalations_reach_every_instances_tally(pair):
+    # The gateway's feedback carries the measured cost and any escalation; with Redis both
+    # must land in the shared tally, not in the answering process only.
+    from serving.bookkeeping import Feedback
+
+    experiments = [
+        {"name": "exp", "variants": [{"name": "x", "weight": 1}, {"name": "y", "weight": 1}]}
+    ]
+    a, b, _ = pair(experiments=experiments)
+    costs = [0.002, 0.004, float("nan")]  # a cost that is not finite counts as unknown
+    for i, cost in enumerate(costs):
+        decision = _route(a, user_id="one-user")  # one user: one variant, every time
+        fb = Feedback(
+            request_id=decision["request_id"],
+            success=True,
+            latency_ms=50.0,
+            cost_usd=cost,
+            escalations=({"model": "weak", "reason": "empty"},) if i == 0 else (),
+        )
+        client = (a, b)[i % 2]
+        client.portal.call(client.app.state.service.outcomes.apply, fb)
+    for client in (a, b):
+        (variant,) = [v for v in client.get("/experiments/exp").json()["variants"] if v["assigned"]]
+        assert (variant["assigned"], variant["feedback"], variant["escalated"]) == (3, 3, 1)
+        assert variant["mean_cost_usd"] == pytest.approx(0.003)
+
+
 def test_redis_stopped_mid_soak_no_5xx_then_sharing_resumes(pair, redis_server):
     a, b, _ = pair(state={"timeout_seconds": 0.1, "connect_timeout_seconds": 0.1})
     statuses: list[int] = []

@@ -21,6 +21,7 @@ from serving.outcomes import Outcomes, check_model
 from serving.shared.bookkeeping import RedisBookkeeping, decode_decision, text
 from serving.shared.health import FIELDS, RedisHealth, decode_state
 from serving.shared.store import RedisStore, StateUnavailable, now_arg
+from serving.shared.tallies import outcome_args
 
 __all__ = ["SharedOutcomes"]
 
@@ -49,9 +50,9 @@ class SharedOutcomes(Outcomes):
                 repr(float(book.max_age_seconds)),
                 store.prefix,
                 health.cfg,
-                "1" if fb.success else "0",
-                "" if fb.latency_ms is None else repr(float(fb.latency_ms)),
-                "" if fb.quality is None else repr(float(fb.quality)),
+                *outcome_args(
+                    fb.success, fb.latency_ms, fb.quality, fb.cost_usd, bool(fb.escalations)
+                ),
             ],
         )
         try:

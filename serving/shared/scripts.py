@@ -343,11 +343,13 @@ return {code, model, json}
 )
 
 _TALLY_FN = r"""
--- Welford's running mean and M2, so that large offsets keep their digits.
-local function tally(h, success, lat, q)
+-- Welford's running mean and M2, so that large offsets keep their digits. cost is '' when
+-- unknown; escalated is '1' when the gateway answered with a stronger model after a check.
+local function tally(h, success, lat, q, cost, escalated)
   redis.call('HINCRBY', h, 'feedback', 1)
   if success == '1' then redis.call('HINCRBY', h, 'successes', 1) end
-  for _, pair in ipairs({{'lat', lat}, {'q', q}}) do
+  if escalated == '1' then redis.call('HINCRBY', h, 'escalated', 1) end
+  for _, pair in ipairs({{'lat', lat}, {'q', q}, {'c', cost}}) do
     local name, raw = pair[1], pair[2]
     if raw ~= '' then
       local x = tonumber(raw)
@@ -373,7 +375,8 @@ FEEDBACK = (
 -- One /feedback, one round trip: the outcome rules, then the model's statistics and breaker,
 -- then the experiment's tally. The model's and the experiment's keys are known only once the
 -- decision is read, so they are built here from the prefix (a standalone Redis, not Cluster).
--- KEYS: the pending keys.  ARGV: id model caller now max_age prefix cfg success latency quality.
+-- KEYS: the pending keys.  ARGV: id model caller now max_age prefix cfg success latency quality
+-- cost escalated.
 -- Returns {code, model, json} or {'ok', model, json, breaker_op's reply...}.
 local code, model, json = claim(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3],
   tonumber(ARGV[4]), tonumber(ARGV[5]))
@@ -388,7 +391,8 @@ for _, v in ipairs(breaker_op(keys, 'record', tonumber(ARGV[4]), cfg_of(ARGV[7])
 end
 local d = cjson.decode(json)
 if d.e and d.e ~= cjson.null then
-  tally(k .. 'experiment:' .. d.e[1] .. ':' .. d.e[2], ARGV[8], ARGV[9], ARGV[10])
+  tally(k .. 'experiment:' .. d.e[1] .. ':' .. d.e[2], ARGV[8], ARGV[9], ARGV[10], ARGV[11],
+    ARGV[12])
 end
 return out
 """
@@ -398,9 +402,10 @@ TALLY_OUTCOME = (
     _COMMON
     + _TALLY_FN
     + r"""
--- KEYS: the variant's hash.  ARGV: success(1|0) latency|'' quality|'', or "assign".
+-- KEYS: the variant's hash.  ARGV: success(1|0) latency|'' quality|'' cost|'' escalated(1|0),
+-- or "assign".
 if ARGV[1] == 'assign' then return redis.call('HINCRBY', KEYS[1], 'assigned', 1) end
-tally(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+tally(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 return 1
 """
 )

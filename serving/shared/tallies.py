@@ -9,6 +9,7 @@ decision log keeps the full record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +17,7 @@ from serving.config import ExperimentConfig
 from serving.experiments import Tallies, VariantTally, Welford
 from serving.shared.store import RedisStore, StateUnavailable
 
-__all__ = ["RedisTallies"]
+__all__ = ["RedisTallies", "outcome_args"]
 
 _FIELDS = (
     "assigned",
@@ -28,6 +29,10 @@ _FIELDS = (
     "q_n",
     "q_mean",
     "q_m2",
+    "c_n",
+    "c_mean",
+    "c_m2",
+    "escalated",
 )
 
 
@@ -36,6 +41,24 @@ def _num(value: Any, kind: type = float) -> Any:
         return kind(0)
     text = value.decode() if isinstance(value, bytes) else str(value)
     return kind(float(text)) if kind is int else kind(text)
+
+
+def outcome_args(
+    success: bool,
+    latency_ms: float | None,
+    quality: float | None,
+    cost_usd: float | None,
+    escalated: bool,
+) -> list[str]:
+    """The tally script's outcome arguments: '' for an unknown value (a cost that is not
+    finite counts as unknown, as in `serving.experiments.Experiments.record_outcome`)."""
+    return [
+        "1" if success else "0",
+        "" if latency_ms is None else repr(float(latency_ms)),
+        "" if quality is None else repr(float(quality)),
+        "" if cost_usd is None or not math.isfinite(cost_usd) else repr(float(cost_usd)),
+        "1" if escalated else "0",
+    ]
 
 
 class RedisTallies(Tallies):
@@ -52,7 +75,7 @@ class RedisTallies(Tallies):
     def add_assignment(self, experiment: str, variant: str) -> None:
         # The tally script with no outcome fields would count feedback; an assignment is a
         # plain increment, sent as a one-line script of its own.
-        self._store.send("tally", [self._key(experiment, variant)], ["assign", "", ""])
+        self._store.send("tally", [self._key(experiment, variant)], ["assign", "", "", "", ""])
 
     def add_outcome(
         self,
@@ -65,16 +88,10 @@ class RedisTallies(Tallies):
         cost_usd: float | None = None,
         escalated: bool = False,
     ) -> None:
-        # Cost and escalation counts are kept per process only (not yet in the shared tally).
-        del cost_usd, escalated
         self._store.send(
             "tally",
             [self._key(experiment, variant)],
-            [
-                "1" if success else "0",
-                "" if latency_ms is None else repr(float(latency_ms)),
-                "" if quality is None else repr(float(quality)),
-            ],
+            outcome_args(success, latency_ms, quality, cost_usd, escalated),
         )
 
     def get(self, experiment: str, variant: str) -> VariantTally:
@@ -96,4 +113,6 @@ class RedisTallies(Tallies):
             t.successes = _num(v["successes"], int)
             t.latency = Welford.of(_num(v["lat_n"], int), _num(v["lat_mean"]), _num(v["lat_m2"]))
             t.quality = Welford.of(_num(v["q_n"], int), _num(v["q_mean"]), _num(v["q_m2"]))
+            t.cost = Welford.of(_num(v["c_n"], int), _num(v["c_mean"]), _num(v["c_m2"]))
+            t.escalated = _num(v["escalated"], int)
             self._seen[pair] = t
