@@ -138,8 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also 100k records in memory and 1M streamed (long: tens of minutes)",
             )
-    lp = sub.add_parser("loop", help="the learning loop simulated on RouterBench (a few minutes)")
+    lp = sub.add_parser("loop", help="the learning loop simulated on bundled data (minutes)")
     lp.add_argument("--results", type=Path, default=RESULTS, help="where JSON results go")
+    lp.add_argument(
+        "--data",
+        choices=("routerbench", "llmrouter_dcrouter"),
+        default="routerbench",
+        help="which bundled dataset's train side to replay (default routerbench)",
+    )
     lp.add_argument("--rounds", type=int, default=5)
     lp.add_argument("--explore", type=float, default=0.1, help="exploration share (default 0.1)")
     lp.add_argument("--seed", type=int, default=0, help="first traffic seed")
@@ -167,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         from bench.summary import write_summary
 
         command = (
-            f"python -m bench loop --rounds {a.rounds} --explore {a.explore} --seed {a.seed}"
-            f" --seeds {a.seeds}"
+            f"python -m bench loop --data {a.data} --rounds {a.rounds} --explore {a.explore}"
+            f" --seed {a.seed} --seeds {a.seeds}"
         )
         _save(
-            "loop",
+            "loop" if a.data == "routerbench" else f"loop_{a.data}",
             command,
-            lambda: loop.run(rounds=a.rounds, explore=a.explore, seed=a.seed, seeds=a.seeds),
+            lambda: loop.run(
+                data=a.data, rounds=a.rounds, explore=a.explore, seed=a.seed, seeds=a.seeds
+            ),
             a.results,
         )
         _say(f"summary: {write_summary(a.results)}")

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bench import artifact_io, breakdown, decision, footprint, http, long_inputs, training_scale
@@ -457,3 +458,33 @@ def test_loop_simulation_runs_end_to_end_at_a_tiny_size() -> None:
         "rounds that promoted a router worse on the test side",
     ]
     assert len(said) == 2 + 2  # the split, the two routers' AIQ, one line per round
+    gap = result["test_aiq"]["gap_bootstrap"]
+    assert gap["gap"] == pytest.approx(result["test_aiq"]["gap"], abs=1e-4)
+    assert gap["se"] >= 0 and gap["ci95"][0] <= gap["ci95"][1]
+    assert result["test_aiq"]["gap_beyond_noise"] == (gap["gap"] > 2 * gap["se"])
+
+
+def test_loop_gap_uses_evaluates_aiq_and_a_router_has_no_gap_with_itself() -> None:
+    from bench import loop
+    from models.catalog import load_catalog
+    from training.evaluate import evaluate
+    from training.logs import load_records
+    from training.paths import bundled_data
+    from training.trainer import TrainOptions, train
+
+    catalog = load_catalog()
+    path = next(p for p in bundled_data() if p.name.startswith("llmrouter_dcrouter."))
+    records = load_records(path).records[:400]
+    opts = TrainOptions(c_grid=(1.0,), cv_folds=2, n_hash_features=2**12, n_jobs=1)
+    router = train(records[:300], catalog, opts).router
+    test = records[300:]
+    picks, t = loop._picks(router, test, catalog)
+    mine = loop._aiq_of(picks, np.nan_to_num(t.quality), np.nan_to_num(t.cost), t.labelled)
+    assert mine == pytest.approx(evaluate(router, test, catalog)["router"]["aiq"], abs=1e-6)
+    assert loop.gap_with_error(router, router, test, catalog) == {
+        "gap": 0.0,
+        "se": 0.0,
+        "ci95": [0.0, 0.0],
+    }
+    with pytest.raises(ValueError, match="data must be one of"):
+        loop.run(data="nope")

@@ -115,11 +115,18 @@ def promotion_decision(comparison: dict[str, Any], margin: float) -> tuple[bool,
 def _newest_slice(
     decisions: list[LoggedDecision], share: float
 ) -> tuple[list[LoggedDecision], list[LoggedDecision]]:
-    """(older, newest) in log order (read_decisions keeps file order, oldest file first)."""
+    """(older, newest): the rows ordered by when their decision was made (``ts``), with the
+    rows that have no time (labelled files) oldest, and file order breaking ties — several
+    processes' logs interleave in time, so the order the files are read in says little."""
     k = max(1, int(round(len(decisions) * share)))
     if k >= len(decisions):
         raise DataError("logs", None, f"{len(decisions)} decision row(s): too few to hold any out")
-    return decisions[:-k], decisions[-k:]
+    order = sorted(
+        range(len(decisions)),
+        key=lambda i: (decisions[i].ts is not None, decisions[i].ts or 0.0, i),
+    )
+    ordered = [decisions[i] for i in order]
+    return ordered[:-k], ordered[-k:]
 
 
 def retrain(

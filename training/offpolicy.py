@@ -71,6 +71,8 @@ class LoggedDecision:
     record: Record
     model: str | None = None
     propensity: float | None = None
+    # When the decision was made (the row's ``ts``, Unix seconds); None for labelled rows.
+    ts: float | None = None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -138,19 +140,28 @@ def read_decisions(paths: Sequence[str | Path]) -> tuple[list[LoggedDecision], d
             skipped["no_feedback"] += 1
             continue
         form, record = parse_line(obj, source=where)
+        ts = _timestamp(obj)
         if form == "label":
             skipped["label_only"] += 1
         elif form == "outcomes":
-            out.append(LoggedDecision(record))
+            out.append(LoggedDecision(record, ts=ts))
         else:
             prop = _propensity(obj, where)
             if prop is None:
                 skipped["no_propensity"] += 1
                 continue
             (model,) = record.outcomes
-            out.append(LoggedDecision(record, model, prop))
+            out.append(LoggedDecision(record, model, prop, ts=ts))
     skipped["no_decision"] = len(report.orphans)
     return out, skipped
+
+
+def _timestamp(obj: Any) -> float | None:
+    """The row's ``ts`` when it is a finite number (a decision row's), else None."""
+    ts = obj.get("ts") if isinstance(obj, dict) else None
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        return None
+    return float(ts)
 
 
 def has_propensities(paths: Sequence[str | Path], *, sample: int = 200) -> bool:
