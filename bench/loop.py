@@ -15,10 +15,11 @@ The rest (the pool) is ordered by ``sha256(prompt)[32:40]`` (a fixed shuffle):
 2. the remainder arrives as traffic in `rounds` equal rounds. The serving router picks a model
    at its default knob; with probability `explore` the pick is replaced by a uniformly chosen
    other model. Only the chosen model's outcome is revealed, logged with its propensity;
-3. after each round a candidate is trained on the start data plus every logged decision except
-   the newest `holdout_share` of the round, compared with the serving router on that newest
-   slice off-policy (`training.loop.promotion_decision`, doubly robust AIQ), and promoted when
-   not worse by more than the margin;
+3. after each round, as `promptroute retrain` would: a candidate is trained on the start data
+   plus every decision logged so far except the newest `holdout_share` (20%), compared with the
+   serving router on that newest slice off-policy (doubly robust estimates of the utility
+   difference), and promoted by `training.loop.promotion_decision`: only when the lower end of
+   the difference's 95% interval is above −margin;
 4. because the simulation knows every outcome, it also measures what the loop cannot see: the
    true AIQ of both routers on the slice (did the 95% intervals cover it?) and on the test set
    (did a promotion ever ship a worse router?).
@@ -167,12 +168,13 @@ def run(
     rounds: int = 5,
     start_share: float = 0.1,
     explore: float = 0.1,
-    holdout_share: float = 0.3,
+    holdout_share: float = LoopOptions.holdout_share,
     margin: float = LoopOptions.margin,
     seed: int = 0,
     seeds: int = 3,
     limit: int | None = None,
     train_options: TrainOptions | None = None,
+    reward: str = "serving",  # the DR reward model: "serving" (as `retrain`) or "candidate"
     say: Callable[[str], None] = _say,
 ) -> dict[str, Any]:
     """Run the simulation; returns a JSON-ready result with per-round figures and targets.
@@ -182,6 +184,8 @@ def run(
     ``rounds × seeds`` rounds. `limit` keeps only the first records of the file (for smoke
     tests); `train_options` default to the product's (`TrainOptions()`).
     """
+    if reward not in ("serving", "candidate"):
+        raise ValueError(f"reward must be 'serving' or 'candidate', got {reward!r}")
     if data not in DATASETS:
         raise ValueError(f"data must be one of {', '.join(DATASETS)}, got {data!r}")
     opts = train_options or TrainOptions()
@@ -219,17 +223,24 @@ def run(
         rng = np.random.default_rng(run_seed)
         serving, aiq_serving = start_router, aiq_start
         logged_so_far: list[LoggedDecision] = []
+        seen_so_far: list[Record] = []  # the same traffic with every outcome (the truth)
         for r, idx in enumerate(chunks, start=1):
             traffic = [stream[i] for i in idx]
             logged, explored = _route(serving, traffic, explore, rng)
             total_explored += explored
             total_decisions += len(logged)
-            k = max(1, int(round(len(logged) * holdout_share)))
-            older, newest = logged[:-k], logged[-k:]
-            truth_rows = [LoggedDecision(rec) for rec in traffic[-k:]]
-            train_records = start + [d.record for d in logged_so_far + older]
+            # As `promptroute retrain` does: every decision logged so far, the newest share held
+            # out for the comparison, the candidate trained on the rest and the start data.
+            logged_so_far += logged
+            seen_so_far += traffic
+            k = max(1, int(round(len(logged_so_far) * holdout_share)))
+            older, newest = logged_so_far[:-k], logged_so_far[-k:]
+            truth_rows = [LoggedDecision(rec) for rec in seen_so_far[-k:]]
+            train_records = start + [d.record for d in older]
             candidate = train(train_records, catalog, opts).router
-            est = compare_offpolicy(candidate, serving, newest, catalog)
+            est = compare_offpolicy(
+                candidate, serving, newest, catalog, reward=serving if reward == "serving" else None
+            )
             true = compare_offpolicy(candidate, serving, truth_rows, catalog)  # every outcome known
             on_test = compare_offpolicy(
                 candidate, serving, [LoggedDecision(x) for x in test], catalog
@@ -270,7 +281,6 @@ def run(
                 round((aiq_candidate - aiq_start) / gap, 3) if real_gap else None
             )
             per_round.append(row)
-            logged_so_far += logged
             say(
                 f"seed {run_seed} round {r}: {'promoted' if promote else 'kept'} (utility diff est "
                 f"{e_u['estimate']:+.4f}, true {t_u:+.4f}); test AIQ serving {aiq_serving:.4f},"
@@ -325,6 +335,7 @@ def run(
             "seeds": list(range(seed, seed + seeds)),
             "train_options": {"c_grid": list(opts.c_grid), "strategy": opts.strategy},
             "bootstrap_draws": _BOOTSTRAP,
+            "reward_model": reward,
         },
         "test_aiq": {
             "start": round(aiq_start, 4),

@@ -6,8 +6,12 @@ with the serving artifact on that slice and promotes it only when it is not wors
 stated margin:
 
 - rows of the slice with several observed outcomes are compared directly (their outcomes);
-- single calls are compared off-policy (`training.offpolicy`, doubly robust, reward model = the
-  candidate's quality head, which never saw the slice) when they carry a propensity;
+- single calls are compared off-policy (`training.offpolicy`, doubly robust) when they carry a
+  propensity. The reward model is the serving router's quality head: it never saw the slice
+  and did not choose the candidate's picks. The candidate's own head, tried first, rates the
+  models it picks too highly (it picked them for their high predictions): in the loop
+  simulation its intervals of the candidate's quality covered the truth in 80% of RouterBench
+  rounds against 93% with the serving router's;
 - the rule: both routers are scored at their default knobs on the serving router's trade-off,
   utility = quality − λ · cost / c_ref (its knob λ and cost scale); the candidate is promoted
   only when the **lower end** of the paired 95% interval of its utility minus the serving
@@ -166,7 +170,7 @@ def retrain(
     )
     result = train(records, catalog, train_options or TrainOptions(), progress=say)
     candidate: Router = result.router
-    comparison = compare_offpolicy(candidate, serving, newest, catalog)
+    comparison = compare_offpolicy(candidate, serving, newest, catalog, reward=serving)
     promote, why = promotion_decision(comparison, options.margin)
     report: dict[str, Any] = {
         "serving": {"artifact": str(serving_artifact), "router_version": serving.version},
