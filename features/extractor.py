@@ -575,8 +575,7 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
             )
         if not isinstance(prompt, Prompt):
             prompt = _as_prompt(prompt, 0)
-        values, words = dense_signals(prompt, scan)
-        dense = np.array(values, dtype=np.float64)
+        dense, words = dense_signals(prompt, scan)  # float64, writable, its own memory
 
         task_code = None if task_type is None else _task_type_code(task_type, n)
         cols, weights = _hashed(words, n, kmax, lo, hi, task_code, self.n_dense_)
