@@ -83,8 +83,16 @@ class PendingDecision:
 
     def approx_bytes(self) -> int:
         """Roughly what this holds in memory (for the pending store's byte bound)."""
-        strings = (self.model, self.caller or "", self.task_type or "", self.router_version)
-        size = 200 + sum(len(s) for s in strings) + sum(60 + len(f) for f in self.fallbacks)
+        fallbacks = self.fallbacks
+        size = (
+            200
+            + len(self.model)
+            + len(self.caller or "")
+            + len(self.task_type or "")
+            + len(self.router_version)
+            + 60 * len(fallbacks)
+            + sum(map(len, fallbacks))  # C-speed: a decision lists every eligible model
+        )
         if self.experiment is not None:
             size += 150 + len(self.experiment.experiment) + len(self.experiment.variant)
         return size + 60 * len(self.answered)
