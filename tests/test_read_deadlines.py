@@ -7,6 +7,7 @@ covered: httptools (what runs) and h11 (its fallback).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import selectors
 import socket
@@ -241,3 +242,46 @@ def test_worker_processes_get_the_deadline_by_import_string(monkeypatch, tiny_ar
     monkeypatch.setattr(HeaderDeadlineProtocol, "header_timeout", 10.0)
     server.worker_app()
     assert HeaderDeadlineProtocol.header_timeout == 4.5
+
+
+def _deadline_run(seconds: float, receive) -> tuple[list, float]:
+    """Run a BodyDeadline(seconds) around an app that reads one message; (sent, elapsed)."""
+    from serving.read_deadlines import BodyDeadline
+
+    async def app(scope, receive_, send):
+        await receive_()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    sent: list = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def main():
+        started = asyncio.get_running_loop().time()
+        await BodyDeadline(app, seconds)({"type": "http", "path": "/route"}, receive, send)
+        # The loop's own cancellation bookkeeping is clean: nothing left pending on the task.
+        await asyncio.sleep(0)
+        return asyncio.get_running_loop().time() - started
+
+    elapsed = asyncio.run(main())
+    return sent, elapsed
+
+
+def test_a_body_that_is_there_passes_even_past_its_deadline():
+    async def ready():
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    sent, _ = _deadline_run(0.0, ready)
+    assert [m.get("status") for m in sent] == [200, None]
+
+
+def test_a_read_that_never_returns_is_a_408_within_a_tenth_of_the_deadline_late():
+    async def never():
+        await asyncio.Event().wait()
+
+    sent, elapsed = _deadline_run(0.2, never)
+    assert sent[0]["status"] == 408
+    assert b"body_timeout" in sent[1]["body"]
+    assert 0.2 <= elapsed < 0.2 + 0.02 + SLACK
