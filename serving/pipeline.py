@@ -307,7 +307,10 @@ class Pipeline:
                         f"exploration (share {self.explore_share:g}): {names[chosen]}{unknown} "
                         f"drawn at random instead of the router's pick {names[greedy]} ({headline})"
                     )
-        fallbacks = ranking[1:] if chosen == ranking[0] else [i for i in ranking if i != chosen]
+        if ranking and chosen == ranking[0]:
+            fallbacks = ranking[1:]
+        else:
+            fallbacks = [i for i in ranking if i != chosen]
         if degraded:
             headline = (
                 "every model that passed the filters has an open circuit; degraded mode returns "
@@ -508,7 +511,8 @@ def _refill_ids() -> None:
 
 
 # A worker forked from a process that had ids in stock must not hand out the same ones.
-os.register_at_fork(after_in_child=_id_pool.clear)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_id_pool.clear)
 
 
 def _request_id() -> str:
