@@ -143,20 +143,21 @@ class _Sweeper:
     it pays here.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, period: float) -> None:
-        self.loop = loop
+    def __init__(self, period: float) -> None:
+        # No reference to the loop itself: it is the key this sweeper is kept under (weakly).
         self.period = period
         self.reads: dict[asyncio.Task, list] = {}  # task -> [deadline, fired]
         self.handle: asyncio.TimerHandle | None = None
 
     def _tick(self) -> None:
-        now = self.loop.time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         for task, entry in list(self.reads.items()):
             if entry[0] <= now:
                 entry[1] = True
                 del self.reads[task]
                 task.cancel()
-        self.handle = self.loop.call_later(self.period, self._tick) if self.reads else None
+        self.handle = loop.call_later(self.period, self._tick) if self.reads else None
 
     async def receive_by(self, ends: float, receive: Callable, seconds: float) -> dict:
         """`receive()`, or `BodyTimeout` when it has not returned by loop time `ends` (give or
@@ -167,7 +168,7 @@ class _Sweeper:
         entry = [ends, False]
         self.reads[task] = entry
         if self.handle is None:
-            self.handle = self.loop.call_later(self.period, self._tick)
+            self.handle = asyncio.get_running_loop().call_later(self.period, self._tick)
         try:
             return await receive()
         except asyncio.CancelledError:
@@ -204,7 +205,7 @@ class BodyDeadline:
         loop = asyncio.get_running_loop()
         sweeper = self._sweepers.get(loop)
         if sweeper is None:
-            sweeper = self._sweepers[loop] = _Sweeper(loop, self.period)
+            sweeper = self._sweepers[loop] = _Sweeper(self.period)
         ends = loop.time() + self.seconds
         done = False
         started = False
