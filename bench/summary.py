@@ -20,6 +20,7 @@ ORDER = (
     "training",
     "training_full",
     "loop",
+    "loop_llmrouter_dcrouter",
 )
 _TITLES = {
     "decision": "Decision latency (in-process)",
@@ -32,6 +33,7 @@ _TITLES = {
     "training": "Training scale (default sizes)",
     "training_full": "Training scale (`--full`: 100k batch, 1M streaming)",
     "loop": "The learning loop, simulated on RouterBench",
+    "loop_llmrouter_dcrouter": "The learning loop, simulated on LLMRouter-DCRouter",
 }
 _STATUS = {True: "pass", False: "**miss**", None: "—"}
 
