@@ -1,8 +1,8 @@
 """`python -m bench COMMAND`: run benchmarks, write bench/results/NAME.json and SUMMARY.md.
 
-Commands: all, decision, long-inputs, http, breakdown, footprint, artifact-io, training [--full],
-loop, summary, and train-streaming (streaming training as a command, for the training benchmark's
-child process).
+Commands: all, decision, long-inputs, http, breakdown, server-profile, footprint, artifact-io,
+replicas, training [--full], loop, summary, and train-streaming (streaming training as a command,
+for the training benchmark's child process).
 """
 
 from __future__ import annotations
@@ -118,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
         ("long-inputs", "decision time for 10 KB, 100 KB and 1 MB prompts"),
         ("http", "HTTP throughput and latency of /route vs a no-op endpoint"),
         ("breakdown", "where a /route request's time goes, the app called in-process"),
+        ("server-profile", "a served /route request's wall time by part, server under cProfile"),
         ("footprint", "serving RSS after start and after 10k requests; artifact size"),
         ("artifact-io", "artifact save/load time and size: format 2 vs the old joblib format"),
+        ("replicas", "/route req/s: redis vs memory state, 2 workers vs 1, granian vs uvicorn"),
         ("training", "training time and memory vs records; streaming training"),
     ):
         sp = sub.add_parser(name, help=help_)
@@ -136,8 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
                 action="store_true",
                 help="also 100k records in memory and 1M streamed (long: tens of minutes)",
             )
-    lp = sub.add_parser("loop", help="the learning loop simulated on RouterBench (a few minutes)")
+    lp = sub.add_parser("loop", help="the learning loop simulated on bundled data (minutes)")
     lp.add_argument("--results", type=Path, default=RESULTS, help="where JSON results go")
+    lp.add_argument(
+        "--data",
+        choices=("routerbench", "llmrouter_dcrouter"),
+        default="routerbench",
+        help="which bundled dataset's train side to replay (default routerbench)",
+    )
     lp.add_argument("--rounds", type=int, default=5)
     lp.add_argument("--explore", type=float, default=0.1, help="exploration share (default 0.1)")
     lp.add_argument("--seed", type=int, default=0, help="first traffic seed")
@@ -165,13 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         from bench.summary import write_summary
 
         command = (
-            f"python -m bench loop --rounds {a.rounds} --explore {a.explore} --seed {a.seed}"
-            f" --seeds {a.seeds}"
+            f"python -m bench loop --data {a.data} --rounds {a.rounds} --explore {a.explore}"
+            f" --seed {a.seed} --seeds {a.seeds}"
         )
         _save(
-            "loop",
+            "loop" if a.data == "routerbench" else f"loop_{a.data}",
             command,
-            lambda: loop.run(rounds=a.rounds, explore=a.explore, seed=a.seed, seeds=a.seeds),
+            lambda: loop.run(
+                data=a.data, rounds=a.rounds, explore=a.explore, seed=a.seed, seeds=a.seeds
+            ),
             a.results,
         )
         _say(f"summary: {write_summary(a.results)}")
@@ -189,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         footprint,
         http,
         long_inputs,
+        replicas,
+        server_profile,
         training_scale,
     )
     from bench.summary import write_summary
@@ -200,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         "long-inputs": ("python -m bench long-inputs", lambda: long_inputs.run(art)),
         "http": ("python -m bench http", lambda: http.run(art)),
         "breakdown": ("python -m bench breakdown", lambda: breakdown.run(art)),
+        "server-profile": ("python -m bench server-profile", lambda: server_profile.run(art)),
         "footprint": ("python -m bench footprint", lambda: footprint.run(art)),
         "artifact-io": ("python -m bench artifact-io", lambda: artifact_io.run(art)),
+        "replicas": ("python -m bench replicas", lambda: replicas.run(art)),
         "training": (
             "python -m bench training" + (" --full" if full else ""),
             lambda: (
@@ -211,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ),
     }
-    names = list(jobs) if a.command == "all" else [a.command]
+    # server-profile explains the HTTP figures rather than adding one, and replicas needs a
+    # redis-server and several minutes: each runs on its own, not in "all".
+    alone = ("server-profile", "replicas")
+    names = [n for n in jobs if n not in alone] if a.command == "all" else [a.command]
     if any(n != "training" for n in names):
         ensure_artifact(art)
     for name in names:

@@ -4,24 +4,30 @@
 timing, on the same real prompts and interleaved round by round (medians per item over the
 rounds, then the median over items):
 
-- ``noop_get``: GET /healthz, the HTTP benchmark's no-op;
+- ``noop_get``: GET /healthz, the HTTP benchmark's no-op (through FastAPI's router);
 - ``noop_post``: a POST carrying the same JSON body to an endpoint with /route's signature (the
-  validated `RouteRequest` and the service-state dependency) that does nothing — added to this
-  benchmark's own app instance only, never to the product;
-- ``route``: POST /route;
-- ``pipeline``: what /route does beyond ``noop_post``, called directly in a loop — validation,
+  validated `RouteRequest` and the service-state dependency) that does nothing, through FastAPI's
+  router — added to this benchmark's own app instance only, never to the product;
+- ``route``: POST /route, as served: by `serving.hot_path`, ahead of FastAPI's router;
+- ``route_fastapi``: POST /route through FastAPI's router and dependency solving instead (what
+  the service did before the hot path; selected by an identity dependency override);
+- ``pipeline``: /route's own work called directly in a loop — decoding, validation,
   `build_query` (limits, normalisation), `pipeline.route` (the eight stages, pending store,
   metrics) and rendering the answer;
 - ``features`` and ``head``: the learned router's two steps inside it.
 
-``route − noop_post`` is /route's own work inside the app (caches colder than in the loop).
+``route − pipeline`` is what serving a /route request costs beyond its own work (middleware,
+the hot path's plumbing; caches colder than in the loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,7 +42,8 @@ from bench._common import real_prompts
 # annotations in this module's namespace.
 from serving.app import create_app
 from serving.config import load_settings
-from serving.deps import PipelineDep
+from serving.deps import PipelineDep, get_service
+from serving.json_body import loads
 from serving.routes.route import build_query
 from serving.schemas import RouteRequest
 
@@ -91,10 +98,22 @@ def _app(artifact: Path) -> Any:
     return app
 
 
+@contextlib.contextmanager
+def _through_fastapi(app: Any, on: bool) -> Iterator[None]:
+    """While open (and `on`), FastAPI's router serves /route: the hot path steps aside whenever
+    a dependency is overridden, and this override changes nothing else."""
+    if on:
+        app.dependency_overrides[get_service] = get_service
+    try:
+        yield
+    finally:
+        app.dependency_overrides.clear()
+
+
 async def _measure(artifact: Path, bodies: list[bytes], rounds: int) -> dict[str, np.ndarray]:
     app = _app(artifact)
     n = len(bodies)
-    names = ("noop_get", "noop_post", "route", "pipeline", "features", "head")
+    names = ("noop_get", "noop_post", "route", "route_fastapi", "pipeline", "features", "head")
     times = {name: np.empty((rounds, n), dtype=np.int64) for name in names}
     clock = time.perf_counter_ns
     async with app.router.lifespan_context(app):
@@ -108,8 +127,12 @@ async def _measure(artifact: Path, bodies: list[bytes], rounds: int) -> dict[str
                 ("GET", "/healthz"),
                 ("POST", "/__bench_noop"),
                 ("POST", "/route"),
+                ("POST", "/route (FastAPI)"),
             ):
-                status = await _call(app, method, path, b if method == "POST" else b"")
+                with _through_fastapi(app, path.endswith("(FastAPI)")):
+                    status = await _call(
+                        app, method, path.split()[0], b if method == "POST" else b""
+                    )
                 if status != 200:
                     raise RuntimeError(f"{method} {path} answered {status}")
         for r in range(rounds):
@@ -125,9 +148,14 @@ async def _measure(artifact: Path, bodies: list[bytes], rounds: int) -> dict[str
                     elif name == "route":
                         t0 = clock()
                         await _call(app, "POST", "/route", b)
+                    elif name == "route_fastapi":
+                        with _through_fastapi(app, True):
+                            t0 = clock()
+                            await _call(app, "POST", "/route", b)
                     elif name == "pipeline":
                         t0 = clock()
-                        query = build_query(RouteRequest.model_validate_json(b), limits)
+                        body = RouteRequest.model_validate(loads(b), from_attributes=True)
+                        query = build_query(body, limits)
                         orjson.dumps((await pipeline.route(query)).to_response())
                     elif name == "features":
                         t0 = clock()
@@ -149,11 +177,14 @@ def run(artifact: str | Path, *, n_prompts: int = 300, rounds: int = 5, seed: in
     us = {
         name: round(float(np.median(np.median(t, axis=0))) / 1000, 1) for name, t in times.items()
     }
-    own = round(us["route"] - us["noop_post"], 1)
     return {
         "params": {"n_prompts": len(bodies), "rounds": rounds, "seed": seed},
         "median_us": us,
-        "route_own_work_us": own,
+        "route_beyond_pipeline_us": round(us["route"] - us["pipeline"], 1),
         "route_over_noop_get": round(us["route"] / us["noop_get"], 2) if us["noop_get"] else None,
+        "route_fastapi_over_route": round(us["route_fastapi"] / us["route"], 2)
+        if us["route"]
+        else None,
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
         "targets": [],
     }

@@ -14,22 +14,28 @@ ORDER = (
     "long_inputs",
     "http",
     "breakdown",
+    "server_profile",
     "footprint",
+    "replicas",
     "artifact_io",
     "training",
     "training_full",
     "loop",
+    "loop_llmrouter_dcrouter",
 )
 _TITLES = {
     "decision": "Decision latency (in-process)",
     "long_inputs": "Long inputs",
     "http": "HTTP throughput",
     "breakdown": "Where a /route request's time goes (in-process, no server)",
+    "server_profile": "Where a served /route request's wall time goes (server under cProfile)",
     "footprint": "Serving footprint",
+    "replicas": "Several workers and replicas: Redis vs memory state, granian vs uvicorn",
     "artifact_io": "Artifact save and load (format 2 vs the old joblib format)",
     "training": "Training scale (default sizes)",
     "training_full": "Training scale (`--full`: 100k batch, 1M streaming)",
     "loop": "The learning loop, simulated on RouterBench",
+    "loop_llmrouter_dcrouter": "The learning loop, simulated on LLMRouter-DCRouter",
 }
 _STATUS = {True: "pass", False: "**miss**", None: "—"}
 
@@ -81,9 +87,11 @@ def _details(name: str, data: dict[str, Any]) -> list[str]:
             ("head_us", "(b) linear head"),
             ("decision_us", "(c) whole decision"),
             ("heuristic_us", "hand-rule router"),
+            ("content_router_us", "seed ContentRouter rules"),
         ):
-            s = data[key]
-            out.append(f"| {label} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} |")
+            s = data.get(key)
+            if s:  # results written before issue 13 have no ContentRouter row
+                out.append(f"| {label} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} |")
     elif name == "long_inputs":
         out += [
             "",
@@ -97,40 +105,63 @@ def _details(name: str, data: dict[str, Any]) -> list[str]:
                 f"| {h['median']:.2f} |"
             )
     elif name == "http":
+        load = data.get("load_avg", {})
         out += [
             "",
             f"Load generator: {data['params']['client']}; "
             f"{data['params']['rounds']} × {data['params']['duration_s']} s per endpoint and "
             "concurrency, interleaved. Server: one uvicorn process, "
-            f"{data['server'].get('http', '?')} + {data['server'].get('loop', '?')}.",
+            f"{data['server'].get('http', '?')} + {data['server'].get('loop', '?')}. "
+            f"Load average before / after: {load.get('before', '?')} / {load.get('after', '?')}.",
             "",
             "| concurrency | /route req/s | /route p50 / p99 ms | /healthz req/s "
-            "| /healthz p50 / p99 ms | /route ÷ /healthz |",
-            "|---|---|---|---|---|---|",
+            "| /healthz p50 / p99 ms | /route ÷ /healthz req/s | /route ÷ /healthz p50 |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for c, row in data["by_concurrency"].items():
+        rows = list(data["by_concurrency"].items())
+        if "long_prompt_c1" in data:
+            chars = data["params"].get("long_chars", 0)
+            rows.append((f"1, {chars:,}-character prompts", data["long_prompt_c1"]))
+        for c, row in rows:
             r, n = row["route"], row["noop"]
             out.append(
                 f"| {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} / {r['p99_ms']:.2f} | {n['rps']:.0f} "
-                f"| {n['p50_ms']:.2f} / {n['p99_ms']:.2f} | {row['route_fraction_of_noop']:.0%} |"
+                f"| {n['p50_ms']:.2f} / {n['p99_ms']:.2f} | {row['route_fraction_of_noop']:.0%} "
+                f"| {row.get('route_p50_over_noop_p50', float('nan')):.2f}× |"
             )
     elif name == "breakdown":
         us = data["median_us"]
         out += ["", "| µs (median) | |", "|---|---|"]
         for key, label in (
             ("noop_get", "GET /healthz (the HTTP benchmark's no-op)"),
-            ("noop_post", "POST with /route's body and signature, doing nothing"),
-            ("route", "POST /route"),
-            ("pipeline", "/route's work alone, in a loop (validate, normalise, 8 stages, render)"),
+            ("noop_post", "POST with /route's body and signature through FastAPI, doing nothing"),
+            ("route", "POST /route (the hot path)"),
+            ("route_fastapi", "POST /route through FastAPI's router and dependencies"),
+            ("pipeline", "/route's work alone, in a loop (decode, validate, 8 stages, render)"),
             ("features", "of which feature extraction"),
             ("head", "of which the linear head"),
         ):
             out.append(f"| {label} | {us[key]:.1f} |")
         out += [
             "",
-            f"/route's own work inside the app (route − no-op POST): {data['route_own_work_us']:.1f} µs; "
-            f"/route ÷ GET /healthz: {data['route_over_noop_get']}×.",
+            f"/route beyond its own work (route − pipeline): {data['route_beyond_pipeline_us']:.1f} µs; "
+            f"/route ÷ GET /healthz: {data['route_over_noop_get']}×; "
+            f"through FastAPI ÷ hot path: {data['route_fastapi_over_route']}×.",
         ]
+    elif name == "server_profile":
+        out += ["", "| ms per request (share of the server's time) | real prompts | long prompts |"]
+        out.append("|---|---|---|")
+        short, long = data["real_prompts"], data["long_prompts"]
+        for label, part in short["parts"].items():
+            other = long["parts"][label]
+            out.append(
+                f"| {label} | {part['ms_per_request']:.3f} ({part['share']:.0%}) "
+                f"| {other['ms_per_request']:.3f} ({other['share']:.0%}) |"
+            )
+        out.append(
+            f"| requests; client p50 (profiled) | {short['requests']}; {short['p50_ms']:.2f} ms "
+            f"| {long['requests']}; {long['p50_ms']:.2f} ms |"
+        )
     elif name in ("training", "training_full"):
         out += [
             "",

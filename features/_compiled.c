@@ -34,6 +34,22 @@
  * up to 8 bytes cost independent lookups instead of a chain of dependent ones (n-grams are a
  * few bytes each, and the chain's latency is most of their cost). */
 static uint32_t crc_table[8][256];
+/* Asks for a table's cache lines all at once. Between two requests the tables are evicted
+ * (other code runs); each CRC step waits on its table lookups, so cold lines would otherwise
+ * arrive one miss at a time. */
+static inline void
+prefetch_block(const void *start, size_t size)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    for (size_t k = 0; k < size; k += 64) {
+        __builtin_prefetch((const char *)start + k);
+    }
+#else
+    (void)start;
+    (void)size;
+#endif
+}
+
 /* zlib.crc32(b"w:") and zlib.crc32(b"c:"): crc32(data, crc32(prefix)) == crc32(prefix + data). */
 static uint32_t word_seed, char_seed;
 
@@ -504,6 +520,7 @@ hashed_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (parse_spec(args, &s) < 0) {
         return NULL;
     }
+    prefetch_block(crc_table, sizeof(crc_table));
     if (!PyList_Check(args[0]) && !PyTuple_Check(args[0])) { /* a str is not its characters */
         PyErr_SetString(PyExc_TypeError, "words must be a list of str");
         return NULL;
@@ -1052,12 +1069,1295 @@ keyword_counts(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return count_list(counts, n_counters);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * The whole dense block: the compiled twin of features.signals._dense_signals_python, in one
+ * call. Tokenisation, the character classes, the keyword groups, the arithmetic operators, the
+ * quantities, the counted characters and substrings, and every value's arithmetic (the same
+ * libm log1p and IEEE divisions as Python's float code) happen here. Five regexes stay Python's:
+ * they are called from here, and only when a gate the reference also applies lets them run
+ * (a code pattern's gate token, a backslash, a dollar, a brace), except the line-start pattern,
+ * which is tried only on lines whose first character could start a match.
+ */
+
+/* What signals.py passes, once per call: (lexicon, n_counters, n_groups, code_patterns,
+ * latex_cmd_re, latex_dollar_re, json_re, line_start_re, split_punct, tail_chars). */
+typedef struct {
+    PyObject *lexicon;
+    Py_ssize_t n_counters, n_groups;
+    PyObject *code_patterns; /* tuple: pattern j is gated by counter n_groups + j */
+    PyObject *latex_cmd, *latex_dollar, *json, *line_start;
+    PyObject *split_punct;
+    Py_ssize_t tail;
+} SignalSpec;
+
+#define SPEC_ITEMS 10
+
+static int
+parse_signal_spec(PyObject *spec, SignalSpec *s)
+{
+    if (!PyTuple_CheckExact(spec) || PyTuple_GET_SIZE(spec) != SPEC_ITEMS) {
+        PyErr_SetString(PyExc_TypeError, "spec must be the 10-tuple features.signals builds");
+        return -1;
+    }
+    s->lexicon = PyTuple_GET_ITEM(spec, 0);
+    s->code_patterns = PyTuple_GET_ITEM(spec, 3);
+    s->latex_cmd = PyTuple_GET_ITEM(spec, 4);
+    s->latex_dollar = PyTuple_GET_ITEM(spec, 5);
+    s->json = PyTuple_GET_ITEM(spec, 6);
+    s->line_start = PyTuple_GET_ITEM(spec, 7);
+    s->split_punct = PyTuple_GET_ITEM(spec, 8);
+    if (!PyDict_CheckExact(s->lexicon) || !PyTuple_CheckExact(s->code_patterns)
+        || !PyUnicode_Check(s->split_punct)) {
+        PyErr_SetString(PyExc_TypeError, "spec: malformed lexicon, patterns or punctuation");
+        return -1;
+    }
+    if (index_in(PyTuple_GET_ITEM(spec, 1), MAX_COUNTERS + 1, &s->n_counters) < 0
+        || index_in(PyTuple_GET_ITEM(spec, 2), s->n_counters + 1, &s->n_groups) < 0
+        || index_in(PyTuple_GET_ITEM(spec, 9), PY_SSIZE_T_MAX, &s->tail) < 0) {
+        return -1;
+    }
+    if (s->n_groups + PyTuple_GET_SIZE(s->code_patterns) > s->n_counters) {
+        PyErr_SetString(PyExc_ValueError, "spec: more code patterns than counters");
+        return -1;
+    }
+    return 0;
+}
+
+/* Splitting punctuation: an ASCII table and the sorted code points above it, rebuilt when
+ * signals.py passes a different string (it passes the same object every call). */
+static PyObject *punct_source = NULL;
+/* dense_signals calls in progress: Python code run by an allocation (a finalizer) could call
+ * dense_signals again with another spec while a scan still reads the tables, so a replaced
+ * table is freed only when no scan is running (else it is left alone: one spec in practice). */
+static int scans_running = 0;
+static unsigned char punct_ascii[128];
+static Py_UCS4 *punct_wide = NULL;
+static Py_ssize_t punct_wide_n = 0;
+
+static int
+ucs4_order(const void *a, const void *b)
+{
+    Py_UCS4 x = *(const Py_UCS4 *)a, y = *(const Py_UCS4 *)b;
+    return (x > y) - (x < y);
+}
+
+static int
+punct_load(PyObject *punct)
+{
+    if (punct == punct_source) {
+        return 0;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(punct);
+    Py_UCS4 *wide = PyMem_New(Py_UCS4, n > 0 ? n : 1);
+    if (wide == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memset(punct_ascii, 0, sizeof(punct_ascii));
+    Py_ssize_t n_wide = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ_CHAR(punct, i);
+        if (c < 128) {
+            punct_ascii[c] = 1;
+        }
+        else {
+            wide[n_wide++] = c;
+        }
+    }
+    qsort(wide, (size_t)n_wide, sizeof(Py_UCS4), ucs4_order);
+    Py_UCS4 *old_wide = punct_wide;
+    PyObject *old_source = punct_source;
+    punct_wide = wide;
+    punct_wide_n = n_wide;
+    punct_source = Py_NewRef(punct);
+    if (scans_running == 0) {
+        PyMem_Free(old_wide);
+        Py_XDECREF(old_source);
+    }
+    return 0;
+}
+
+static inline int
+is_split_punct(Py_UCS4 c)
+{
+    if (c < 128) {
+        return punct_ascii[c];
+    }
+    Py_ssize_t lo = 0, hi = punct_wide_n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (punct_wide[mid] < c) {
+            lo = mid + 1;
+        }
+        else {
+            hi = mid;
+        }
+    }
+    return lo < punct_wide_n && punct_wide[lo] == c;
+}
+
+/* The lexicon's keys in a table of our own, so that a word is looked up from its characters
+ * while it is being cut, without hashing a new str with SipHash and probing the dict: most of
+ * the keyword step's cost. Built from the dict signals.py passes (the same object every call,
+ * never changed), and rebuilt when another is passed. Keys compare by code points, which is
+ * str equality; a lexicon with a key that is not an exact str is looked up in the dict. */
+typedef struct {
+    Py_UCS4 *chars; /* NULL: a free slot */
+    Py_ssize_t length;
+    uint64_t hash;
+    PyObject *entry;
+    /* An entry of single-word groups only (most are) is counted from these, without reading
+     * its tuples again; -1: count the entry itself (phrases, or a malformed entry, which
+     * raises then as it would from the dict). */
+    int n_singles;
+    int16_t singles[4];
+} LexSlot;
+
+/* The singles of a well-formed entry without phrases, checked against n_counters. */
+static void
+lex_singles(LexSlot *slot, Py_ssize_t n_counters)
+{
+    slot->n_singles = -1;
+    PyObject *e = slot->entry;
+    if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 2
+        || !PyTuple_CheckExact(PyTuple_GET_ITEM(e, 0))
+        || !PyTuple_CheckExact(PyTuple_GET_ITEM(e, 1))
+        || PyTuple_GET_SIZE(PyTuple_GET_ITEM(e, 1)) != 0
+        || PyTuple_GET_SIZE(PyTuple_GET_ITEM(e, 0)) > 4) {
+        return;
+    }
+    PyObject *singles = PyTuple_GET_ITEM(e, 0);
+    for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(singles); k++) {
+        PyObject *group = PyTuple_GET_ITEM(singles, k);
+        Py_ssize_t g = PyLong_CheckExact(group) ? PyLong_AsSsize_t(group) : -1;
+        if (g < 0 || g >= n_counters) {
+            PyErr_Clear();
+            return;
+        }
+        slot->singles[k] = (int16_t)g;
+    }
+    slot->n_singles = (int)PyTuple_GET_SIZE(singles);
+}
+
+static PyObject *lex_source = NULL; /* the dict the table was built from (held) */
+static Py_ssize_t lex_counters = -1; /* the n_counters its singles were checked against */
+/* One bit per key hash, 512 bytes: most words are no key, and this says so from a block small
+ * enough to stay cached, where a probe of the table would miss the cache once per word. */
+#define LEX_BITS 4096
+static uint64_t lex_bits[LEX_BITS / 64];
+#define LEX_BIT(h) ((size_t)((h) >> 52) & (LEX_BITS - 1))
+static LexSlot *lex_slots = NULL;
+static size_t lex_mask = 0;
+static int lex_use_dict = 0;
+
+#define FNV_START 0xcbf29ce484222325ull
+#define FNV_STEP(h, c) (((h) ^ (uint64_t)(c)) * 0x100000001b3ull)
+
+/* Frees a detached table (its globals already point elsewhere), unless a scan may read it. */
+static void
+lex_free(LexSlot *slots, size_t mask, PyObject *source)
+{
+    if (scans_running > 0) {
+        return;
+    }
+    for (size_t k = 0; slots != NULL && k <= mask; k++) {
+        PyMem_Free(slots[k].chars);
+        Py_XDECREF(slots[k].entry);
+    }
+    PyMem_Free(slots);
+    Py_XDECREF(source);
+}
+
+static int
+lex_load(PyObject *lexicon, Py_ssize_t n_counters)
+{
+    if (lexicon == lex_source && n_counters == lex_counters) {
+        return 0;
+    }
+    LexSlot *old_slots = lex_slots;
+    PyObject *old_source = lex_source;
+    size_t old_mask = lex_mask;
+    lex_slots = NULL;
+    lex_source = NULL; /* until the new table is complete */
+    lex_use_dict = 0;
+    memset(lex_bits, 0, sizeof(lex_bits));
+    lex_free(old_slots, old_mask, old_source);
+    size_t size = 16;
+    while (size < (size_t)PyDict_GET_SIZE(lexicon) * 2 + 1) {
+        size <<= 1;
+    }
+    LexSlot *slots = PyMem_Calloc(size, sizeof(LexSlot));
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(lexicon, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key)) {
+            lex_use_dict = 1;
+            continue;
+        }
+        Py_ssize_t length = PyUnicode_GET_LENGTH(key);
+        Py_UCS4 *chars = PyUnicode_AsUCS4Copy(key);
+        if (chars == NULL) {
+            lex_free(slots, size - 1, NULL);
+            return -1;
+        }
+        uint64_t h = FNV_START;
+        for (Py_ssize_t k = 0; k < length; k++) {
+            h = FNV_STEP(h, chars[k]);
+        }
+        size_t j = (size_t)h & (size - 1);
+        while (slots[j].chars != NULL) {
+            j = (j + 1) & (size - 1);
+        }
+        slots[j] = (LexSlot){chars, length, h, Py_NewRef(value), -1, {0}};
+        lex_singles(&slots[j], n_counters);
+        lex_bits[LEX_BIT(h) / 64] |= (uint64_t)1 << (LEX_BIT(h) % 64);
+    }
+    lex_slots = slots;
+    lex_mask = size - 1;
+    lex_source = Py_NewRef(lexicon);
+    lex_counters = n_counters;
+    return 0;
+}
+
+/* The slot of the word data[start : end], or NULL when it is not a key. */
+static ALWAYS_INLINE const LexSlot *
+lex_find_kind(int kind, const void *data, Py_ssize_t start, Py_ssize_t end, uint64_t h)
+{
+    if (!(lex_bits[LEX_BIT(h) / 64] >> (LEX_BIT(h) % 64) & 1)) {
+        return NULL;
+    }
+    for (size_t j = (size_t)h & lex_mask;; j = (j + 1) & lex_mask) {
+        const LexSlot *slot = &lex_slots[j];
+        if (slot->chars == NULL) {
+            return NULL;
+        }
+        if (slot->hash == h && slot->length == end - start) {
+            Py_ssize_t k = 0;
+            while (k < slot->length && slot->chars[k] == PyUnicode_READ(kind, data, start + k)) {
+                k++;
+            }
+            if (k == slot->length) {
+                return slot;
+            }
+        }
+    }
+}
+
+/* signals.tokenize: the maximal runs of characters that are neither whitespace (str.split's
+ * and re's \s, both Py_UNICODE_ISSPACE) nor splitting punctuation, as new str, with each
+ * word's lexicon entry (borrowed from the table; NULL when none) in `entries`. Adds the
+ * total length of the words to *chars. */
+static ALWAYS_INLINE int
+tokenize_kind(int kind, PyObject *lower, PyObject *words, const LexSlot ***entries,
+              Py_ssize_t *capacity, Py_ssize_t *chars)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(lower);
+    const void *data = PyUnicode_DATA(lower);
+    Py_ssize_t start = -1;
+    uint64_t h = FNV_START;
+    for (Py_ssize_t i = 0; i <= n; i++) {
+        int split = 1;
+        Py_UCS4 c = 0;
+        if (i < n) {
+            c = PyUnicode_READ(kind, data, i);
+            split = Py_UNICODE_ISSPACE(c) || is_split_punct(c);
+        }
+        if (!split) {
+            if (start < 0) {
+                start = i;
+                h = FNV_START;
+            }
+            h = FNV_STEP(h, c);
+            continue;
+        }
+        if (start < 0) {
+            continue;
+        }
+        Py_ssize_t j = PyList_GET_SIZE(words);
+        if (j == *capacity) {
+            Py_ssize_t grown = *capacity * 2;
+            const LexSlot **more = PyMem_Resize(*entries, const LexSlot *, grown);
+            if (more == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            *entries = more;
+            *capacity = grown;
+        }
+        (*entries)[j] = lex_find_kind(kind, data, start, i, h);
+        PyObject *word = PyUnicode_Substring(lower, start, i);
+        if (word == NULL || PyList_Append(words, word) < 0) {
+            Py_XDECREF(word);
+            return -1;
+        }
+        Py_DECREF(word);
+        *chars += i - start;
+        start = -1;
+    }
+    return 0;
+}
+
+/* The words of `lower` and their keyword counts (signals._keyword_counts_python), with the
+ * table lex_load built from `lexicon`. */
+static PyObject *
+words_and_keywords(PyObject *lower, PyObject *lexicon, Py_ssize_t n_counters,
+                   Py_ssize_t *counters, Py_ssize_t *chars)
+{
+    PyObject *words = PyList_New(0);
+    Py_ssize_t capacity = 64;
+    const LexSlot **entries = PyMem_New(const LexSlot *, capacity);
+    if (words == NULL || entries == NULL) {
+        Py_XDECREF(words);
+        PyMem_Free(entries);
+        return PyErr_NoMemory();
+    }
+    int status;
+    switch (PyUnicode_KIND(lower)) {
+    case PyUnicode_1BYTE_KIND:
+        status = tokenize_kind(PyUnicode_1BYTE_KIND, lower, words, &entries, &capacity, chars);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        status = tokenize_kind(PyUnicode_2BYTE_KIND, lower, words, &entries, &capacity, chars);
+        break;
+    default:
+        status = tokenize_kind(PyUnicode_4BYTE_KIND, lower, words, &entries, &capacity, chars);
+        break;
+    }
+    if (status == 0) {
+        if (lex_use_dict) {
+            status = count_keywords(words, lexicon, n_counters, counters);
+        }
+        else {
+            /* The table holds its own references to the entries: none can go away here. */
+            for (Py_ssize_t i = 0; status == 0 && i < PyList_GET_SIZE(words); i++) {
+                const LexSlot *slot = entries[i];
+                if (slot == NULL) {
+                    continue;
+                }
+                if (slot->n_singles < 0) {
+                    status = count_entry(words, i, slot->entry, n_counters, counters);
+                    continue;
+                }
+                for (int k = 0; k < slot->n_singles; k++) {
+                    counters[slot->singles[k]]++;
+                }
+            }
+        }
+    }
+    PyMem_Free(entries);
+    if (status < 0) {
+        Py_DECREF(words);
+        return NULL;
+    }
+    return words;
+}
+
+/* What one pass over the window counts besides the character classes. */
+typedef struct {
+    Py_ssize_t classes[N_CLASSES];
+    Py_ssize_t fences, questions, percents, commas;
+    int backslash, dollar, brace, colon, w; /* seen at all */
+} WindowCounts;
+
+static ALWAYS_INLINE void
+window_counts_kind(int kind, const void *data, Py_ssize_t n, WindowCounts *w)
+{
+    Py_ssize_t ticks = 0; /* backticks in the current run: str.count("```") takes run // 3 */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        w->classes[c < 256 ? latin1_class[c] : script_class(c)]++;
+        if (c == '`') {
+            ticks++;
+            continue;
+        }
+        w->fences += ticks / 3;
+        ticks = 0;
+        switch (c) {
+        case '?':
+        case 0xFF1F:
+            w->questions++;
+            break;
+        case '%':
+            w->percents++;
+            break;
+        case ',':
+            w->commas++;
+            break;
+        case '\\':
+            w->backslash = 1;
+            break;
+        case '$':
+            w->dollar = 1;
+            break;
+        case '{':
+            w->brace = 1;
+            break;
+        case ':':
+            w->colon = 1;
+            break;
+        case 'w':
+        case 'W':
+            w->w = 1;
+            break;
+        default:
+            break;
+        }
+    }
+    w->fences += ticks / 3;
+}
+
+#define AT(i) PyUnicode_READ(kind, data, (i))
+
+/* signals._arithmetic: per operator, findall of op(?:(?<=\d.)|(?<=\d[ \t].))[ \t]?(?=\d). A
+ * match is the operator (and one space or tab after it), never another operator, so the
+ * matches are exactly the operators with a digit before (optionally one space or tab between)
+ * and a digit after (likewise). */
+static ALWAYS_INLINE Py_ssize_t
+arithmetic_kind(int kind, const void *data, Py_ssize_t n)
+{
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 1; i + 1 < n; i++) {
+        Py_UCS4 c = AT(i);
+        if (!(c == '+' || c == '-' || c == '*' || c == '/' || c == '^' || c == '=' || c == 0xD7
+              || c == 0xF7)) {
+            continue;
+        }
+        Py_UCS4 before = AT(i - 1), after = AT(i + 1);
+        int left = IS_DIGIT(before)
+                   || ((before == ' ' || before == '\t') && i >= 2 && IS_DIGIT(AT(i - 2)));
+        int right = IS_DIGIT(after)
+                    || ((after == ' ' || after == '\t') && i + 2 < n && IS_DIGIT(AT(i + 2)));
+        count += left && right;
+    }
+    return count;
+}
+
+/* The line-start prefilter: whether signals._LINE_START_RE could match a line whose first
+ * character after spaces and tabs is at q. It only rules lines out (the pattern itself decides
+ * the rest), and never on a character beyond ASCII: those may be Unicode digits, or letters
+ * such as "ı" or "ſ" that (?i) matches to ASCII ones. */
+
+/* After a marker word: whether (?:[ \t]{0,3}#?\d{1,3})?[ \t*]{0,3}: could follow from t, i.e.
+ * whether a ":" (or a non-ASCII character) comes within 10 characters of [ \t*#0-9]. */
+static ALWAYS_INLINE int
+marker_tail_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t t)
+{
+    for (Py_ssize_t k = t; k < n && k <= t + 10; k++) {
+        Py_UCS4 c = AT(k);
+        if (c == ':' || c >= 128) {
+            return 1;
+        }
+        if (!(c == ' ' || c == '\t' || c == '*' || c == '#' || (c >= '0' && c <= '9'))) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* Whether `word` (lower-case ASCII) is at q in any case, then a marker tail could follow. */
+static ALWAYS_INLINE int
+marker_at_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t q, const char *word)
+{
+    for (; *word; word++, q++) {
+        if (q >= n) {
+            return 0;
+        }
+        Py_UCS4 c = AT(q);
+        if (c >= 128) {
+            return 1;
+        }
+        if ((c | 0x20) != (Py_UCS4)*word || !((c | 0x20) >= 'a' && (c | 0x20) <= 'z')) {
+            return 0;
+        }
+    }
+    return marker_tail_kind(kind, data, n, q);
+}
+
+static ALWAYS_INLINE int
+line_may_start_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t q)
+{
+    Py_UCS4 c = AT(q);
+    if (c >= 128 || c == '#' || c == '*') {
+        return 1;
+    }
+    Py_UCS4 next = q + 1 < n ? AT(q + 1) : 0;
+    if (c >= '0' && c <= '9') { /* a step: \d{1,3}[.)][ \t] */
+        for (Py_ssize_t k = q + 1; k < n && k <= q + 3; k++) {
+            Py_UCS4 d = AT(k);
+            if (d >= 128) {
+                return 1;
+            }
+            if (d == '.' || d == ')') {
+                return k + 1 < n && (AT(k + 1) == ' ' || AT(k + 1) == '\t');
+            }
+            if (!(d >= '0' && d <= '9')) {
+                return 0;
+            }
+        }
+        return 0;
+    }
+    if (c == '(') { /* an option: \([A-Ha-h]\) */
+        return q + 2 < n && ((next >= 'A' && next <= 'H') || (next >= 'a' && next <= 'h'))
+               && AT(q + 2) == ')';
+    }
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z'))) {
+        return 0;
+    }
+    Py_UCS4 lc = c | 0x20;
+    if (lc <= 'h' && (next == '.' || next == ')')) { /* an option: [A-Ha-h][.)] */
+        return 1;
+    }
+    switch (lc) {
+    case 'q':
+        return marker_at_kind(kind, data, n, q, "q") || marker_at_kind(kind, data, n, q, "question");
+    case 'a':
+        return marker_at_kind(kind, data, n, q, "a") || marker_at_kind(kind, data, n, q, "answer");
+    case 'i':
+        return marker_at_kind(kind, data, n, q, "input");
+    case 'o':
+        return marker_at_kind(kind, data, n, q, "output");
+    case 'e':
+        return marker_at_kind(kind, data, n, q, "example");
+    case 's':
+        return marker_at_kind(kind, data, n, q, "solution");
+    case 'p':
+        return marker_at_kind(kind, data, n, q, "problem");
+    default:
+        return 0;
+    }
+}
+
+/* signals._LINE_START_RE's few-shot markers, in the pattern's order. */
+static const char *const marker_words[] = {
+    "q", "a", "question", "answer", "input", "output", "example", "solution", "problem",
+};
+#define N_MARKER_WORDS ((int)(sizeof(marker_words) / sizeof(marker_words[0])))
+static PyObject *marker_strs[N_MARKER_WORDS];
+
+#define IS_BLANK(c) ((c) == ' ' || (c) == '\t')
+#define IS_ASCII_DIGIT(c) ((c) >= '0' && (c) <= '9')
+#define IS_OPTION(c) (((c) >= 'A' && (c) <= 'H') || ((c) >= 'a' && (c) <= 'h'))
+
+/* [ \t*]{0,3}: at j. */
+static ALWAYS_INLINE int
+colon_after_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t j)
+{
+    for (Py_ssize_t b = 0; b <= 3 && j + b < n; b++) {
+        Py_UCS4 c = AT(j + b);
+        if (c == ':') {
+            return 1;
+        }
+        if (!(IS_BLANK(c) || c == '*')) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+/* (?:[ \t]{0,3}#?\d{1,3})?[ \t*]{0,3}: at t, on ASCII text: whether any path matches. */
+static ALWAYS_INLINE int
+marker_tail_ascii_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t t)
+{
+    if (colon_after_kind(kind, data, n, t)) {
+        return 1;
+    }
+    for (Py_ssize_t a = 0; a <= 3; a++) {
+        if (a > 0 && !(t + a - 1 < n && IS_BLANK(AT(t + a - 1)))) {
+            break;
+        }
+        for (int hash = 0; hash <= 1; hash++) {
+            Py_ssize_t d0 = t + a + hash;
+            if (hash && !(t + a < n && AT(t + a) == '#')) {
+                continue;
+            }
+            for (Py_ssize_t d = 1; d <= 3 && d0 + d - 1 < n && IS_ASCII_DIGIT(AT(d0 + d - 1)); d++) {
+                if (colon_after_kind(kind, data, n, d0 + d)) {
+                    return 1;
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* What _LINE_START_RE matches at the newline p (-1: the one before the window) when the line's
+ * first characters are ASCII, where its (?i) and \d mean plain ASCII: 0 nothing, 1 a step, 2 an
+ * option, 3 + k the marker word k. The line's first character after spaces and tabs is at q.
+ * Its alternatives are tried in order at the longest run of spaces and tabs ([ \t]{0,8}), and
+ * a shorter run only lets the marker's own [ \t]{0,3} take the rest. */
+static ALWAYS_INLINE int
+line_match_ascii_kind(int kind, const void *data, Py_ssize_t n, Py_ssize_t p, Py_ssize_t q)
+{
+    Py_ssize_t spaces = q - (p + 1);
+    Py_UCS4 c = AT(q);
+    if (spaces <= 8) {
+        Py_ssize_t r = 0; /* \d{1,3}[.)][ \t] */
+        while (r <= 3 && q + r < n && IS_ASCII_DIGIT(AT(q + r))) {
+            r++;
+        }
+        if (r >= 1 && r <= 3 && q + r + 1 < n && (AT(q + r) == '.' || AT(q + r) == ')')
+            && IS_BLANK(AT(q + r + 1))) {
+            return 1;
+        }
+        Py_ssize_t e = -1; /* (?:\([A-Ha-h]\)|[A-Ha-h][.)])(?=[ \t\r\n]|$) */
+        if (c == '(' && q + 2 < n && IS_OPTION(AT(q + 1)) && AT(q + 2) == ')') {
+            e = q + 3;
+        }
+        else if (IS_OPTION(c) && q + 1 < n && (AT(q + 1) == '.' || AT(q + 1) == ')')) {
+            e = q + 2;
+        }
+        if (e >= 0) {
+            if (e == n) {
+                return 2;
+            }
+            Py_UCS4 next = AT(e);
+            if (IS_BLANK(next) || next == '\r' || next == '\n') {
+                return 2;
+            }
+        }
+    }
+    /* [#*]{0,4}[ \t]{0,3}(?i:marker)tail */
+    Py_ssize_t at = q;
+    if (c == '#' || c == '*') {
+        if (spaces > 8) {
+            return 0;
+        }
+        while (at < n && at - q <= 4 && (AT(at) == '#' || AT(at) == '*')) {
+            at++;
+        }
+        if (at - q > 4) {
+            return 0;
+        }
+        Py_ssize_t blank = at;
+        while (at < n && at - blank <= 3 && IS_BLANK(AT(at))) {
+            at++;
+        }
+        if (at - blank > 3) {
+            return 0;
+        }
+    }
+    else if (spaces > 11) {
+        return 0;
+    }
+    for (int k = 0; k < N_MARKER_WORDS; k++) {
+        const char *w = marker_words[k];
+        Py_ssize_t j = at;
+        while (*w && j < n && (AT(j) | 0x20) == (Py_UCS4)*w
+               && ((AT(j) | 0x20) >= 'a' && (AT(j) | 0x20) <= 'z')) {
+            w++;
+            j++;
+        }
+        if (*w == '\0' && marker_tail_ascii_kind(kind, data, n, j)) {
+            return 3 + k;
+        }
+    }
+    return 0;
+}
+
+/* The lines that may start a match (see line_may_start_kind): decided here when their first
+ * 40 characters are ASCII (the pattern reads at most 27 after the spaces and tabs), counted
+ * into `decided` (steps, options, then per marker word); the others' newline positions go to
+ * `starts` for the pattern itself. Returns how many went to `starts`. */
+static ALWAYS_INLINE Py_ssize_t
+line_candidates_kind(int kind, const void *data, Py_ssize_t n, int ascii, Py_ssize_t *starts,
+                     Py_ssize_t *decided)
+{
+    Py_ssize_t found = 0;
+    for (Py_ssize_t p = -1; p < n; p++) {
+        if (p >= 0 && AT(p) != '\n') {
+            continue;
+        }
+        Py_ssize_t q = p + 1;
+        while (q < n && IS_BLANK(AT(q))) {
+            q++;
+        }
+        if (q >= n || !line_may_start_kind(kind, data, n, q)) {
+            continue;
+        }
+        int plain = ascii;
+        for (Py_ssize_t k = q; !plain && k < n && k < q + 40; k++) {
+            if (AT(k) >= 128) {
+                break;
+            }
+            plain = k + 1 == n || k + 1 == q + 40;
+        }
+        if (!plain) {
+            starts[found++] = p;
+            continue;
+        }
+        int what = line_match_ascii_kind(kind, data, n, p, q);
+        if (what) {
+            decided[what - 1]++;
+        }
+    }
+    return found;
+}
+
+#undef AT
+
+static PyObject *str_findall, *str_match, *str_lower, *str_groups, *str_newline;
+static PyObject *str_scheme, *str_www, *str_scheme_www;
+
+static Py_ssize_t
+findall_count(PyObject *pattern, PyObject *text)
+{
+    PyObject *found = PyObject_CallMethodOneArg(pattern, str_findall, text);
+    if (found == NULL) {
+        return -1;
+    }
+    Py_ssize_t count = PyObject_Length(found);
+    Py_DECREF(found);
+    return count;
+}
+
+/* signals._line_starts: numbered steps, options, and repeats of few-shot markers (per
+ * lower-cased marker, occurrences - 1), from the lines decided in C (`decided`: steps,
+ * options, per marker word) and the pattern run on the others (`starts`). */
+static int
+line_starts(const SignalSpec *s, PyObject *window, const Py_ssize_t *starts, Py_ssize_t found,
+            const Py_ssize_t *decided, Py_ssize_t out[3])
+{
+    out[0] = decided[0];
+    out[1] = decided[1];
+    Py_ssize_t n_markers = 0;
+    for (int k = 0; k < N_MARKER_WORDS; k++) {
+        n_markers += decided[2 + k];
+    }
+    if (found == 0 && n_markers == 0) {
+        return 0;
+    }
+    PyObject *markers = PySet_New(NULL);
+    if (markers == NULL) {
+        return -1;
+    }
+    for (int k = 0; k < N_MARKER_WORDS; k++) {
+        if (decided[2 + k] && PySet_Add(markers, marker_strs[k]) < 0) {
+            goto fail;
+        }
+    }
+    for (Py_ssize_t k = 0; k < found; k++) {
+        PyObject *m;
+        if (starts[k] >= 0) {
+            PyObject *pos = PyLong_FromSsize_t(starts[k]);
+            if (pos == NULL) {
+                goto fail;
+            }
+            m = PyObject_CallMethodObjArgs(s->line_start, str_match, window, pos, NULL);
+            Py_DECREF(pos);
+        }
+        else {
+            /* "\n" + the window's first line (and its newline): the pattern never reads past
+             * the character after a line, and "$" there agrees with the "\n" that follows. */
+            Py_ssize_t n = PyUnicode_GET_LENGTH(window);
+            Py_ssize_t end = PyUnicode_FindChar(window, '\n', 0, n, 1);
+            if (end == -2) {
+                goto fail;
+            }
+            PyObject *line = PyUnicode_Substring(window, 0, end < 0 ? n : end + 1);
+            PyObject *first = line == NULL ? NULL : PyUnicode_Concat(str_newline, line);
+            Py_XDECREF(line);
+            if (first == NULL) {
+                goto fail;
+            }
+            m = PyObject_CallMethodOneArg(s->line_start, str_match, first);
+            Py_DECREF(first);
+        }
+        if (m == NULL) {
+            goto fail;
+        }
+        if (m == Py_None) {
+            Py_DECREF(m);
+            continue;
+        }
+        PyObject *groups = PyObject_CallMethodNoArgs(m, str_groups);
+        Py_DECREF(m);
+        if (groups == NULL) {
+            goto fail;
+        }
+        if (!PyTuple_Check(groups) || PyTuple_GET_SIZE(groups) != 3) {
+            Py_DECREF(groups);
+            PyErr_SetString(PyExc_TypeError, "the line-start pattern must have 3 groups");
+            goto fail;
+        }
+        if (PyTuple_GET_ITEM(groups, 0) != Py_None) {
+            out[0]++;
+        }
+        else if (PyTuple_GET_ITEM(groups, 1) != Py_None) {
+            out[1]++;
+        }
+        else {
+            PyObject *lowered = PyObject_CallMethodNoArgs(PyTuple_GET_ITEM(groups, 2), str_lower);
+            int added = lowered == NULL ? -1 : PySet_Add(markers, lowered);
+            Py_XDECREF(lowered);
+            if (added < 0) {
+                Py_DECREF(groups);
+                goto fail;
+            }
+            n_markers++;
+        }
+        Py_DECREF(groups);
+    }
+    out[2] = n_markers - PySet_GET_SIZE(markers);
+    Py_DECREF(markers);
+    return 0;
+fail:
+    Py_DECREF(markers);
+    return -1;
+}
+
+/* math.log1p of a float, errors included. */
+static int
+log1p_of(double x, double *out)
+{
+    if (x <= -1.0) {
+        PyErr_SetString(PyExc_ValueError, "math domain error");
+        return -1;
+    }
+    *out = x == 0.0 ? x : log1p(x);
+    return 0;
+}
+
+static int
+log1p_obj(PyObject *obj, double *out)
+{
+    double x = PyFloat_AsDouble(obj);
+    if (x == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    return log1p_of(x, out);
+}
+
+#define N_LENGTH 9
+#define N_COUNTS 10
+#define N_RATIOS 4
+#define N_SCRIPTS 6
+#define N_QUANTITIES 8
+
+/* round(n_words * n_chars / n_window), with Python's exact int arithmetic and rounding. */
+static int
+extrapolated_words(Py_ssize_t n_words, Py_ssize_t n_chars, Py_ssize_t n_window, double *out)
+{
+    PyObject *a = PyLong_FromSsize_t(n_words), *b = PyLong_FromSsize_t(n_chars);
+    PyObject *c = PyLong_FromSsize_t(n_window);
+    PyObject *product = a && b ? PyNumber_Multiply(a, b) : NULL;
+    PyObject *ratio = product && c ? PyNumber_TrueDivide(product, c) : NULL;
+    PyObject *rounded = ratio ? PyObject_CallMethod(ratio, "__round__", NULL) : NULL;
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(c);
+    Py_XDECREF(product);
+    Py_XDECREF(ratio);
+    if (rounded == NULL) {
+        return -1;
+    }
+    *out = PyFloat_AsDouble(rounded);
+    Py_DECREF(rounded);
+    return *out == -1.0 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* The window's counts, everything dense_signals reads from it. */
+typedef struct {
+    WindowCounts w;
+    Py_ssize_t arithmetic, code, latex, urls, json, lines[3];
+    Quantities q;
+} Scan;
+
+static int
+scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
+                const Py_ssize_t *counters, Scan *out)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(window);
+    const void *data = PyUnicode_DATA(window);
+    int kind = PyUnicode_KIND(window);
+    Py_ssize_t *starts = PyMem_New(Py_ssize_t, n + 1);
+    if (starts == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t found;
+    Py_ssize_t decided[2 + N_MARKER_WORDS] = {0};
+    int ascii = PyUnicode_IS_ASCII(window);
+    SpanSet set;
+    memset(set.local, 0, sizeof(set.local));
+    set.slots = set.local;
+    set.mask = sizeof(set.local) / sizeof(set.local[0]) - 1;
+    set.used = 0;
+    int status = 0;
+    switch (kind) {
+    case PyUnicode_1BYTE_KIND:
+        window_counts_kind(PyUnicode_1BYTE_KIND, data, n, &out->w);
+        found = line_candidates_kind(PyUnicode_1BYTE_KIND, data, n, ascii, starts, decided);
+        out->arithmetic = out->w.classes[C_DIGIT] > 1
+                              ? arithmetic_kind(PyUnicode_1BYTE_KIND, data, n) : 0;
+        status = quantities_kind(PyUnicode_1BYTE_KIND, data, n, out->w.classes[C_DIGIT] > 0,
+                                 &out->q, &set);
+        break;
+    case PyUnicode_2BYTE_KIND:
+        window_counts_kind(PyUnicode_2BYTE_KIND, data, n, &out->w);
+        found = line_candidates_kind(PyUnicode_2BYTE_KIND, data, n, ascii, starts, decided);
+        out->arithmetic = out->w.classes[C_DIGIT] > 1
+                              ? arithmetic_kind(PyUnicode_2BYTE_KIND, data, n) : 0;
+        status = quantities_kind(PyUnicode_2BYTE_KIND, data, n, out->w.classes[C_DIGIT] > 0,
+                                 &out->q, &set);
+        break;
+    default:
+        window_counts_kind(PyUnicode_4BYTE_KIND, data, n, &out->w);
+        found = line_candidates_kind(PyUnicode_4BYTE_KIND, data, n, ascii, starts, decided);
+        out->arithmetic = out->w.classes[C_DIGIT] > 1
+                              ? arithmetic_kind(PyUnicode_4BYTE_KIND, data, n) : 0;
+        status = quantities_kind(PyUnicode_4BYTE_KIND, data, n, out->w.classes[C_DIGIT] > 0,
+                                 &out->q, &set);
+        break;
+    }
+    if (set.slots != set.local) {
+        PyMem_Free(set.slots);
+    }
+    if (status < 0 || line_starts(s, window, starts, found, decided, out->lines) < 0) {
+        PyMem_Free(starts);
+        return -1;
+    }
+    PyMem_Free(starts);
+
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(s->code_patterns); j++) {
+        if (counters[s->n_groups + j]) {
+            Py_ssize_t c = findall_count(PyTuple_GET_ITEM(s->code_patterns, j), window);
+            if (c < 0) {
+                return -1;
+            }
+            out->code += c;
+        }
+    }
+    if (out->w.backslash) {
+        Py_ssize_t c = findall_count(s->latex_cmd, window);
+        if (c < 0) {
+            return -1;
+        }
+        out->latex += c;
+    }
+    if (out->w.dollar) {
+        Py_ssize_t c = findall_count(s->latex_dollar, window);
+        if (c < 0) {
+            return -1;
+        }
+        out->latex += c;
+    }
+    if (out->w.brace && (out->json = findall_count(s->json, window)) < 0) {
+        return -1;
+    }
+    /* URLs on the lower-cased window, as str.count counts: "://", plus "www." not preceded by
+     * "://". Lower-casing makes no ":" and no "w" but from "W", so without them there is none. */
+    Py_ssize_t len = PyUnicode_GET_LENGTH(lower), urls = 0;
+    if (out->w.colon && (urls = PyUnicode_Count(lower, str_scheme, 0, len)) < 0) {
+        return -1;
+    }
+    Py_ssize_t www = out->w.w ? PyUnicode_Count(lower, str_www, 0, len) : 0;
+    if (www < 0) {
+        return -1;
+    }
+    if (www && urls) {
+        Py_ssize_t both = PyUnicode_Count(lower, str_scheme_www, 0, len);
+        if (both < 0) {
+            return -1;
+        }
+        www -= both;
+    }
+    urls += www;
+    out->urls = urls;
+    return 0;
+}
+
+PyDoc_STRVAR(dense_signals_doc,
+"dense_signals(text, last_user_chars, turns, images, has_system, max_scan_chars, spec)\n"
+"    -> (values, words)\n\n"
+"The dense feature values (float64 bytes in a bytearray) and the scan window's word tokens,\n"
+"exactly as features.signals._dense_signals_python gives them; `spec` is the tuple\n"
+"features.signals builds once (lexicon, patterns, punctuation).");
+
+static PyObject *
+dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "dense_signals takes 7 arguments, got %zd", nargs);
+        return NULL;
+    }
+    PyObject *text = args[0];
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "dense_signals: text must be a str");
+        return NULL;
+    }
+    SignalSpec s;
+    Py_ssize_t last_user_chars, max_scan;
+    if (index_in(args[1], PY_SSIZE_T_MAX, &last_user_chars) < 0
+        || index_in(args[5], PY_SSIZE_T_MAX, &max_scan) < 0 || parse_signal_spec(args[6], &s) < 0
+        || punct_load(s.split_punct) < 0 || lex_load(s.lexicon, s.n_counters) < 0) {
+        return NULL;
+    }
+    prefetch_block(lex_bits, sizeof(lex_bits));
+    prefetch_block(latin1_class, sizeof(latin1_class));
+    if (PyUnicode_READY(text) < 0) {
+        return NULL;
+    }
+    double values[2 * (N_LENGTH + N_COUNTS + N_RATIOS + MAX_COUNTERS + N_SCRIPTS + N_QUANTITIES)
+                  + 1];
+    Py_ssize_t n_chars = PyUnicode_GET_LENGTH(text);
+    /* signals.scan_window */
+    PyObject *window;
+    if (max_scan > PY_SSIZE_T_MAX - s.tail || n_chars <= max_scan + s.tail) {
+        window = Py_NewRef(text);
+    }
+    else {
+        PyObject *head = PyUnicode_Substring(text, 0, max_scan);
+        PyObject *tail = PyUnicode_Substring(text, n_chars - s.tail, n_chars);
+        PyObject *joined = head ? PyUnicode_Concat(head, str_newline) : NULL;
+        window = joined && tail ? PyUnicode_Concat(joined, tail) : NULL;
+        Py_XDECREF(head);
+        Py_XDECREF(tail);
+        Py_XDECREF(joined);
+        if (window == NULL) {
+            return NULL;
+        }
+    }
+    PyObject *lower = NULL, *words = NULL, *result = NULL;
+    Py_ssize_t counters[MAX_COUNTERS];
+    memset(counters, 0, sizeof(counters));
+    scans_running++; /* from here on, Python code may run (allocations, regexes) */
+    lower = PyObject_CallMethodNoArgs(window, str_lower);
+    if (lower == NULL) {
+        goto done;
+    }
+    if (!PyUnicode_Check(lower)) {
+        PyErr_SetString(PyExc_TypeError, "dense_signals: lower() must return a str");
+        goto done;
+    }
+    Py_ssize_t word_chars = 0;
+    words = words_and_keywords(lower, s.lexicon, s.n_counters, counters, &word_chars);
+    if (words == NULL) {
+        goto done;
+    }
+    Scan scan;
+    memset(&scan, 0, sizeof(scan));
+    if (scan_window_str(&s, window, lower, counters, &scan) < 0) {
+        goto done;
+    }
+
+    Py_ssize_t n_window = PyUnicode_GET_LENGTH(window);
+    Py_ssize_t n_words = PyList_GET_SIZE(words);
+    double *v = values;
+    /* Length. */
+    double total_words = (double)n_words;
+    if (n_window < n_chars && extrapolated_words(n_words, n_chars, n_window, &total_words) < 0) {
+        goto done;
+    }
+    Py_ssize_t newlines = 0;
+    if (n_chars) {
+        newlines = PyUnicode_Count(text, str_newline, 0, n_chars);
+        if (newlines < 0) {
+            goto done;
+        }
+        newlines++;
+    }
+    int has_system = PyObject_IsTrue(args[4]);
+    if (has_system < 0 || log1p_of((double)n_chars, v++) < 0
+        || log1p_of(total_words, v++) < 0
+        || log1p_of((double)(n_chars / 4 + (n_chars % 4 != 0)), v++) < 0
+        || log1p_of((double)newlines, v++) < 0 || log1p_obj(args[2], v++) < 0
+        || log1p_obj(args[3], v++) < 0) {
+        goto done;
+    }
+    *v++ = has_system ? 1.0 : 0.0;
+    if (log1p_of((double)last_user_chars, v++) < 0) {
+        goto done;
+    }
+    double share = (double)last_user_chars / (double)(n_chars > 1 ? n_chars : 1);
+    *v++ = share < 1.0 ? share : 1.0; /* min(1.0, share): 1.0 unless share is smaller */
+    /* Regex signals' counts. */
+    const Py_ssize_t *cls = scan.w.classes;
+    Py_ssize_t counts[N_COUNTS] = {
+        scan.w.fences, scan.code,     scan.arithmetic, scan.latex,     scan.urls,
+        scan.json,     scan.lines[0], scan.lines[1],   scan.lines[2], scan.w.questions,
+    };
+    for (int k = 0; k < N_COUNTS; k++) {
+        log1p_of((double)counts[k], v++);
+    }
+    Py_ssize_t letters = cls[C_UPPER] + cls[C_LOWER];
+    double per_char = 1.0 / (double)(n_window > 1 ? n_window : 1);
+    *v++ = (double)cls[C_DIGIT] * per_char;
+    *v++ = (double)cls[C_UPPER] / (double)(letters > 1 ? letters : 1);
+    *v++ = (double)cls[C_PUNCT] * per_char;
+    if (n_words) {
+        log1p_of((double)word_chars / (double)n_words, v++);
+    }
+    else {
+        *v++ = 0.0;
+    }
+    for (Py_ssize_t g = 0; g < s.n_groups; g++) {
+        log1p_of((double)counters[g], v++);
+    }
+    *v++ = (double)(letters + cls[C_LATIN_EXT]) * per_char;
+    *v++ = (double)cls[C_CJK] * per_char;
+    *v++ = (double)cls[C_CYRILLIC] * per_char;
+    *v++ = (double)cls[C_ARABIC] * per_char;
+    *v++ = (double)cls[C_DEVANAGARI] * per_char;
+    *v++ = (double)cls[C_OTHER] * per_char;
+    Py_ssize_t quantities[N_QUANTITIES] = {
+        scan.q.numbers,   scan.q.distinct,  scan.q.longest,  scan.q.sentences,
+        scan.w.percents,  scan.q.fractions, scan.q.decimals, scan.w.commas,
+    };
+    for (int k = 0; k < N_QUANTITIES; k++) {
+        log1p_of((double)quantities[k], v++);
+    }
+    /* Free-form copies: the base block again when there is no multiple-choice option. */
+    Py_ssize_t base = v - values;
+    if (scan.lines[1] == 0) {
+        memcpy(v, values, (size_t)base * sizeof(double));
+        v += base;
+        *v++ = 1.0;
+    }
+    else {
+        memset(v, 0, (size_t)(base + 1) * sizeof(double));
+        v += base + 1;
+    }
+    PyObject *row = PyByteArray_FromStringAndSize((const char *)values,
+                                                  (Py_ssize_t)((v - values) * sizeof(double)));
+    if (row == NULL) {
+        goto done;
+    }
+    result = PyTuple_Pack(2, row, words);
+    Py_DECREF(row);
+done:
+    scans_running--;
+    Py_DECREF(window);
+    Py_XDECREF(lower);
+    Py_XDECREF(words);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The head's gather (models.router.LinearHead.logits_one): rows of the float32 hashed weights,
+ * converted to float64 in the same pass. `vals @ rows` then runs the same float64 BLAS product
+ * that `vals @ weights.take(idx - offset, axis=0)` runs after numpy's own (exact) cast, without
+ * the index arithmetic, the float32 copy and the cast copy.
+ */
+PyDoc_STRVAR(gather_rows_doc,
+"gather_rows(weights, idx, offset) -> bytearray\n\n"
+"Rows idx - offset of the float32 matrix `weights` (idx: int64 vector), as the\n"
+"float64 bytes of a C-ordered (len(idx), weights.shape[1]) matrix. IndexError on a row out\n"
+"of range.");
+
+static int
+buffer_is(const Py_buffer *b, int ndim, Py_ssize_t itemsize, const char *codes)
+{
+    if (b->ndim != ndim || b->itemsize != itemsize || b->format == NULL) {
+        return 0;
+    }
+    const char *f = b->format;
+    if (*f == '<' || *f == '=' || *f == '@') {
+        f++;
+    }
+    return f[0] != '\0' && f[1] == '\0' && strchr(codes, f[0]) != NULL;
+}
+
+#define GATHER_AHEAD 8
+
+static PyObject *
+gather_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError, "gather_rows takes 3 arguments, got %zd", nargs);
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
+    if (offset == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer w, r;
+    if (PyObject_GetBuffer(args[0], &w, PyBUF_RECORDS_RO) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[1], &r, PyBUF_RECORDS_RO) < 0) {
+        PyBuffer_Release(&w);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    if (!buffer_is(&w, 2, 4, "f") || !buffer_is(&r, 1, 8, "lq")) {
+        PyErr_SetString(PyExc_TypeError,
+                        "gather_rows takes a 2-D float32 matrix and a 1-D int64 vector");
+        goto done;
+    }
+    Py_ssize_t n_rows = w.shape[0], width = w.shape[1], n = r.shape[0];
+    if (width > 0 && n > PY_SSIZE_T_MAX / 8 / width) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    out = PyByteArray_FromStringAndSize(NULL, n * width * (Py_ssize_t)sizeof(double));
+    if (out == NULL) {
+        goto done;
+    }
+    /* Any strides (a loaded artifact's arrays need not be C-ordered), in bytes. */
+    const char *weights = (const char *)w.buf, *idx = (const char *)r.buf;
+    Py_ssize_t row_stride = w.strides[0], col_stride = w.strides[1], idx_stride = r.strides[0];
+    double *x = (double *)PyByteArray_AS_STRING(out);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t row;
+#if defined(__GNUC__) || defined(__clang__)
+        /* The rows are scattered over megabytes: ask for a later one while converting this
+         * one, so the cache misses overlap instead of queueing. */
+        if (i + GATHER_AHEAD < n) {
+            int64_t later;
+            memcpy(&later, idx + (i + GATHER_AHEAD) * idx_stride, sizeof(later));
+            later -= (int64_t)offset;
+            if (later >= 0 && later < n_rows) {
+                const char *at = weights + later * row_stride;
+                __builtin_prefetch(at);
+                __builtin_prefetch(at + (width - 1) * col_stride);
+            }
+        }
+#endif
+        memcpy(&row, idx + i * idx_stride, sizeof(row));
+        row -= (int64_t)offset;
+        if (row < 0 || row >= n_rows) {
+            PyErr_Format(PyExc_IndexError, "row %lld is out of range for %zd rows",
+                         (long long)row, n_rows);
+            Py_CLEAR(out);
+            goto done;
+        }
+        const char *from = weights + row * row_stride;
+        if (col_stride == (Py_ssize_t)sizeof(float)) {
+            const float *cells = (const float *)from;
+            for (Py_ssize_t k = 0; k < width; k++) {
+                x[k] = (double)cells[k];
+            }
+        }
+        else {
+            for (Py_ssize_t k = 0; k < width; k++) {
+                float cell;
+                memcpy(&cell, from + k * col_stride, sizeof(cell));
+                x[k] = (double)cell;
+            }
+        }
+        x += width;
+    }
+done:
+    PyBuffer_Release(&w);
+    PyBuffer_Release(&r);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"hashed_row", (PyCFunction)(void (*)(void))hashed_row, METH_FASTCALL, hashed_row_doc},
     {"char_classes", char_classes, METH_O, char_classes_doc},
     {"quantities", (PyCFunction)(void (*)(void))quantities, METH_FASTCALL, quantities_doc},
     {"keyword_counts", (PyCFunction)(void (*)(void))keyword_counts, METH_FASTCALL,
      keyword_counts_doc},
+    {"dense_signals", (PyCFunction)(void (*)(void))dense_signals_c, METH_FASTCALL,
+     dense_signals_doc},
+    {"gather_rows", (PyCFunction)(void (*)(void))gather_rows, METH_FASTCALL, gather_rows_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1077,5 +2377,19 @@ PyInit__compiled(void)
     signals_init();
     word_seed = crc32_update(0, (const unsigned char *)"w:", 2);
     char_seed = crc32_update(0, (const unsigned char *)"c:", 2);
+    PyObject **interned[] = {&str_findall, &str_match,   &str_lower,      &str_groups,
+                             &str_newline, &str_scheme,  &str_www,        &str_scheme_www};
+    const char *names[] = {"findall", "match", "lower", "groups", "\n", "://", "www.", "://www."};
+    for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
+        if (*interned[k] == NULL && (*interned[k] = PyUnicode_InternFromString(names[k])) == NULL) {
+            return NULL;
+        }
+    }
+    for (int k = 0; k < N_MARKER_WORDS; k++) {
+        if (marker_strs[k] == NULL
+            && (marker_strs[k] = PyUnicode_InternFromString(marker_words[k])) == NULL) {
+            return NULL;
+        }
+    }
     return PyModule_Create(&module_def);
 }

@@ -596,7 +596,8 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
         if not isinstance(prompt, Prompt):
             prompt = _as_prompt(prompt, 0)
         if prompt.turns <= 1 and not prompt.has_system and prompt.text == prompt.last_user:
-            values, words = dense_signals(prompt, scan)
+            # A single prompt has no context: its ctx.* block stays 0.
+            values, words = dense_signals(prompt, scan)  # float64, writable, its own memory
             dense = np.zeros(self.n_dense_, dtype=np.float64)
             dense[: len(values)] = values
         else:
@@ -636,7 +637,7 @@ def _conversation_signals(prompt: Prompt, scan: int, n_dense: int) -> tuple[np.n
     )
     dense = np.zeros(n_dense, dtype=np.float64)
     dense[: len(values)] = values
-    dense[len(values) :] = np.asarray(ctx_values, dtype=np.float64)[_CONTEXT_BASE]
+    dense[len(values) :] = ctx_values[_CONTEXT_BASE]
     return dense, words
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 import math
 import re
 import string
-from functools import partial
 from itertools import compress
 
 import numpy as np
 
 from features.text import Prompt
 
-try:  # compiled twins of the `_*_python` counting functions below; optional
+try:  # the compiled twin of `_dense_signals_python` (and its counting steps); optional
     from features import _compiled
 except ImportError:  # not built (no compiler at install time): the Python path is exact too
     _compiled = None
@@ -340,23 +339,14 @@ def _keyword_counts_python(words: list[str]) -> list[int]:
     return counts
 
 
-# The compiled twins when features._compiled is built.
-if _compiled is None:
-    _class_counts = _class_counts_python
-    _quantities = _quantities_python
-    _keyword_counts = _keyword_counts_python
-else:
-    _class_counts = _compiled.char_classes
-    _quantities = _compiled.quantities
-    _keyword_counts = partial(_compiled.keyword_counts, _LEXICON, _N_COUNTERS)
-
-
 def _arithmetic(window: str) -> int:
+    """Operators between digits (the reference for the compiled count)."""
     return sum(len(pattern.findall(window)) for op, pattern in _ARITH_PATTERNS if op in window)
 
 
 def _line_starts(window: str) -> tuple[int, int, int]:
-    """Numbered steps, multiple-choice options, and few-shot repeats (per marker, count - 1)."""
+    """Numbered steps, multiple-choice options, and few-shot repeats (per marker, count - 1):
+    the reference for the compiled count, which runs the pattern only on lines that may match."""
     steps = choices = 0
     markers: list[str] = []
     for step, choice, marker in _LINE_START_RE.findall("\n" + window):
@@ -434,15 +424,8 @@ _MULTIPLE_CHOICE = _BASE_NAMES.index("re.multiple_choice")
 _log1p = math.log1p
 
 
-def dense_signals(prompt: Prompt, max_scan_chars: int) -> tuple[list[float], list[str]]:
-    """Dense feature values (in `DENSE_FEATURE_NAMES` order) and the window's word tokens.
-
-    >>> values, words = dense_signals(Prompt("Why? Explain step by step.", "Why?"), 16384)
-    >>> dict(zip(DENSE_FEATURE_NAMES, values))["kw.reasoning"] == math.log1p(3)
-    True
-    >>> words
-    ['why', 'explain', 'step', 'by', 'step']
-    """
+def _dense_signals_python(prompt: Prompt, max_scan_chars: int) -> tuple[np.ndarray, list[str]]:
+    """`dense_signals` in Python: the reference for the compiled twin, and the fallback."""
     text = prompt.text
     n_chars = len(text)
     window = scan_window(text, max_scan_chars)
@@ -468,8 +451,8 @@ def dense_signals(prompt: Prompt, max_scan_chars: int) -> tuple[list[float], lis
     ]
 
     # Everything else reads the window only.
-    classes = _class_counts(window)
-    counters = _keyword_counts(words)
+    classes = _class_counts_python(window)
+    counters = _keyword_counts_python(words)
     code = 0
     for j, (_, pattern) in enumerate(_CODE_PATTERNS, start=_N_GROUPS):
         if counters[j]:
@@ -515,7 +498,7 @@ def dense_signals(prompt: Prompt, max_scan_chars: int) -> tuple[list[float], lis
         classes[_C_OTHER] * per_char,
     ]
     # Version 2 counts numbers only in a window holding an ASCII digit.
-    numbers, distinct, longest, fractions, decimals, sentences = _quantities(
+    numbers, distinct, longest, fractions, decimals, sentences = _quantities_python(
         window, classes[_C_DIGIT] > 0
     )
     values += [
@@ -533,4 +516,49 @@ def dense_signals(prompt: Prompt, max_scan_chars: int) -> tuple[list[float], lis
         values.append(1.0)
     else:
         values += [0.0] * (len(values) + 1)
-    return values, words
+    return np.array(values, dtype=np.float64), words
+
+
+# Everything the compiled twin reads besides the prompt, built once.
+_COMPILED_SPEC = (
+    _LEXICON,
+    _N_COUNTERS,
+    _N_GROUPS,
+    tuple(pattern for _, pattern in _CODE_PATTERNS),
+    _LATEX_CMD_RE,
+    _LATEX_DOLLAR_RE,
+    _JSON_RE,
+    _LINE_START_RE,
+    _SPLIT_PUNCT,
+    TAIL_SCAN_CHARS,
+)
+
+
+def _dense_signals_compiled(prompt: Prompt, max_scan_chars: int) -> tuple[np.ndarray, list[str]]:
+    """`_dense_signals_python`, value for value, in one call to features/_compiled.c."""
+    values, words = _compiled.dense_signals(
+        prompt.text,
+        len(prompt.last_user),
+        prompt.turns,
+        prompt.images,
+        prompt.has_system,
+        max_scan_chars,
+        _COMPILED_SPEC,
+    )
+    # A bytearray: the array is writable and owns its memory, like the Python path's.
+    return np.frombuffer(values, dtype=np.float64), words
+
+
+def dense_signals(prompt: Prompt, max_scan_chars: int) -> tuple[np.ndarray, list[str]]:
+    """Dense feature values (float64, in `DENSE_FEATURE_NAMES` order) and the window's word
+    tokens; compiled when features._compiled is built, else in Python, with equal results.
+
+    >>> values, words = dense_signals(Prompt("Why? Explain step by step.", "Why?"), 16384)
+    >>> float(dict(zip(DENSE_FEATURE_NAMES, values))["kw.reasoning"]) == math.log1p(3)
+    True
+    >>> words
+    ['why', 'explain', 'step', 'by', 'step']
+    """
+    if _compiled is None:
+        return _dense_signals_python(prompt, max_scan_chars)
+    return _dense_signals_compiled(prompt, max_scan_chars)

@@ -165,6 +165,7 @@ def save_router(
         "default_strategy": router.default_strategy,
         "default_knob": float(router.default_knob),
         "strategies": sorted(router.heads),
+        "verifiers": {m: v.report for m, v in router.verifiers.items()},
         "catalog": catalog,
         "training": training,
         "metrics": metrics,

@@ -33,6 +33,12 @@ from features.extractor import PromptFeaturizer
 from features.text import Prompt
 from models.catalog import estimate_tokens
 from models.errors import UnknownModelError
+from models.verifier import Verifier
+
+try:  # the head's gather in C (features/_compiled.c); optional, `take` gives the same rows
+    from features._compiled import gather_rows as _gather_rows
+except ImportError:
+    _gather_rows = None
 
 # Free-form copies of the dense features (features/extractor.py) carry this prefix.
 _FREE_FORM_PREFIX = "ff."
@@ -206,11 +212,20 @@ class LinearHead:
         self, dense: np.ndarray, idx: np.ndarray, vals: np.ndarray, n_dense: int
     ) -> np.ndarray:
         """All logits (scores, then gain and domain columns) of one feature row."""
-        z = dense @ self._dense + self._bias
+        z = dense @ self._dense
+        z += self._bias
         if idx.size:
-            # `take` gathers the rows in one pass; fancy indexing costs about twice as much, and
-            # the gather from this megabytes-large block is most of a head's time.
-            z += vals @ self._hashed.take(idx - n_dense, axis=0)
+            # The gather from this megabytes-large block is most of a head's time. `vals @ rows`
+            # casts float32 rows to float64 before the product; the compiled gather hands it
+            # those float64 rows directly (same values, same BLAS call, so the same logits),
+            # skipping the index arithmetic and two copies. `take` is the fallback: fancy
+            # indexing costs about twice as much.
+            if _gather_rows is None:
+                rows = self._hashed.take(idx - n_dense, axis=0)
+            else:
+                shape = (idx.size, self._hashed.shape[1])
+                rows = np.ndarray(shape, buffer=_gather_rows(self._hashed, idx, n_dense))
+            z += vals @ rows
         return z
 
     def logits_batch(self, X: sparse.csr_matrix, n_dense: int) -> np.ndarray:
@@ -228,6 +243,8 @@ class LinearHead:
         k = self.n_scores
         if self.kind == "softmax":
             return _softmax(z[..., :k], mask), None
+        if self.extra is None:
+            return expit(z, out=z), None  # z is this call's own array: scored in place
         s = _sigmoid(z[..., :k])
         if self.gain_models.size:
             gain = 2.0 * _sigmoid(z[..., self._gain_cols]) - 1.0
@@ -285,6 +302,9 @@ class LinearHead:
         )
 
 
+_MAX_COST_SCALE = 1e250  # × any real cost in USD stays finite
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return expit(z)  # one overflow-free ufunc: a quarter of the time of tanh arithmetic
 
@@ -334,7 +354,7 @@ class KnobMix:
         return cls(low, high, p_high)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Scored:
     """What the router knows about one request, before any policy is applied.
 
@@ -342,6 +362,8 @@ class Scored:
     `Router.models` order; `cost_usd` the estimated cost of this request per model;
     `domain_p` the domain probabilities when the head has a domain prior; `draw` the prompt's
     `mixture_draw`.
+    Read-only by convention (not frozen: one is built per decision, and a frozen dataclass
+    builds several times slower); `dataclasses.replace` makes changed copies.
     """
 
     score: np.ndarray
@@ -372,6 +394,8 @@ class Router:
     default_knob: float = 0.0
     version: str = ""
     knob_mix: KnobMix | None = None
+    # Answer verifiers per model (escalation after the call); empty when the logs had no answers.
+    verifiers: dict[str, Verifier] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.default_strategy not in self.heads:
@@ -384,6 +408,7 @@ class Router:
             self.knob_mix = self.heads[self.default_strategy].knob_mix
         if self.knob_mix is not None:
             self.default_knob = self.knob_mix.low
+        self._typical: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # ----------------------------------------------------------------- payload
     def to_payload(self) -> dict[str, Any]:
@@ -399,6 +424,7 @@ class Router:
             "default_strategy": self.default_strategy,
             "default_knob": float(self.default_knob),
             "knob_mix": None if self.knob_mix is None else self.knob_mix.to_payload(),
+            "verifiers": {m: v.to_payload() for m, v in self.verifiers.items()},
         }
 
     @classmethod
@@ -421,6 +447,9 @@ class Router:
             default_knob=float(data["default_knob"]),
             version=version,
             knob_mix=None if mix is None else KnobMix.from_payload(mix),
+            verifiers={
+                str(m): Verifier.from_payload(v) for m, v in (data.get("verifiers") or {}).items()
+            },
         )
 
     # ----------------------------------------------------------------- hot path
@@ -454,19 +483,28 @@ class Router:
     def estimate_cost(
         self, input_tokens: int, expected_output_tokens: int | None = None
     ) -> np.ndarray:
-        out = (
-            self.output_tokens if expected_output_tokens is None else float(expected_output_tokens)
-        )
-        return self.input_price * input_tokens + self.output_price * out
+        if expected_output_tokens is None:
+            # The typical answer's cost per model: the product this line would form on every
+            # request, kept while the two arrays are the same objects.
+            typical = self._typical
+            if (
+                typical is None
+                or typical[0] is not self.output_price
+                or typical[1] is not self.output_tokens
+            ):
+                product = self.output_price * self.output_tokens
+                typical = self._typical = (self.output_price, self.output_tokens, product)
+            return self.input_price * input_tokens + typical[2]
+        return self.input_price * input_tokens + self.output_price * float(expected_output_tokens)
 
     def utility(self, score: np.ndarray, cost_usd: np.ndarray, knob: float) -> np.ndarray:
         """score − λ · cost / c_ref: the quantity the policy maximises."""
         if knob == 0.0:
             return score
-        # A knob near float's limit overflows to -inf for every costed model: rank() then
-        # orders them by cost alone, which is what such a knob asks for.
-        with np.errstate(over="ignore"):
-            return score - knob * (cost_usd / self.cost_ref)
+        # A knob near float's limit would overflow; capped, cost alone still decides the order,
+        # which is what such a knob asks for (np.errstate would cost every decision ~4 µs).
+        scale = min(knob / self.cost_ref, _MAX_COST_SCALE)
+        return score - cost_usd * scale
 
     def rank(
         self, scored: Scored, knob: float | None = None, mask: np.ndarray | None = None
@@ -475,10 +513,17 @@ class Router:
 
         No knob, or the default knob, means the default policy (the calibrated mix, if any).
         """
-        knob = self.policy_knob(scored.draw) if knob is None or knob == self.default_knob else knob
-        u = self.utility(scored.score, scored.cost_usd, knob)
+        if knob is None or knob == self.default_knob:
+            knob = self.default_knob if self.knob_mix is None else self.knob_mix.knob(scored.draw)
+        # −utility, formed directly: c·s − q is exactly −(q − c·s) in IEEE arithmetic, one
+        # array operation fewer on every decision.
+        if knob == 0.0:
+            negative_u = -scored.score
+        else:
+            negative_u = scored.cost_usd * min(knob / self.cost_ref, _MAX_COST_SCALE)
+            negative_u -= scored.score
         # Ties (equal utility) go to the cheaper model: lexsort's last key is the primary one.
-        order = np.lexsort((scored.cost_usd, -u))
+        order = np.lexsort((scored.cost_usd, negative_u))
         if mask is not None:
             order = order[mask[order]]
         return order

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -108,6 +109,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         skip_invalid=a.skip_invalid,
         options=opts,
         progress=_progress,
+        verifier_logs=a.verifier_logs or (),
     )
     m = manifest["metrics"]
     print(
@@ -124,6 +126,10 @@ def cmd_train(a: argparse.Namespace) -> int:
                 "knob_target": m.get("knob_target"),
                 "cv_routing": m["cv_routing"],
                 "calibration": m["calibration"],
+                "verifiers": {
+                    model: {k: v.get(k) for k in ("examples", "oof_auc", "threshold_rule")}
+                    for model, v in (m.get("verifiers") or {}).items()
+                },
                 "train_seconds": m["train_seconds"],
             },
             indent=2,
@@ -181,6 +187,7 @@ def _print_table(report: dict[str, Any]) -> None:
             f"  alternative head {s}: AIQ {alt['aiq']}  "
             f"cost to match best {_shown(alt['cost_to_match_best'])}"
         )
+    _print_cascade(report.get("cascade"), "")
     if report.get("by_task"):
         print("by task:")
         task_width = max(len(task) for task in report["by_task"])
@@ -191,6 +198,45 @@ def _print_table(report: dict[str, Any]) -> None:
                 f"AIQ {v['router']['aiq']}  zero {v['zero_router']['aiq']}  "
                 f"match-best {_shown(v['router']['cost_to_match_best'])}{tm}"
             )
+            _print_cascade(v.get("cascade"), f" [{task}]")
+
+
+def _print_cascade(c: dict[str, Any] | None, label: str) -> None:
+    if not c:
+        return
+    pre, cas, auc = c["precall"], c["cascade"], c["auc_weak_right"]
+    na = "n/a (one outcome only)"
+    print(f"cascade{label} ({c['weak']} → {c['strong']}, n={c['n']}; {c['score_source']}):")
+    print(
+        f"        AUC for 'cheap model is right': cascade {_shown(auc['cascade'], na)}  "
+        f"pre-call {_shown(auc['precall'], na)}   cheap call costs "
+        f"{_shown(c['weak_cost_share'], 'n/a')} of the strong one"
+    )
+    print(
+        f"        APGR: cascade {_shown(cas['apgr'], 'n/a')}  pre-call {_shown(pre['apgr'], 'n/a')}"
+        f"   cost to 95% of strong: cascade {_shown(cas['cost_to_95pct_strong'])}  "
+        f"pre-call {_shown(pre['cost_to_95pct_strong'])}"
+    )
+    d = c.get("at_default_threshold")
+    if d:
+        print(
+            f"        at the verifier's threshold {d['threshold']}: escalates {d['strong_share']}, "
+            f"quality {d['quality']}, cost {d['cost_vs_strong']} of strong"
+        )
+    lat = c.get("latency")
+    added = (
+        "no latency in the logs"
+        if lat is None
+        else f"{_shown(lat['added_ms_at_95pct'], 'n/a (95% never reached)')} ms"
+    )
+    print(f"        added latency at 95%: {added}")
+    even = c["break_even_weak_cost_share"]
+    why = (
+        "no break-even: 95% of the strong model is never reached"
+        if even is None
+        else f"it would while the cheap call costs under ~{even} of the strong one"
+    )
+    print(f"        cascade pays: {'yes' if c['pays'] else 'no'}   ({why})")
 
 
 def _dataset_name(a: argparse.Namespace) -> str:
@@ -475,6 +521,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         port=a.port,
         workers=a.workers,
         default_model=_default_model,
+        server=a.server,
     )
 
 
@@ -514,8 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--logs",
             nargs="+",
             required=True,
-            metavar="FILE",
-            help="labelled logs (.jsonl or .jsonl.gz)",
+            metavar="PATH",
+            help="labelled logs (.jsonl or .jsonl.gz), folders (every *.jsonl* file in them, "
+            "e.g. the service's per-process decision logs and their rotated backups) or glob "
+            "patterns; decision and outcome rows are joined by request id across all of them",
         )
         sp.add_argument(
             "--split",
@@ -539,6 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     logs_args(t)
     t.add_argument("--out", required=True, help="artifact folder to write")
+    t.add_argument(
+        "--verifier-logs",
+        nargs="+",
+        metavar="FILE",
+        help="extra logs with answer text ('response' per outcome) that train only the answer "
+        "verifiers (the --logs train them too when they carry answers)",
+    )
     t.add_argument(
         "--tolerance",
         type=float,
@@ -709,10 +765,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", help="default: $PROMPTROUTE_HOST, else the config's (127.0.0.1)")
     s.add_argument("--port", type=int, help="default: $PROMPTROUTE_PORT, else the config's (8000)")
     s.add_argument(
-        "--workers", type=int, help="worker processes (default: $PROMPTROUTE_WORKERS, else 1)"
+        "--workers",
+        type=int,
+        help="worker processes (default: $PROMPTROUTE_WORKERS, else 1); more than one needs "
+        "state: {backend: redis} in the config",
+    )
+    s.add_argument(
+        "--server",
+        choices=("uvicorn", "granian"),
+        help="ASGI server (default: $PROMPTROUTE_SERVER, else uvicorn for one worker and granian "
+        "for several)",
     )
     s.set_defaults(func=cmd_serve)
     return p
+
+
+def expand_logs(paths: list[str]) -> list[str]:
+    """Files from ``--logs``: a folder gives its ``*.jsonl*`` files, a glob its matches (each
+    sorted); a plain path stays as given. A folder or glob that matches nothing is an error."""
+    import glob
+
+    from models.errors import DataError
+
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(
+                os.path.join(path, name)
+                for name in os.listdir(path)
+                if ".jsonl" in name and os.path.isfile(os.path.join(path, name))
+            )
+            if not found:
+                raise DataError(path, None, "folder holds no *.jsonl* file")
+        elif glob.has_magic(path):
+            found = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+            if not found:
+                raise DataError(path, None, "pattern matches no file")
+        else:
+            found = [path]
+        files.extend(f for f in found if f not in files)
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -721,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
     from models.errors import PromptrouteError
 
     try:
+        if getattr(args, "logs", None):
+            args.logs = expand_logs(args.logs)
         return int(args.func(args) or 0)
     except (PromptrouteError, PromptError) as exc:
         _err(str(exc))

@@ -5,8 +5,14 @@ verified, and every config reference checked, when the app starts (``with TestCl
 or uvicorn's startup). A failure there stops start-up with the error; the service never serves
 half-configured. On shutdown, pending decisions are logged as unanswered and the log closed.
 
-Middleware, outermost first: request metrics (so even a refused body is counted), then the
-body-size limit (Content-Length checked up front, streamed bytes counted as they arrive).
+Middleware, outermost first: request metrics (so even a refused body is counted), the gateway's
+access log (/v1 only), client keys (`serving.auth`: a guarded path without a valid key is refused
+before its body is read), the body deadline (`serving.read_deadlines`: the whole body within
+`limits.body_timeout_seconds`), the body-size limit (Content-Length checked up front, streamed
+bytes counted as they arrive), then `serving.hot_path.HotPath`, which answers POST /route and
+/feedback without FastAPI's routing and dependency solving (the caller's name from
+`serving.auth.caller_of`) and checks other JSON bodies for repeated keys. The header deadline
+is the server's: see `serving.server.uvicorn_config`.
 """
 
 from __future__ import annotations
@@ -21,13 +27,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.access_log import GatewayAccessLog
+from serving.auth import ClientAuth, ClientKeys
 from serving.config import Settings
 from serving.errors import BodyTooLarge, error_body, install_error_handlers
 from serving.gateway import Gateway, Sleep, Upstreams
+from serving.hot_path import HotPath
 from serving.metrics import Metrics, RequestMetrics
+from serving.read_deadlines import BodyDeadline
 from serving.routes import api_router
 from serving.routes import openai as openai_routes
 from serving.routes.docs import install_docs
@@ -85,6 +95,7 @@ def create_app(
             await loaded.close()
             raise
         app.state.service = loaded
+        await loaded.start()
         app.state.gateway = Gateway(
             upstreams,
             loaded.settings.gateway,
@@ -120,6 +131,7 @@ def create_app(
         description=_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        telemetry=_telemetry(),
         docs_url=None,  # served from installed files instead of a CDN (serving/routes/docs.py)
         redoc_url=None,
     )
@@ -131,11 +143,40 @@ def create_app(
     app.include_router(openai_routes.router)
     install_docs(app)
     install_ui(app)
+    app.add_middleware(HotPath, owner=app)  # innermost: inside the body limit and the metrics
     app.add_middleware(_BodyLimit, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyDeadline, seconds=settings.limits.body_timeout_seconds)
+
+    def client_keys() -> ClientKeys | None:
+        return app.state.service.clients if app.state.service is not None else None
+
+    app.add_middleware(ClientAuth, keys=client_keys)
     if settings.gateway_access_log:
         app.add_middleware(GatewayAccessLog)
     app.add_middleware(RequestMetrics, metrics=metrics)
     return app
+
+
+def _telemetry() -> TelemetryConfig:
+    """FastAPI's OpenTelemetry signals: each on only if its provider is configured by now.
+
+    Left to itself, FastAPI asks the OpenTelemetry API on every request whether a tracer, meter
+    or logger provider has been set since (three ``os.environ`` reads per request when none
+    is). A deployment that uses OpenTelemetry configures it before the app is built
+    (``opentelemetry-instrument``, or code that runs before `create_app`); it is decided here,
+    once.
+    """
+    from opentelemetry import _logs, metrics, trace
+
+    providers = {
+        "tracing": trace.get_tracer_provider(),
+        "metrics": metrics.get_meter_provider(),
+        "logs": _logs.get_logger_provider(),
+    }
+    # The API's stand-ins until a provider is set; FastAPI tells them apart the same way.
+    deferred = {"ProxyTracerProvider", "_ProxyMeterProvider", "ProxyLoggerProvider"}
+    on = {name: type(p).__name__ not in deferred for name, p in providers.items()}
+    return TelemetryConfig(tracing=on["tracing"], metrics=on["metrics"], logs=on["logs"])
 
 
 async def _expire_periodically(service: Service, every: float) -> None:

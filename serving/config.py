@@ -38,7 +38,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BreakersConfig",
+    "ClientKeyConfig",
     "DecisionLogConfig",
+    "ESCALATION_CHECKS",
+    "EscalationConfig",
     "ExperimentConfig",
     "ExplorationConfig",
     "GatewayConfig",
@@ -50,6 +53,7 @@ __all__ = [
     "RuleConfig",
     "RuleMatch",
     "Settings",
+    "StateConfig",
     "StatsConfig",
     "UpstreamConfig",
     "VariantConfig",
@@ -90,13 +94,20 @@ def _check_unique(items: Iterable[Any], field: str, what: str) -> None:
 
 
 class LimitsConfig(_Section):
-    """Request size limits, checked before any parsing work is done."""
+    """Request size limits, checked before any parsing work is done, and read deadlines.
+
+    A request's head must arrive within `header_timeout_seconds` of the connection opening (or
+    of the previous response on it), and its body within `body_timeout_seconds` of the head;
+    otherwise 408 and the connection is closed (`serving.read_deadlines`).
+    """
 
     max_body_bytes: int = Field(1_000_000, gt=0)
     max_prompt_chars: int = Field(400_000, gt=0)
     max_messages: int = Field(1_000, gt=0)
     max_metadata_depth: int = Field(8, gt=0, le=64)
     max_metadata_bytes: int = Field(16_384, gt=0)
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    body_timeout_seconds: float = Field(30.0, gt=0)
 
 
 class BreakersConfig(_Section):
@@ -155,6 +166,7 @@ class PendingConfig(_Section):
 
     max_items: int = Field(100_000, gt=0)
     max_age_seconds: float = Field(3600.0, gt=0)
+    max_bytes: int = Field(64 * 2**20, gt=0)
 
     def to_settings(self) -> PendingSettings:
         """The `PendingSettings` dataclass."""
@@ -171,6 +183,8 @@ class DecisionLogConfig(_Section):
     backup_count: int = Field(5, gt=0, le=1000)
     store_prompt: bool = True
     fsync: bool = False
+    per_process: bool = False  # one file per process: <stem>.<host>-<pid><suffix>; forced on
+    # by `serve --workers N` with N > 1, so that every file has exactly one writer
 
     def to_settings(self) -> DecisionLogSettings | None:
         """The `DecisionLogSettings` dataclass, or None when the log is disabled."""
@@ -179,6 +193,46 @@ class DecisionLogConfig(_Section):
         from serving.decision_log import DecisionLogSettings
 
         return DecisionLogSettings(**self.model_dump())
+
+
+class StateConfig(_Section):
+    """Where live state (breakers, statistics, pending decisions, experiment tallies) is kept.
+
+    ``memory``: in this process (the default; one process, no extra service). ``redis``: in the
+    Redis at `url`, shared by every worker and replica that names the same `url` and `prefix`.
+    Reads on the request path come from a local snapshot refreshed every `refresh_seconds`
+    (a breaker opened by one replica is seen by all within `refresh_seconds` plus one round
+    trip); a Redis call that takes longer than `timeout_seconds` counts as a fault, and the
+    service goes on from local state until Redis answers again (retried every
+    `retry_seconds`).
+    """
+
+    backend: Literal["memory", "redis"] = "memory"
+    url: _NonEmpty | None = None
+    prefix: Annotated[str, Field(pattern=_NAME_PATTERN, max_length=64)] = "promptroute"
+    timeout_seconds: float = Field(0.1, gt=0, le=10)
+    connect_timeout_seconds: float = Field(0.25, gt=0, le=10)
+    refresh_seconds: float = Field(0.1, gt=0, le=10)
+    retry_seconds: float = Field(1.0, gt=0, le=60)
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urllib.parse.urlsplit(value)
+            if parts.scheme not in ("redis", "rediss", "unix"):
+                raise PydanticCustomError(
+                    "url",
+                    "must be a redis://, rediss:// or unix:// URL, got {value}",
+                    {"value": repr(value[:80])},
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _url_for_redis(self) -> Self:
+        if self.backend == "redis" and self.url is None:
+            raise _invalid("url", "is required with backend: redis", None)
+        return self
 
 
 class PrioritiesConfig(_Section):
@@ -300,14 +354,21 @@ class UpstreamConfig(_Section):
     """Where the gateway sends one catalog model's chat completions (OpenAI wire format).
 
     `base_url` is the API root, as for the OpenAI client (``https://api.openai.com/v1``);
-    ``/chat/completions`` is appended. `timeout_seconds` bounds connecting and each read (for a
-    stream, the longest wait between two chunks).
+    ``/chat/completions`` is appended. Deadlines, each ending the attempt as a ``timeout``:
+
+    timeout_seconds        the whole attempt until the reply is in hand: connecting, sending,
+                           the full body — for a stream, its first event. An upstream that
+                           dribbles one byte at a time cannot stretch it.
+    stream_idle_seconds    once a stream has started: the longest wait for its next event
+    stream_max_seconds     once a stream has started: its whole length
     """
 
     base_url: _NonEmpty
     model: _NonEmpty | None = None  # the upstream's name for the model; default: the catalog's
     api_key_env: _NonEmpty | None = None  # the variable holding the bearer token; null: none
     timeout_seconds: float = Field(60.0, gt=0)
+    stream_idle_seconds: float = Field(30.0, gt=0)
+    stream_max_seconds: float = Field(600.0, gt=0)
 
     @field_validator("base_url")
     @classmethod
@@ -318,6 +379,31 @@ class UpstreamConfig(_Section):
                 "url", "must be an http:// or https:// URL, got {value}", {"value": repr(value)}
             )
         return value
+
+
+class ClientKeyConfig(_Section):
+    """One client API key: its name (who the caller is) and the variable that holds it."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN, max_length=100)]
+    key_env: _NonEmpty
+
+
+# The answer checks of the gateway's escalation, cheapest first (serving/gateway/escalation.py).
+ESCALATION_CHECKS = ("length", "empty", "refusal", "json", "tool_args", "verifier")
+_Check = Literal["length", "empty", "refusal", "json", "tool_args", "verifier"]
+
+
+class EscalationConfig(_Section):
+    """Verify and escalate: check the answer, call a stronger model when a check fails.
+
+    `enabled` turns it on for every /v1 request (a request's ``promptroute.escalate`` overrides
+    it either way); `threshold` overrides each verifier's trained threshold.
+    """
+
+    enabled: bool = False
+    checks: list[_Check] = Field(default_factory=lambda: list(ESCALATION_CHECKS), min_length=1)
+    threshold: float | None = Field(None, gt=0, lt=1)
+    max_escalations: int = Field(1, ge=1, le=3)
 
 
 class ExplorationConfig(_Section):
@@ -343,6 +429,7 @@ class GatewayConfig(_Section):
 
     max_attempts: int = Field(3, gt=0)
     max_retry_after_seconds: float = Field(5.0, ge=0)
+    escalation: EscalationConfig = Field(default_factory=EscalationConfig)
 
 
 class Settings(_Section):
@@ -359,6 +446,9 @@ class Settings(_Section):
     default_priority: Priority = "balanced"
     degraded_mode: bool = False
     admin_api_key_env: _NonEmpty = "PROMPTROUTE_ADMIN_KEY"
+    # Client keys for /route, /feedback, /v1/*: none configured (here or in the variable) = open.
+    client_keys: list[ClientKeyConfig] = Field(default_factory=list)
+    client_keys_env: _NonEmpty = "PROMPTROUTE_CLIENT_KEYS"
     log_prompts: bool = False
     log_format: LogFormat = "text"
     access_log: bool = False
@@ -373,11 +463,13 @@ class Settings(_Section):
     experiments: list[ExperimentConfig] = Field(default_factory=list)
     upstreams: dict[_NonEmpty, UpstreamConfig] = Field(default_factory=dict)
     gateway: GatewayConfig = Field(default_factory=GatewayConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
     exploration: ExplorationConfig = Field(default_factory=ExplorationConfig)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
         _check_unique(self.rules, "rules", "rule")
+        _check_unique(self.client_keys, "client_keys", "client key")
         _check_unique(self.experiments, "experiments", "experiment")
         return self
 

@@ -6,24 +6,34 @@ written, written with one `os.write` to an O_APPEND descriptor, and the file is 
 a write that would push it past `max_bytes`, so no line is split across files. A line cut short
 by a crash is removed when the log is next opened.
 
-One process writes one path; readers use `read_log_lines`.
+One process writes one path (with several workers, `per_process` gives each its own file,
+named `process_path`); readers use `read_log_lines`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from models.decision_rows import join_rows
 from models.errors import DataError
 
-__all__ = ["DecisionLog", "DecisionLogSettings", "read_log_lines"]
+__all__ = [
+    "DecisionLog",
+    "DecisionLogSettings",
+    "process_path",
+    "read_joined_rows",
+    "read_log_lines",
+]
 
 _log = logging.getLogger("promptroute.decision_log")
 
@@ -42,6 +52,7 @@ class DecisionLogSettings:
     backup_count: int = 5
     store_prompt: bool = True
     fsync: bool = False
+    per_process: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.path, os.PathLike):
@@ -52,7 +63,7 @@ class DecisionLogSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be an integer >= 1, got {value!r}")
-        for name in ("store_prompt", "fsync"):
+        for name in ("store_prompt", "fsync", "per_process"):
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name}: must be true or false, got {value!r}")
@@ -82,11 +93,12 @@ class DecisionLog:
         self._clock = clock
         self._lock = threading.Lock()
         self._lines = 0
-        parent = os.path.dirname(settings.path)
+        self.path = process_path(settings.path) if settings.per_process else settings.path
+        parent = os.path.dirname(self.path)
         if parent:
             os.makedirs(parent, exist_ok=True)
-        _drop_partial_last_line(settings.path)
-        self._fd: int | None = os.open(settings.path, _OPEN_FLAGS, _FILE_MODE)
+        _drop_partial_last_line(self.path)
+        self._fd: int | None = os.open(self.path, _OPEN_FLAGS, _FILE_MODE)
         self._size = os.fstat(self._fd).st_size
 
     @property
@@ -121,11 +133,17 @@ class DecisionLog:
             self._lines += 1
 
     def close(self) -> None:
-        """Close the file; further appends raise ValueError. Safe to call twice."""
+        """Close the file; further appends raise ValueError. Safe to call twice.
+
+        A per-process file that got no line is removed (a process that only checked the
+        config, or a worker that served nothing, leaves no empty file behind)."""
         with self._lock:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+                if self.settings.per_process and self._size == 0 and self._lines == 0:
+                    with contextlib.suppress(OSError):
+                        os.remove(self.path)
 
     def __enter__(self) -> DecisionLog:
         return self
@@ -148,13 +166,13 @@ class DecisionLog:
             try:
                 os.ftruncate(self._fd, self._size)
             except OSError:
-                _log.exception("could not remove a partial line from %s", self.settings.path)
+                _log.exception("could not remove a partial line from %s", self.path)
             raise
         self._size += len(data)
 
     def _rotate(self) -> None:
         assert self._fd is not None
-        path, n = self.settings.path, self.settings.backup_count
+        path, n = self.path, self.settings.backup_count
         os.close(self._fd)
         self._fd = None
         # os.replace onto path.N overwrites it: the oldest backup is dropped.
@@ -167,12 +185,24 @@ class DecisionLog:
         self._size = 0
 
 
+def process_path(path: str) -> str:
+    """This process's own file for the log `path`: ``decisions.jsonl`` becomes
+    ``decisions.<host>-<pid>.jsonl``, so that each file has one writer (and rotates alone)."""
+    folder, name = os.path.split(path)
+    stem, dot, suffix = name.partition(".")
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname())[:64]
+    return os.path.join(folder, f"{stem}.{host or 'host'}-{os.getpid()}{dot}{suffix}")
+
+
 def _redact(row: Mapping[str, Any]) -> dict[str, Any]:
-    """`row` with its prompt text or messages replaced by their sha256, in the same position."""
+    """`row` with its prompt text or messages replaced by their sha256, in the same position,
+    and without the answer text (``response``), which is as private as the prompt."""
     if "prompt" in row and "messages" in row:
         raise ValueError("row: has both 'prompt' and 'messages'; give one")
     out: dict[str, Any] = {}
     for key, value in row.items():
+        if key == "response":
+            continue
         if key == "prompt":
             if not isinstance(value, str):
                 raise ValueError(f"prompt: must be a string, got {type(value).__name__}")
@@ -272,3 +302,10 @@ def read_log_lines(path: str | os.PathLike[str]) -> Iterator[dict]:
                 if not isinstance(row, dict):
                     raise DataError(name, lineno, "not a JSON object")
                 yield row
+
+
+def read_joined_rows(*paths: str | os.PathLike[str]) -> list[dict]:
+    """The training rows of one or more decision logs (with their backups): each decision
+    joined with its outcomes by request id, across the files (`models.decision_rows`)."""
+    rows = ((os.fspath(p), row) for p in paths for row in read_log_lines(p))
+    return [row for _where, row in join_rows(rows)]

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from models.catalog import Catalog
+from serving.auth import Caller, caller_of, presented_key
 from serving.bookkeeping import Bookkeeping
 from serving.config import Settings
 from serving.errors import ApiError
@@ -25,6 +26,7 @@ from serving.service import Service
 __all__ = [
     "AdminDep",
     "BookDep",
+    "CallerDep",
     "CatalogDep",
     "ExperimentsDep",
     "HealthDep",
@@ -32,6 +34,7 @@ __all__ = [
     "OutcomesDep",
     "PipelineDep",
     "SettingsDep",
+    "get_caller",
     "get_service",
     "require_admin",
 ]
@@ -91,14 +94,19 @@ CatalogDep = Annotated[Catalog, Depends(_catalog)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 
 
-def _presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+async def get_caller(request: Request, service: _ServiceDep) -> Caller | None:
+    """Who is calling: the client key's name (None when no client keys are configured).
+
+    `serving.auth.ClientAuth` has usually checked the key already, before the body was read;
+    without it (an app built differently) the check happens here. 401 without a valid key.
+    """
+    caller = caller_of(request.scope)
+    if caller is not None or not service.clients.enabled:
+        return caller
+    return service.clients.authenticate(request.headers)
+
+
+CallerDep = Annotated[Caller | None, Depends(get_caller)]
 
 
 async def require_admin(request: Request, service: _ServiceDep) -> None:
@@ -114,7 +122,7 @@ async def require_admin(request: Request, service: _ServiceDep) -> None:
             f"admin endpoints are disabled: set the {service.settings.admin_api_key_env} "
             "environment variable to enable them",
         )
-    presented = _presented_key(request)
+    presented = presented_key(request.headers)
     if presented is None or not hmac.compare_digest(
         presented.encode("utf-8"), service.admin_key.encode("utf-8")
     ):

@@ -2,6 +2,8 @@
 
     ApiError            raised by the service's own code: status, code, message, field?, extras
     BodyTooLarge        raised while the request body streams in (413)
+    AmbiguousBody       raised when the body has streamed in and repeats a key in one JSON
+                        object (400 ``duplicate_key``, `field` names the key)
     RequestValidationError, HTTPException, PromptError, anything else
                         translated by the handlers below; an unexpected exception becomes a 500
                         `internal_error` whose body says nothing about the internals
@@ -24,7 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.text import PromptError
 
-__all__ = ["ApiError", "BodyTooLarge", "error_body", "install_error_handlers", "render_loc"]
+__all__ = [
+    "AmbiguousBody",
+    "ApiError",
+    "BodyTooLarge",
+    "error_body",
+    "error_response",
+    "install_error_handlers",
+    "render_loc",
+]
 
 _log = logging.getLogger("promptroute.http")
 
@@ -34,6 +44,7 @@ _CODE_BY_STATUS = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "body_timeout",
     413: "body_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -75,6 +86,18 @@ class BodyTooLarge(StarletteHTTPException):
         self.limit = limit
 
 
+class AmbiguousBody(StarletteHTTPException):
+    """A JSON object in the body has the same key twice (``{"a": 1, "a": 2}``).
+
+    An HTTPException for the same reason as `BodyTooLarge`: it is raised from the body reader.
+    `field` is the repeated key's path (``metadata.team``).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(400, message)
+        self.field = field
+
+
 def error_body(
     code: str, message: str, *, field: str | None = None, **extra: Any
 ) -> dict[str, Any]:
@@ -111,14 +134,12 @@ def _validation_message(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
-async def _api_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+def _api_error(exc: ApiError) -> JSONResponse:
     body = error_body(exc.code, exc.message, field=exc.field, **exc.extra)
     return JSONResponse(body, status_code=exc.status, headers=exc.headers)
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+def _validation_error(exc: RequestValidationError) -> JSONResponse:
     errors = list(exc.errors())
     if errors and errors[0].get("type") == "json_invalid":
         detail = (errors[0].get("ctx") or {}).get("error", "invalid JSON")
@@ -136,8 +157,7 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=422)
 
 
-async def _prompt_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, PromptError)
+def _prompt_error(exc: PromptError) -> JSONResponse:
     body = error_body("invalid_request", str(exc), field=exc.field)
     return JSONResponse(body, status_code=422)
 
@@ -155,8 +175,10 @@ def _unparsable_body(cause: BaseException | None) -> str | None:
     return None
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
+def _http_error(exc: StarletteHTTPException) -> JSONResponse:
+    if isinstance(exc, AmbiguousBody):
+        body = error_body("duplicate_key", str(exc.detail), field=exc.field)
+        return JSONResponse(body, status_code=exc.status_code)
     code = _CODE_BY_STATUS.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     if exc.status_code == 400 and (reason := _unparsable_body(exc.__cause__)) is not None:
@@ -173,10 +195,31 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def error_response(exc: BaseException) -> JSONResponse | None:
+    """The response the installed handlers give `exc`; None when it is unexpected (a 500).
+
+    For code that answers requests outside FastAPI's router (`serving.hot_path`), so that its
+    errors come out byte for byte as the router's would.
+    """
+    if isinstance(exc, ApiError):
+        return _api_error(exc)
+    if isinstance(exc, RequestValidationError):
+        return _validation_error(exc)
+    if isinstance(exc, PromptError):
+        return _prompt_error(exc)
+    if isinstance(exc, StarletteHTTPException):
+        return _http_error(exc)
+    return None
+
+
+async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+    response = error_response(exc)
+    assert response is not None  # registered only for the classes error_response knows
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the handlers that give every error the one JSON shape."""
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(PromptError, _prompt_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for kind in (ApiError, RequestValidationError, PromptError, StarletteHTTPException):
+        app.add_exception_handler(kind, _handle)
     app.add_exception_handler(Exception, _unexpected)

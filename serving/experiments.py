@@ -1,13 +1,16 @@
 """Config-defined A/B experiments: sticky assignment of users to variants, and their statistics.
 
 Assignment is a pure function of (experiment name, user id), so every replica and every restart
-puts a user in the same variant without shared state. Counters live in memory, behind one lock;
-the statistics are plain Python (a Wilson interval, Welford means, a pooled two-proportion
+puts a user in the same variant without shared state. The counters live in a `Tallies` store:
+`LocalTallies` in this process's memory, behind one lock, or `serving.shared.RedisTallies`,
+shared by every worker and replica (writes are queued with the request's other Redis commands;
+`refresh` reads the shared figures before a summary). The statistics are plain Python (a Wilson interval, Welford means, a pooled two-proportion
 z-test), so the service needs no scipy at request time.
 """
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import math
 import threading
@@ -18,7 +21,7 @@ from typing import Any
 
 from serving.config import ExperimentConfig, VariantConfig
 
-__all__ = ["Assignment", "Experiments"]
+__all__ = ["Assignment", "Experiments", "LocalTallies", "Tallies", "VariantTally", "Welford"]
 
 _Z95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal
 
@@ -62,7 +65,7 @@ def _two_proportion_p_value(s1: int, n1: int, s2: int, n2: int) -> float | None:
     return math.erfc(abs(z) / math.sqrt(2))
 
 
-class _Welford:
+class Welford:
     """Running mean and variance in one pass, stable for large offsets."""
 
     __slots__ = ("n", "mean", "_m2")
@@ -71,6 +74,17 @@ class _Welford:
         self.n = 0
         self.mean = 0.0
         self._m2 = 0.0
+
+    @classmethod
+    def of(cls, n: int, mean: float, m2: float) -> Welford:
+        """A running state from its three numbers (as a shared store keeps them)."""
+        w = cls()
+        w.n, w.mean, w._m2 = n, mean, m2
+        return w
+
+    @property
+    def m2(self) -> float:
+        return self._m2
 
     def add(self, x: float) -> None:
         self.n += 1
@@ -94,15 +108,88 @@ class _Welford:
         return self.mean, [self.mean - half, self.mean + half]
 
 
-class _VariantStats:
-    __slots__ = ("assigned", "feedback", "successes", "latency", "quality")
+class VariantTally:
+    """One variant's counters: assignments, feedback, successes, latency, quality and cost."""
+
+    __slots__ = ("assigned", "feedback", "successes", "latency", "quality", "cost", "escalated")
 
     def __init__(self) -> None:
         self.assigned = 0
         self.feedback = 0
         self.successes = 0
-        self.latency = _Welford()
-        self.quality = _Welford()
+        self.latency = Welford()
+        self.quality = Welford()
+        self.cost = Welford()
+        self.escalated = 0
+
+
+class Tallies(abc.ABC):
+    """Where the experiments' counters live. Writes never wait (a shared store queues them);
+    reads see the figures as of the last `refresh`."""
+
+    @abc.abstractmethod
+    def add_assignment(self, experiment: str, variant: str) -> None:
+        """Count one served decision."""
+
+    @abc.abstractmethod
+    def add_outcome(
+        self,
+        experiment: str,
+        variant: str,
+        *,
+        success: bool,
+        latency_ms: float | None,
+        quality: float | None,
+        cost_usd: float | None = None,
+        escalated: bool = False,
+    ) -> None:
+        """Count one outcome (values already validated)."""
+
+    @abc.abstractmethod
+    def get(self, experiment: str, variant: str) -> VariantTally:
+        """The variant's counters as last known (a copy or a live object: read-only)."""
+
+    async def refresh(self) -> None:  # noqa: B027 - nothing to do for a local store
+        """Bring `get`'s figures up to date with a shared store."""
+
+
+class LocalTallies(Tallies):
+    """Counters in this process's memory."""
+
+    def __init__(self, configs: Sequence[ExperimentConfig]) -> None:
+        self._stats = {c.name: {v.name: VariantTally() for v in c.variants} for c in configs}
+        self._lock = threading.Lock()
+
+    def add_assignment(self, experiment: str, variant: str) -> None:
+        stats = self._stats[experiment][variant]
+        with self._lock:
+            stats.assigned += 1
+
+    def add_outcome(
+        self,
+        experiment: str,
+        variant: str,
+        *,
+        success: bool,
+        latency_ms: float | None,
+        quality: float | None,
+        cost_usd: float | None = None,
+        escalated: bool = False,
+    ) -> None:
+        stats = self._stats[experiment][variant]
+        with self._lock:
+            stats.feedback += 1
+            stats.successes += bool(success)
+            if latency_ms is not None:
+                stats.latency.add(float(latency_ms))
+            if quality is not None:
+                stats.quality.add(float(quality))
+            if cost_usd is not None:
+                stats.cost.add(float(cost_usd))
+            stats.escalated += bool(escalated)
+
+    def get(self, experiment: str, variant: str) -> VariantTally:
+        return self._stats[experiment][variant]
 
 
 @dataclass(frozen=True)
@@ -153,12 +240,12 @@ class Experiments:
     True
     """
 
-    def __init__(self, configs: Sequence[ExperimentConfig]) -> None:
+    def __init__(self, configs: Sequence[ExperimentConfig], tallies: Tallies | None = None) -> None:
         self._experiments = {c.name: _Experiment.build(c) for c in configs}
         if len(self._experiments) != len(configs):
             raise ValueError("experiment names must be unique")
-        self._stats = {c.name: {v.name: _VariantStats() for v in c.variants} for c in configs}
-        self._lock = threading.Lock()
+        self._variants = {c.name: [v.name for v in c.variants] for c in configs}
+        self.tallies = tallies if tallies is not None else LocalTallies(configs)
 
     def assign(self, *, user_id: str | None, task_type: str | None) -> Assignment | None:
         """The variant of the first enabled experiment that admits this request, or None.
@@ -177,9 +264,8 @@ class Experiments:
 
     def record_assignment(self, a: Assignment) -> None:
         """Count one served decision for `a`'s variant; KeyError if it is not configured."""
-        stats = self._variant(a.experiment, a.variant)
-        with self._lock:
-            stats.assigned += 1
+        self._check(a.experiment, a.variant)
+        self.tallies.add_assignment(a.experiment, a.variant)
 
     def record_outcome(
         self,
@@ -189,8 +275,13 @@ class Experiments:
         success: bool,
         latency_ms: float | None,
         quality: float | None,
+        cost_usd: float | None = None,
+        escalated: bool = False,
     ) -> None:
-        """Add one feedback outcome; None latency or quality leaves that mean unchanged.
+        """Add one feedback outcome; None latency, quality or cost leaves that mean unchanged.
+
+        `escalated` counts requests the gateway answered with a stronger model after a failed
+        check (their cost and latency include both calls).
 
         Raises
         ------
@@ -203,14 +294,16 @@ class Experiments:
             raise ValueError(f"latency_ms must be a finite number >= 0, got {latency_ms!r}")
         if quality is not None and not math.isfinite(quality):
             raise ValueError(f"quality must be a finite number, got {quality!r}")
-        stats = self._variant(experiment, variant)
-        with self._lock:
-            stats.feedback += 1
-            stats.successes += bool(success)
-            if latency_ms is not None:
-                stats.latency.add(float(latency_ms))
-            if quality is not None:
-                stats.quality.add(float(quality))
+        self._check(experiment, variant)
+        self.tallies.add_outcome(
+            experiment,
+            variant,
+            success=success,
+            latency_ms=latency_ms,
+            quality=quality,
+            cost_usd=cost_usd if cost_usd is not None and math.isfinite(cost_usd) else None,
+            escalated=escalated,
+        )
 
     def summary(self, name: str) -> dict[str, Any]:
         """Counts, rates, means with 95% intervals and p-values vs the first variant.
@@ -218,13 +311,12 @@ class Experiments:
         Raises KeyError for an unknown experiment (the HTTP layer turns that into a 404).
         """
         config = self._experiments[name].config  # KeyError for the caller
-        stats = self._stats[name]
+        stats = {v.name: self.tallies.get(name, v.name) for v in config.variants}
         control = stats[config.variants[0].name]
-        with self._lock:
-            rows = [
-                self._row(v, stats[v.name], control if i else None)
-                for i, v in enumerate(config.variants)
-            ]
+        rows = [
+            self._row(v, stats[v.name], control if i else None)
+            for i, v in enumerate(config.variants)
+        ]
         return {
             "name": config.name,
             "enabled": config.enabled,
@@ -241,24 +333,24 @@ class Experiments:
         """Experiment names in config order (disabled ones included)."""
         return list(self._experiments)
 
-    def _variant(self, experiment: str, variant: str) -> _VariantStats:
-        variants = self._stats.get(experiment)
+    def _check(self, experiment: str, variant: str) -> None:
+        variants = self._variants.get(experiment)
         if variants is None:
-            raise KeyError(f"unknown experiment {experiment!r}; known: {', '.join(self._stats)}")
-        stats = variants.get(variant)
-        if stats is None:
+            known = ", ".join(self._variants)
+            raise KeyError(f"unknown experiment {experiment!r}; known: {known}")
+        if variant not in variants:
             known = ", ".join(variants)
             raise KeyError(f"unknown variant {variant!r} of {experiment!r}; known: {known}")
-        return stats
 
     @staticmethod
     def _row(
-        variant: VariantConfig, stats: _VariantStats, control: _VariantStats | None
+        variant: VariantConfig, stats: VariantTally, control: VariantTally | None
     ) -> dict[str, Any]:
         rate = stats.successes / stats.feedback if stats.feedback else None
         interval = _wilson_interval(stats.successes, stats.feedback)
         latency, latency_ci = stats.latency.summary()
         quality, quality_ci = stats.quality.summary()
+        cost, cost_ci = stats.cost.summary()
         return {
             "name": variant.name,
             "weight": variant.weight,
@@ -273,6 +365,9 @@ class Experiments:
             "mean_latency_ms_ci95": latency_ci,
             "mean_quality": quality,
             "mean_quality_ci95": quality_ci,
+            "mean_cost_usd": cost,
+            "mean_cost_usd_ci95": cost_ci,
+            "escalated": stats.escalated,
             "p_value_vs_control": None
             if control is None
             else _two_proportion_p_value(

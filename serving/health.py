@@ -118,6 +118,9 @@ class Health(abc.ABC):
     def __contains__(self, model: object) -> bool:
         return model in self.names
 
+    async def start(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Start what the implementation runs in the background (inside the event loop)."""
+
     async def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
         """Release what the implementation holds (connections, tasks)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,10 @@ class LoadedModel:
     input_price: np.ndarray  # USD per token: the router's for scored models, else the catalog's
     output_price: np.ndarray
     output_tokens: np.ndarray  # learned for scored models, the catalog's typical otherwise
+    # unscored_tail's answers by mask (bounded; a cache, not part of the value)
+    _tails: dict[bytes, tuple[np.ndarray, str]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     @property
     def version(self) -> str:
@@ -75,6 +79,20 @@ class LoadedModel:
         out = self.output_tokens if expected_output_tokens is None else expected_output_tokens
         return self.input_price * input_tokens + self.output_price * out
 
+    def unscored_tail(self, mask: np.ndarray) -> tuple[np.ndarray, str]:
+        """(the eligible unscored models' indices in catalog order, their names listed) for a
+        mask over the index space. Requests mostly repeat a few masks (usually: all of them),
+        so the answer is kept per mask: building it cost a decision several microseconds."""
+        key = mask[self.n_scored :].tobytes()
+        hit = self._tails.get(key)
+        if hit is None:
+            tail = np.flatnonzero(mask[self.n_scored :]) + self.n_scored
+            tail.setflags(write=False)
+            hit = (tail, ", ".join(self.names[i] for i in tail))
+            if len(self._tails) < _MAX_TAILS:
+                self._tails[key] = hit
+        return hit
+
     def unscored_note(self, name: str) -> str | None:
         """Why `name` is not ranked by the learned router (None when it is)."""
         if name in self.scored:
@@ -84,6 +102,9 @@ class LoadedModel:
             "an experiment or `candidates` pins it, or when no scored model can take the "
             "request (then the catalog's order decides)"
         )
+
+
+_MAX_TAILS = 256
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:

@@ -1,5 +1,11 @@
 """Prometheus metrics of one app, in its own registry (two apps in one process never collide).
 
+With several worker processes (`serve --workers N` sets ``PROMETHEUS_MULTIPROC_DIR``),
+prometheus-client's multiprocess mode keeps each worker's samples in files there, and
+`render` adds up every worker's counters and histograms, whichever worker answers; gauges
+take the most recent value written by a live worker (breaker state, pending decisions), or
+the maximum (state degraded: 1 if any worker is).
+
 Label children for the fixed label sets (model × stage, model × outcome, filter) are created once
 when a model is loaded, so counting on the hot path is a dict lookup and an increment.
 `RequestMetrics` is the ASGI middleware that counts every HTTP request by route and status.
@@ -7,12 +13,14 @@ when a model is loaded, so counting on the hot path is a dict lookup and an incr
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.activity import Activity
@@ -57,6 +65,7 @@ UPSTREAM_OUTCOMES = (
     "rate_limited",
     "server_error",
     "http_error",
+    "provider_error",
     "timeout",
     "network_error",
     "malformed",
@@ -77,6 +86,8 @@ class Metrics:
         self.activity = Activity(DECISION_BUCKETS, clock=clock)
         self.registry = CollectorRegistry()
         r = self.registry
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self._gauge_functions: list[tuple[Gauge, Callable[[], float]]] = []
         self._requests = Counter(
             "promptroute_http_requests",
             "HTTP requests by route template and status code",
@@ -112,6 +123,7 @@ class Metrics:
             "Circuit breaker state per model: 0 closed, 1 half-open, 2 open",
             ["model"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self._transitions = Counter(
             "promptroute_breaker_transitions",
@@ -140,8 +152,9 @@ class Metrics:
         )
         self._pending = Gauge(
             "promptroute_pending_decisions",
-            "Decisions waiting for their feedback",
+            "Decisions that may still take an outcome (for their model or a fallback)",
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self._explored = Counter(
             "promptroute_exploration_decisions",
@@ -165,6 +178,34 @@ class Metrics:
             ["model", "outcome"],
             registry=r,
         )
+        self._escalations = Counter(
+            "promptroute_escalations",
+            "Answers the /v1 gateway discarded for a stronger model's, by model and failed check",
+            ["model", "check"],
+            registry=r,
+        )
+        self._escalation_cost = Counter(
+            "promptroute_escalation_discarded_cost_usd",
+            "What the discarded answers of escalated requests cost, in USD",
+            registry=r,
+        )
+        self._state_degraded = Gauge(
+            "promptroute_state_degraded",
+            "1 while the shared state backend (Redis) is unreachable and this process serves "
+            "from local state, else 0",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.state_errors = Counter(
+            "promptroute_state_errors",
+            "Round trips to the shared state backend that failed or timed out",
+            registry=r,
+        )
+        self.state_dropped = Counter(
+            "promptroute_state_dropped",
+            "Shared-state writes nobody waited for that were lost to a backend fault",
+            registry=r,
+        )
         self._removal_child = {f: self._removals.labels(filter=f) for f in FILTERS}
         self._decision_child: dict[tuple[str, str], Any] = {}
         self._spend_child: dict[str, Any] = {}
@@ -182,7 +223,18 @@ class Metrics:
             self._breaker_state.labels(model).set(0.0)
 
     def track_pending(self, size: Callable[[], int]) -> None:
-        self._pending.set_function(lambda: float(size()))
+        self._track(self._pending, lambda: float(size()))
+
+    def track_state(self, degraded: Callable[[], bool]) -> None:
+        self._track(self._state_degraded, lambda: float(degraded()))
+
+    def _track(self, gauge: Gauge, value: Callable[[], float]) -> None:
+        if self.multiprocess:
+            # A function gauge lives in one process's memory: the files see only set().
+            self._gauge_functions.append((gauge, value))
+            gauge.set(value())
+        else:
+            gauge.set_function(value)
 
     # -- hot path -----------------------------------------------------------------------------
 
@@ -230,15 +282,33 @@ class Metrics:
         self._breaker_state.labels(model).set(_BREAKER_LEVEL.get(new_v, -1.0))
         self.activity.transition(model, old_v, new_v, _reason)
 
+    def breaker_level(self, model: str, state: str) -> None:
+        """Show `model`'s circuit as `state` (a change another process made, seen here)."""
+        self._breaker_state.labels(model).set(_BREAKER_LEVEL.get(state, -1.0))
+
     def upstream_attempt(self, model: str, outcome: str) -> None:
         """One gateway call to `model`'s upstream ended with `outcome` (see UPSTREAM_OUTCOMES)."""
         self._upstream.labels(model, outcome).inc()
+
+    def escalation(self, model: str, check: str) -> None:
+        """The gateway escalated past `model`'s answer because `check` failed."""
+        self._escalations.labels(model, check).inc()
+
+    def escalation_cost(self, usd: float) -> None:
+        """The cost of the answers one escalated request discarded."""
+        self._escalation_cost.inc(max(usd, 0.0))
 
     def reload(self, ok: bool) -> None:
         self._reloads.labels("ok" if ok else "failed").inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        for gauge, value in self._gauge_functions:
+            gauge.set(value())
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
 
 
 class RequestMetrics:

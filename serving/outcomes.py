@@ -12,8 +12,22 @@ from serving.errors import ApiError
 from serving.experiments import Experiments
 from serving.health import Health
 from serving.loaded_model import ModelSlot
+from serving.redact import quote
 
-__all__ = ["Outcomes", "apply_feedback"]
+__all__ = ["Outcomes", "apply_feedback", "check_model"]
+
+
+def check_model(fb: Feedback, models: ModelSlot) -> None:
+    """422 ``unknown_model`` when the feedback names a model that is not routable."""
+    if fb.model is not None and fb.model not in models.routable_names():
+        known = sorted(models.routable_names())
+        raise ApiError(
+            422,
+            "unknown_model",
+            f"model: {quote(fb.model)} is not a routable model; known: {', '.join(known)}",
+            field="model",
+            known=known,
+        )
 
 
 async def apply_feedback(
@@ -31,29 +45,14 @@ async def apply_feedback(
     Raises
     ------
     ApiError
-        422 ``unknown_model`` when `fb.model` is not routable (the decision stays pending,
-        so a corrected retry still finds it); 404 ``unknown_request_id`` when the id is
-        unknown, already answered or expired.
+        422 ``unknown_model`` when `fb.model` is not routable (nothing is reserved, so a
+        corrected retry still finds the decision); and from `Bookkeeping.claim`: 404
+        ``unknown_request_id`` (unknown, expired, or another caller's decision), 422
+        ``model_not_offered`` (neither the decision's model nor a fallback), 409
+        ``outcome_already_recorded`` (that model's outcome is in already).
     """
-    if fb.model is not None and fb.model not in models.routable_names():
-        known = sorted(models.routable_names())
-        raise ApiError(
-            422,
-            "unknown_model",
-            f"model: {fb.model!r} is not a routable model; known: {', '.join(known)}",
-            field="model",
-            known=known,
-        )
-    decision = await book.take(fb.request_id)
-    if decision is None:
-        raise ApiError(
-            404,
-            "unknown_request_id",
-            f"no pending decision with request_id {fb.request_id!r}: it is unknown, already "
-            f"has its feedback, or is older than {book.max_age_seconds:g} s",
-            field="request_id",
-        )
-    model = fb.model or decision.model
+    check_model(fb, models)
+    decision, model = await book.claim(fb.request_id, fb.model, fb.caller)
     await health.record_outcome(
         model, success=fb.success, latency_ms=fb.latency_ms, quality=fb.quality
     )
@@ -64,8 +63,10 @@ async def apply_feedback(
             success=fb.success,
             latency_ms=fb.latency_ms,
             quality=fb.quality,
+            cost_usd=fb.cost_usd,
+            escalated=bool(fb.escalations),
         )
-    await book.log_outcome(fb.request_id, decision, model, fb)
+    await book.log_outcome(fb.request_id, model, fb)
     return decision, model
 
 

@@ -75,6 +75,7 @@ from serving.filters import (
 from serving.health import Health, HealthView
 from serving.loaded_model import LoadedModel, ModelSlot
 from serving.metrics import Metrics
+from serving.redact import quote
 from serving.rules import RuleSet
 
 __all__ = ["Decision", "Pipeline", "RouteQuery"]
@@ -103,6 +104,7 @@ class RouteQuery:
     metadata: Mapping[str, Any] | None = None
     raw_prompt: str | None = None
     raw_messages: list[Any] | None = None
+    caller: str | None = None  # the client key's name; only that caller may give feedback
 
 
 @dataclass(slots=True)
@@ -259,7 +261,7 @@ class Pipeline:
         knob, priority = _knob(settings, router, query, experiment)
         k = loaded.n_scored
         scored_mask = mask[:k]
-        unscored = np.flatnonzero(mask[k:]) + k if len(names) > k else _NONE
+        unscored, unscored_listed = loaded.unscored_tail(mask) if len(names) > k else (_NONE, "")
         scored: Scored | None = None
         if scored_mask.any():
             scored = router.score(
@@ -280,8 +282,7 @@ class Pipeline:
                 )
             if unscored.size:
                 order = np.concatenate([order, unscored])
-                listed = ", ".join(names[i] for i in unscored)
-                notes.append(f"without learned scores, listed last: {listed}")
+                notes.append(f"without learned scores, listed last: {unscored_listed}")
         else:
             order = unscored
             headline = (
@@ -306,7 +307,10 @@ class Pipeline:
                         f"exploration (share {self.explore_share:g}): {names[chosen]}{unknown} "
                         f"drawn at random instead of the router's pick {names[greedy]} ({headline})"
                     )
-        fallbacks = [i for i in ranking if i != chosen]
+        if ranking and chosen == ranking[0]:
+            fallbacks = ranking[1:]
+        else:
+            fallbacks = [i for i in ranking if i != chosen]
         if degraded:
             headline = (
                 "every model that passed the filters has an open circuit; degraded mode returns "
@@ -321,11 +325,15 @@ class Pipeline:
                 return float(scored.cost_usd[i])
             return float(loaded.estimate_cost(input_tokens, query.expected_output_tokens)[i])
 
+        listed = [chosen, *fallbacks]
+        if k < len(names):
+            listed = [i for i in listed if i < k]
+        name_of = names.__getitem__
         decision = Decision(
             request_id=_request_id(),
             model=names[chosen],
-            fallbacks=tuple(names[i] for i in fallbacks),
-            scores={names[i]: rounded[i] for i in (chosen, *fallbacks) if i < k},
+            fallbacks=tuple(map(name_of, fallbacks)),
+            scores=dict(zip(map(name_of, listed), map(rounded.__getitem__, listed), strict=True)),
             estimated_cost_usd=cost_of(chosen),
             stage=stage,
             detail=detail,
@@ -378,6 +386,8 @@ class Pipeline:
         await self.remember(
             decision.request_id,
             model=model,
+            fallbacks=decision.fallbacks,
+            caller=query.caller,
             raw_prompt=query.raw_prompt,
             raw_messages=query.raw_messages,
             input_tokens=decision.input_tokens,
@@ -418,24 +428,28 @@ class Pipeline:
         task_type: str | None,
         router_version: str,
         experiment: Assignment | None,
+        fallbacks: tuple[str, ...] = (),
+        caller: str | None = None,
         propensity: float | None = None,
     ) -> None:
-        """Keep a served decision until its feedback arrives (or it is evicted)."""
+        """Log a served decision and keep what its outcomes need until they arrive."""
         book = self.book
-        keep_text = book.keeps_text  # no log, no reason to hold prompts in memory
+        keep_text = book.keeps_text  # no log, no reason to pass the prompt on
         await book.remember(
             request_id,
             PendingDecision(
                 model=model,
-                prompt=raw_prompt if keep_text and raw_messages is None else None,
-                messages=raw_messages if keep_text else None,
+                fallbacks=fallbacks,
+                caller=caller,
+                experiment=experiment,
+                ts=book.wall_clock(),
                 input_tokens=input_tokens,
                 task_type=task_type,
                 router_version=router_version,
-                experiment=experiment,
-                ts=book.wall_clock(),
                 propensity=propensity,
             ),
+            prompt=raw_prompt if keep_text and raw_messages is None else None,
+            messages=raw_messages if keep_text else None,
         )
 
 
@@ -484,12 +498,31 @@ def _at(values: np.ndarray | float, i: int) -> float:
     return float(values) if isinstance(values, float) else float(values[i])
 
 
+_ID_BATCH = 256
+_id_pool: list[str] = []
+
+
+def _refill_ids() -> None:
+    raw = bytearray(os.urandom(16 * _ID_BATCH))
+    raw[6::16] = bytes((b & 0x0F) | 0x40 for b in raw[6::16])
+    raw[8::16] = bytes((b & 0x3F) | 0x80 for b in raw[8::16])
+    hexed = raw.hex()
+    _id_pool.extend(hexed[i : i + 32] for i in range(0, len(hexed), 32))
+
+
+# A worker forked from a process that had ids in stock must not hand out the same ones.
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_id_pool.clear)
+
+
 def _request_id() -> str:
-    # uuid.uuid4().hex, without building a UUID object: 16 random bytes, version 4, RFC variant.
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return raw.hex()
+    # uuid.uuid4().hex without a UUID object (16 random bytes from the OS, version 4, RFC
+    # variant), made 256 at a time: one os.urandom call costs as much as the rest of an id.
+    while True:
+        try:
+            return _id_pool.pop()
+        except IndexError:  # empty (another thread may have taken the last one meanwhile)
+            _refill_ids()
 
 
 def _candidates(
@@ -506,7 +539,7 @@ def _candidates(
             raise ApiError(
                 422,
                 "unknown_model",
-                f"candidates[{i}]: unknown model {name!r}; routable: {', '.join(known)}",
+                f"candidates[{i}]: unknown model {quote(name)}; routable: {', '.join(known)}",
                 field=f"candidates[{i}]",
                 known=known,
             )

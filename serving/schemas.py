@@ -292,9 +292,16 @@ class ModelsResponse(BaseModel):
     models: list[ModelInfo]
 
 
+class StateStatus(BaseModel):
+    backend: str
+    degraded: bool
+    error: str | None = None
+
+
 class Status(BaseModel):
     status: str
     router_version: str | None = None
+    state: StateStatus | None = None
 
 
 class _ErrorDetail(BaseModel):

@@ -113,3 +113,93 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+class RedisServer:
+    """A real `redis-server` on a free loopback port, with no persistence; `stop`/`start`
+    simulate an outage on the same port."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        import socket
+
+        self.binary = binary
+        self.folder = folder
+        with socket.socket() as s:  # a free port (bound and released: redis binds it next)
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self) -> None:
+        import subprocess
+        import time
+
+        import redis
+
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.folder),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis(port=self.port, socket_timeout=0.2) as client:
+                    client.ping()
+                return
+            except redis.ConnectionError:
+                assert self.process.poll() is None, "redis-server exited at start"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis(port=self.port) as client:
+            client.flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server for the shared-state tests. Missing: a skip locally, a failure in
+    CI (CI=true), where .ci/run installs it."""
+    import os
+    import shutil
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        message = "redis-server is not installed (apt-get install redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The shared Redis, emptied for this test (it must be running: a test may stop it)."""
+    if redis_server.process is None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url

@@ -14,6 +14,15 @@ Behaviours, for ``POST <any prefix>/chat/completions``:
     malformed   200 whose body is not JSON (for a stream: ``application/json`` instead of SSE)
     empty       200 event stream that ends before its first event
     break       200 event stream that sends one chunk, then drops the connection
+    dribble     200 whose body (or stream) comes one byte every `dribble_seconds`
+    stall       200 event stream that sends its first chunk, then nothing until the fake stops
+    endless     200 event stream that sends a chunk every `dribble_seconds` until the fake stops
+    huge_usage  200 whose usage has a 400-digit prompt_tokens (in the last chunk when streaming)
+    nan         200 whose body holds a bare NaN (in the first chunk when streaming)
+    not_json    200 event stream whose first event's data is not JSON
+    leak        400 whose error body echoes the request's Authorization header and another key
+    error_midway  200 event stream: one chunk, then an error chunk that quotes a key, then ends
+    bulky       200 whose body carries 64 KiB of padding
 
 `reply(model, fn)` makes a non-streaming ``ok`` answer's content ``fn(request_body)`` for that
 model (a fake judge reads the prompt it was sent and scores it).
@@ -28,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import socket
 import threading
 import time
@@ -95,9 +105,13 @@ def serve_in_thread(app: Any, *, lifespan: str = "off") -> Iterator[str]:
 class FakeUpstream:
     """The fake server; use it as a context manager (it starts on enter, stops on exit)."""
 
-    def __init__(self, *, slow_seconds: float = 5.0, retry_after: str = "2") -> None:
+    def __init__(
+        self, *, slow_seconds: float = 5.0, retry_after: str = "2", dribble_seconds: float = 0.05
+    ) -> None:
         self.slow_seconds = slow_seconds
+        self.dribble_seconds = dribble_seconds
         self.retry_after = retry_after
+        self._retry_after_default = retry_after
         self.usage: tuple[int, int] | None = (12, 7)
         self.on_request: Callable[[], None] | None = None
         self.requests: list[Received] = []
@@ -137,6 +151,7 @@ class FakeUpstream:
             self.requests.clear()
             self.usage = (12, 7)
             self.on_request = None
+            self.retry_after = self._retry_after_default
 
     def models_called(self) -> list[str]:
         with self._lock:
@@ -166,11 +181,38 @@ class FakeUpstream:
             return JSONResponse(_error(status), status_code=status, headers=headers)
         if behaviour == "malformed":
             return Response(b'{"choices": [', media_type="application/json")
+        if behaviour == "leak":
+            echoed = request.headers.get("authorization", "")
+            error = _error(400)
+            error["error"]["message"] = (
+                f"bad request; you sent '{echoed}', try key sk-live-0123456789abcdef instead"
+            )
+            return JSONResponse(error, status_code=400)
+        if behaviour == "huge_usage":
+            usage = (10**399, 7)
         if stream:
-            events = _events(model, usage, behaviour)
+            events = _events(model, usage, behaviour, self._stopping)
+            if behaviour == "dribble":
+                events = self._dribble(b"".join([e async for e in events]))
             return StreamingResponse(events, media_type="text/event-stream")
         content = reply(body) if reply is not None else None
-        return JSONResponse(completion(model, usage, content))
+        body = completion(model, usage, content)
+        if behaviour == "nan":
+            body["choices"][0]["logprobs"] = math.nan
+        if behaviour == "bulky":
+            body["padding"] = "x" * 2**16
+        if behaviour == "dribble":
+            return StreamingResponse(
+                self._dribble(json.dumps(body).encode()), media_type="application/json"
+            )
+        return Response(json.dumps(body).encode(), media_type="application/json")
+
+    async def _dribble(self, data: bytes) -> AsyncIterator[bytes]:
+        for i in range(len(data)):
+            if self._stopping.is_set():
+                return
+            yield data[i : i + 1]
+            await asyncio.sleep(self.dribble_seconds)
 
 
 def completion(
@@ -230,13 +272,30 @@ def chunks(model: str, usage: tuple[int, int] | None) -> list[dict[str, Any]]:
 
 
 async def _events(
-    model: str, usage: tuple[int, int] | None, behaviour: str
+    model: str, usage: tuple[int, int] | None, behaviour: str, stopping: threading.Event
 ) -> AsyncIterator[bytes]:
     if behaviour == "empty":
         return
+    if behaviour == "not_json":
+        yield b"data: Hello! I am a plain-text answer.\n\n"
     for i, item in enumerate(chunks(model, usage)):
         if behaviour == "break" and i == 2:
             raise _Dropped("connection dropped on purpose")
+        if behaviour == "stall" and i == 1:
+            while not stopping.is_set():
+                await asyncio.sleep(0.01)
+            return
+        if behaviour == "error_midway" and i == 1:
+            error = {"error": {"message": "quota exceeded for key sk-live-0123456789abcdef"}}
+            yield b"data: " + json.dumps(error).encode() + b"\n\n"
+            return
+        if behaviour == "endless" and i == 1:
+            while not stopping.is_set():
+                yield b"data: " + json.dumps(item).encode() + b"\n\n"
+                await asyncio.sleep(0.05)
+            return
+        if behaviour == "nan" and i == 0:
+            item["choices"][0]["logprobs"] = math.nan
         yield b"data: " + json.dumps(item).encode() + b"\n\n"
         await asyncio.sleep(0)
     yield b"data: [DONE]\n\n"

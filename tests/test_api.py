@@ -120,7 +120,7 @@ def test_feedback_counts_once_and_moves_the_breaker(tiny_artifact, catalog_path)
         assert router.feedback(first.request_id, success=False) == first.model
         with pytest.raises(RoutingError) as again:
             router.feedback(first.request_id, success=True)
-        assert (again.value.status, again.value.code) == (404, "unknown_request_id")
+        assert (again.value.status, again.value.code) == (409, "outcome_already_recorded")
         second = router.route("Explain binary search.", candidates=[first.model])
         router.feedback(second.request_id, success=False)
         with pytest.raises(RoutingError) as blocked:

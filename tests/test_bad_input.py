@@ -345,7 +345,7 @@ def test_messages_at_the_depth_limit_are_routed_logged_and_answered(make_client)
     rid = response.json()["request_id"]
     assert client.post("/feedback", json={"request_id": rid, "success": True}).status_code == 200
     state = client.app.state.service
-    assert state.book.decision_log.lines_written == 1
+    assert state.book.decision_log.lines_written == 2  # the decision, then its outcome
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from bench import artifact_io, breakdown, decision, footprint, http, long_inputs, training_scale
@@ -56,6 +57,8 @@ def results(tiny_artifact: Path, scale_dir: Path) -> dict[str, dict[str, Any]]:
                 warmup=0,
                 client="python",
                 n_bodies=5,
+                long_chars=2000,
+                n_long_bodies=2,
             )
         ),
         "breakdown": _json_ready(breakdown.run(tiny_artifact, n_prompts=4, rounds=2)),
@@ -112,15 +115,19 @@ def test_long_text_is_exactly_the_size_asked(chars: int) -> None:
 # --------------------------------------------------------------------------- benchmarks
 def test_decision(results: dict) -> None:
     r = results["decision"]
-    for key in ("features_us", "head_us", "decision_us", "heuristic_us"):
+    for key in ("features_us", "head_us", "decision_us", "heuristic_us", "content_router_us"):
         assert set(r[key]) == PERCENTILE_KEYS and r[key]["n"] == 12 and _ordered(r[key])
-    assert set(r["ratio_learned_over_heuristic"]) == {"p50", "p99", "mean", "median_per_prompt"}
+    for key in ("ratio_learned_over_heuristic", "ratio_learned_over_content_router"):
+        assert set(r[key]) == {"p50", "p99", "mean", "median_per_prompt"}
+    ratio = r["ratio_learned_over_content_router"]["p50"]
+    assert ratio == round(r["decision_us"]["p50"] / r["content_router_us"]["p50"], 3)
     assert set(r["decision_p50_us_by_dataset"]) == {"llmrouter_dcrouter", "routellm", "routerbench"}
     assert r["timer_overhead_ns"] >= 0
     assert _metrics(r) == [
         "decision p50",
         "decision p99",
         "learned / hand-rule decision time (p50 ratio)",
+        "learned / seed ContentRouter decision time (p50 ratio)",
     ]
     assert all(isinstance(t["pass"], bool) for t in r["targets"])
 
@@ -145,21 +152,55 @@ def test_http_with_the_python_load_generator(results: dict) -> None:
             assert row[name]["errors"] == 0
             assert row[name]["rps"] > 0
         assert row["route_fraction_of_noop"] > 0
+        assert row["route_p50_over_noop_p50"] > 0
+    long = r["long_prompt_c1"]
+    assert long["route"]["errors"] == long["noop"]["errors"] == 0
+    assert len(long["route"]["rounds"]) == 1 and long["route"]["rps"] > 0
+    assert r["params"]["long_chars"] == 2000 and len(r["load_avg"]["before"]) == 3
     assert _metrics(r) == [
         "/route throughput as a fraction of GET /healthz at concurrency 2",
+        "/route p50 ÷ GET /healthz p50 at concurrency 1",
+        "/route p50 with 2,000-character prompts ÷ GET /healthz p50, concurrency 1",
         "error responses under load",
     ]
-    assert [t["pass"] for t in r["targets"]] == [None, True]
+    # Timing decides the concurrency-1 target; the others are fixed by the sizes run.
+    passes = [t["pass"] for t in r["targets"]]
+    assert passes[0] is None and isinstance(passes[1], bool) and passes[2:] == [None, True]
 
 
 def test_breakdown(results: dict) -> None:
     r = results["breakdown"]
     assert r["params"] == {"n_prompts": 4, "rounds": 2, "seed": 0}
     us = r["median_us"]
-    assert set(us) == {"noop_get", "noop_post", "route", "pipeline", "features", "head"}
+    assert set(us) == {
+        "noop_get",
+        "noop_post",
+        "route",
+        "route_fastapi",
+        "pipeline",
+        "features",
+        "head",
+    }
     assert all(v > 0 for v in us.values())
-    assert r["route_own_work_us"] == round(us["route"] - us["noop_post"], 1)
+    assert r["route_beyond_pipeline_us"] == round(us["route"] - us["pipeline"], 1)
+    assert r["route_fastapi_over_route"] == round(us["route_fastapi"] / us["route"], 2)
     assert r["targets"] == []
+
+
+def test_server_profile(tiny_artifact: Path) -> None:
+    from bench import server_profile
+
+    r = server_profile.run(tiny_artifact, duration=0.3, long_chars=2000, client="python")
+    for key in ("real_prompts", "long_prompts"):
+        part = r[key]
+        assert part["requests"] > 0 and part["wall_ms_per_request"] > 0
+        assert set(part["parts"]) == {label for label, _, _ in server_profile._PARTS}
+        decision = part["parts"]["decision (Pipeline.decide)"]
+        assert decision["ms_per_request"] > 0 and 0 < decision["share"]
+        assert len(part["top_by_own_time"]) == 15
+    assert "Where a served /route request" in render_summary(
+        {"server_profile": {"command": "cmd", **_json_ready(r)}}
+    )
 
 
 def test_breakdown_noop_endpoint_is_not_in_the_product(tiny_artifact: Path) -> None:
@@ -372,6 +413,24 @@ def test_ensure_artifact_keeps_a_readable_artifact(tiny_artifact: Path) -> None:
     assert (tiny_artifact / "manifest.json").read_bytes() == before
 
 
+def test_replicas_at_tiny_size(tiny_artifact: Path, redis_server) -> None:
+    from bench import replicas
+
+    configs = (
+        ("memory-1-granian", "memory", 1, "granian"),
+        ("redis-1-granian", "redis", 1, "granian"),
+    )
+    r = replicas.run(
+        tiny_artifact, duration=0.5, rounds=1, warmup=0.2, client="python", configs=configs
+    )
+    assert list(r["by_config"]) == ["memory-1-granian", "redis-1-granian"]
+    for row in r["by_config"].values():
+        assert row["errors"] == 0 and row["rps"] > 0 and row["load_generator_cpu_per_s"] > 0
+    assert r["ratios"]["granian: redis ÷ memory, 1 worker"] > 0
+    assert r["ratios"]["uvicorn: redis ÷ memory, 1 worker"] is None  # not run
+    assert [t["pass"] for t in r["targets"]][-1] is True  # no error responses
+
+
 def test_loop_simulation_runs_end_to_end_at_a_tiny_size() -> None:
     from bench import loop
     from training.trainer import TrainOptions
@@ -399,3 +458,33 @@ def test_loop_simulation_runs_end_to_end_at_a_tiny_size() -> None:
         "rounds that promoted a router worse on the test side",
     ]
     assert len(said) == 2 + 2  # the split, the two routers' AIQ, one line per round
+    gap = result["test_aiq"]["gap_bootstrap"]
+    assert gap["gap"] == pytest.approx(result["test_aiq"]["gap"], abs=1e-4)
+    assert gap["se"] >= 0 and gap["ci95"][0] <= gap["ci95"][1]
+    assert result["test_aiq"]["gap_beyond_noise"] == (gap["gap"] > 2 * gap["se"])
+
+
+def test_loop_gap_uses_evaluates_aiq_and_a_router_has_no_gap_with_itself() -> None:
+    from bench import loop
+    from models.catalog import load_catalog
+    from training.evaluate import evaluate
+    from training.logs import load_records
+    from training.paths import bundled_data
+    from training.trainer import TrainOptions, train
+
+    catalog = load_catalog()
+    path = next(p for p in bundled_data() if p.name.startswith("llmrouter_dcrouter."))
+    records = load_records(path).records[:400]
+    opts = TrainOptions(c_grid=(1.0,), cv_folds=2, n_hash_features=2**12, n_jobs=1)
+    router = train(records[:300], catalog, opts).router
+    test = records[300:]
+    picks, t = loop._picks(router, test, catalog)
+    mine = loop._aiq_of(picks, np.nan_to_num(t.quality), np.nan_to_num(t.cost), t.labelled)
+    assert mine == pytest.approx(evaluate(router, test, catalog)["router"]["aiq"], abs=1e-6)
+    assert loop.gap_with_error(router, router, test, catalog) == {
+        "gap": 0.0,
+        "se": 0.0,
+        "ci95": [0.0, 0.0],
+    }
+    with pytest.raises(ValueError, match="data must be one of"):
+        loop.run(data="nope")

@@ -44,7 +44,10 @@ def _experiment(variants: str = "[{name: a, weight: 1}, {name: b, weight: 1}]", 
 def test_all_is_exact():
     assert sorted(config_module.__all__) == [
         "BreakersConfig",
+        "ClientKeyConfig",
         "DecisionLogConfig",
+        "ESCALATION_CHECKS",
+        "EscalationConfig",
         "ExperimentConfig",
         "ExplorationConfig",
         "GatewayConfig",
@@ -56,6 +59,7 @@ def test_all_is_exact():
         "RuleConfig",
         "RuleMatch",
         "Settings",
+        "StateConfig",
         "StatsConfig",
         "UpstreamConfig",
         "VariantConfig",

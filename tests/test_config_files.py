@@ -59,7 +59,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+# Several workers need the Redis backend (tests/test_crash.py starts them on a real Redis).
+@pytest.mark.parametrize("workers", [1], ids=["one-process"])
 def test_the_minimal_config_starts_as_shipped(tiny_artifact: Path, workers: int) -> None:
     """`promptroute serve --config serving/example-config.yaml`, as a user types it (the
     model given by PROMPTROUTE_ARTIFACT so that the test does not train the default one); with

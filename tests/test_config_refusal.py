@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import granian.server
 import pytest
 import uvicorn
 import yaml
@@ -23,9 +24,11 @@ from serving import serve
 @pytest.fixture(autouse=True)
 def _never_serves(monkeypatch):
     def refuse(*_args, **_kwargs):
-        pytest.fail("serve() started uvicorn with an invalid configuration")
+        pytest.fail("serve() started a server with an invalid configuration")
 
     monkeypatch.setattr(uvicorn.Server, "run", refuse)
+    monkeypatch.setattr(uvicorn, "run", refuse)
+    monkeypatch.setattr(granian.server.Server, "serve", refuse)
 
 
 @pytest.fixture(scope="module")

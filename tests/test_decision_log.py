@@ -35,7 +35,13 @@ def all_bytes(folder: Path) -> bytes:
 
 
 def test_public_api() -> None:
-    assert sorted(decision_log.__all__) == ["DecisionLog", "DecisionLogSettings", "read_log_lines"]
+    assert sorted(decision_log.__all__) == [
+        "DecisionLog",
+        "DecisionLogSettings",
+        "process_path",
+        "read_joined_rows",
+        "read_log_lines",
+    ]
 
 
 def test_rows_round_trip(tmp_path: Path) -> None:

@@ -44,7 +44,14 @@ def _row(experiments, variant, name="exp"):
 
 
 def test_all_is_exact():
-    assert sorted(experiments_module.__all__) == ["Assignment", "Experiments"]
+    assert sorted(experiments_module.__all__) == [
+        "Assignment",
+        "Experiments",
+        "LocalTallies",
+        "Tallies",
+        "VariantTally",
+        "Welford",
+    ]
 
 
 def test_assignment_follows_the_documented_hash():
@@ -175,6 +182,9 @@ def test_summary_of_a_fresh_experiment_is_exact():
         "mean_latency_ms_ci95": None,
         "mean_quality": None,
         "mean_quality_ci95": None,
+        "mean_cost_usd": None,
+        "mean_cost_usd_ci95": None,
+        "escalated": 0,
         "p_value_vs_control": None,
     }
     assert experiments.summary("exp") == {

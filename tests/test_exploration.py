@@ -13,7 +13,6 @@ from fakes import FakeClock, TestClient
 from models.catalog import load_catalog
 from models.errors import ConfigError
 from serving import create_app, load_settings
-from serving.decision_log import read_log_lines
 
 PROMPT = "Explain step by step why the sky is blue, and compare it with sunsets."
 SHARE = 0.2
@@ -100,7 +99,10 @@ def feedback(client, request_id: str) -> None:
 
 
 def rows(log: Path) -> list[dict]:
-    return list(read_log_lines(log))
+    """The training rows: each decision row joined with its outcome rows."""
+    from serving.decision_log import read_joined_rows
+
+    return read_joined_rows(log) if log.exists() else []
 
 
 def test_greedy_decision_logs_one_minus_share(make_client):

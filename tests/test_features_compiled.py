@@ -8,6 +8,7 @@ was built.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from features import Prompt, PromptFeaturizer, extractor, signals
+from features.signals import DENSE_FEATURE_NAMES
 
 # Set on a machine that cannot compile C, to run the suite on the Python path alone.
 ALLOW_PURE_PYTHON = os.environ.get("PROMPTROUTE_ALLOW_PURE_PYTHON") == "1"
@@ -189,12 +191,19 @@ QUANTITY_CHAR = st.sampled_from(
 QUANTITY_TEXT = st.text(QUANTITY_CHAR, max_size=200) | st.text(ANY_CHAR, max_size=200)
 
 
-def test_signals_use_the_compiled_counts():
+def test_signals_use_the_compiled_dense_signals():
     if ALLOW_PURE_PYTHON and signals._compiled is None:
         pytest.skip("PROMPTROUTE_ALLOW_PURE_PYTHON=1 and features._compiled is not built")
-    assert signals._class_counts is signals._compiled.char_classes
-    assert signals._quantities is signals._compiled.quantities
-    assert signals._keyword_counts.func is signals._compiled.keyword_counts
+    assert signals._compiled is not None
+    prompt = Prompt("Why? 1. step", "Why? 1. step")
+    # The served path is the compiled one: the Python reference is never called.
+    saved = signals._dense_signals_python
+    signals._dense_signals_python = None  # type: ignore[assignment]
+    try:
+        values, words = signals.dense_signals(prompt, 16384)
+    finally:
+        signals._dense_signals_python = saved
+    assert values.tobytes() == saved(prompt, 16384)[0].tobytes() and words == ["why", "1", "step"]
 
 
 @needs_build
@@ -289,13 +298,17 @@ LEXICON_WORD = st.sampled_from(
 @example(words=["in", "a", "nutshell", "in", "a"])
 @example(words=["total", "sum", "ratio", "def", "std", "import"])
 def test_keyword_counts_are_the_reference_counts(words):
-    assert signals._keyword_counts(words) == signals._keyword_counts_python(words)
+    assert compiled_keyword_counts(words) == signals._keyword_counts_python(words)
+
+
+def compiled_keyword_counts(words: list[str]) -> list[int]:
+    return signals._compiled.keyword_counts(signals._LEXICON, signals._N_COUNTERS, words)
 
 
 @needs_build
 def test_keyword_counts_of_many_words_are_the_reference_counts():
     words = signals.tokenize(" ".join(signals._LEXICON) * 50)
-    assert signals._keyword_counts(words) == signals._keyword_counts_python(words)
+    assert compiled_keyword_counts(words) == signals._keyword_counts_python(words)
 
 
 class _Str(str):
@@ -336,24 +349,14 @@ def test_bad_signal_arguments_raise_instead_of_crashing(call, error):
         call(signals._compiled)
 
 
-def python_signals(prompt, max_scan_chars: int):
-    # Not monkeypatch: a function-scoped fixture would be shared by hypothesis's examples.
-    names = ("_class_counts", "_quantities", "_keyword_counts")
-    saved = [getattr(signals, name) for name in names]
-    for name in names:
-        setattr(signals, name, getattr(signals, name + "_python"))
-    try:
-        return signals.dense_signals(prompt, max_scan_chars)
-    finally:
-        for name, value in zip(names, saved, strict=True):
-            setattr(signals, name, value)
-
-
 def assert_same_signals(prompt, max_scan_chars: int) -> None:
-    ref_values, ref_words = python_signals(prompt, max_scan_chars)
-    values, words = signals.dense_signals(prompt, max_scan_chars)
-    assert np.array(values).tobytes() == np.array(ref_values).tobytes()
+    ref_values, ref_words = signals._dense_signals_python(prompt, max_scan_chars)
+    values, words = signals._dense_signals_compiled(prompt, max_scan_chars)
+    assert values.dtype == ref_values.dtype == np.float64
+    assert values.tobytes() == ref_values.tobytes()
     assert words == ref_words
+    assert values.flags.writeable and values.flags.owndata is False  # a bytearray's buffer
+    values += 0.0  # callers may scale the row in place, as the Python path allows
 
 
 @needs_build
@@ -375,3 +378,230 @@ def test_dense_signals_of_real_prompts_are_the_same_on_either_path():
     for _, prompt in real_prompts(400, seed=1):
         assert_same_signals(prompt, 16384)
         assert_same_signals(prompt, 100)
+
+
+# Pieces the compiled dense_signals handles itself (line starts, operators between digits, URLs,
+# fences, counted characters) or hands to Python's regexes behind a gate (code constructs,
+# LaTeX, JSON), in dense mixes: texts of these pieces join into lines that nearly match.
+SIGNAL_PIECES = st.sampled_from(
+    ["\n", "\n", " ", "  ", "\t", "\r", "1", "12", "1234", "\u0663", ".", ")", "(", ":", "#", "*"]
+    + ["A", "a", "B", "h", "H", "I", "i", "J", "q", "Q", "x", "\u0131", "\u0130", "\u017f"]
+    + ["question", "Question", "QUESTION", "answer", "Answer", "input", "Output", "example"]
+    + ["Example 2", "solution", "Problem", "in", "ou", "so", "pr", "ex", "questio", "answe"]
+    + ["queſtion", "ınput", "A) ", "(b)", "C.", "1. ", "2) ", "10.\t", "1000. ", "Q1:", "A #3:"]
+    + ["+", "-", "*", "/", "^", "=", "\u00d7", "\u00f7", "3+4", "12 = 5", "2 *\t3"]
+    + ["://", "www.", "://www.", "w", "W", "WWW.", "http://x.com", "```", "``", "`"]
+    + ["?", "\uff1f", "%", ",", "$x", "$5", "$$", "\\frac", "\\(", "\\", "{", '{"a":', '"']
+    + ["def f(", "function g() {", "class A:", "import os", "from a import b", "#include <"]
+    + ["public static", "SELECT a FROM", "console.log(", "std::", "step by step", "why"]
+    + ["\u0130", "\ud800", "\U0001d7d9", "\u3002", "\u2028", "\x85", "\u00a0", "K", "\u212a"]
+    + [" " * 8, " " * 9, "\t" * 11, " " * 12, "#####", "****", "Q 123:", "A#4:", "answer *:"]
+    + ["example\t#1 :", "(h)", "(I)", "i.", "h)\r", "1234. ", "Solution  :", "q\t\t\t12\t*:"]
+)
+SIGNAL_TEXT = st.lists(SIGNAL_PIECES, max_size=80).map("".join)
+
+
+@needs_build
+@settings(max_examples=600, deadline=None)
+@given(text=SIGNAL_TEXT, max_scan_chars=st.sampled_from([1, 7, 40, 16384]))
+@example(text="Q: a\nA: b\nQ: c\nA: d\nq:e", max_scan_chars=16384)
+@example(text="  \t Question 12 *: x\n## Answer:\n**Example #3**:", max_scan_chars=16384)
+@example(text="A)\n(b) x\nC.\nH) y\nI) z\n10. a\n1000. b\n\u0663. c", max_scan_chars=16384)
+@example(text="\u0131nput: x\nQUE\u017fTION: y\n\u0130nput: z", max_scan_chars=16384)
+@example(text="3+4 12 = 5 2*\t3 1 / 2 7^2 8\u00d79 9\u00f73 -4 5-", max_scan_chars=16384)
+@example(text="http://www.x.com www.y.org HTTPS://WWW.Z ftp://", max_scan_chars=16384)
+@example(text='```` ``` `````` ?\uff1f %, $x \\frac{1}{2} {"k": 1}', max_scan_chars=16384)
+@example(text="A: one\n" * 30 + "Answer: x", max_scan_chars=40)
+def test_dense_signals_of_signal_pieces_are_the_same_on_either_path(text, max_scan_chars):
+    assert_same_signals(Prompt(text, text[: len(text) // 2]), max_scan_chars)
+
+
+@needs_build
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.text(ANY_CHAR, max_size=200) | SIGNAL_TEXT,
+    last_user=st.text(max_size=300),
+    turns=st.integers(0, 10**6) | st.floats(0, 1e300),
+    images=st.integers(0, 2**70),
+    has_system=st.booleans() | st.sampled_from([0, 1, "", "x"]),
+)
+def test_length_signals_of_any_prompt_fields_are_the_same_on_either_path(
+    text, last_user, turns, images, has_system
+):
+    assert_same_signals(Prompt(text, last_user, turns, images, has_system), 16384)
+
+
+@needs_build
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        pytest.param(Prompt("x", "x", turns=-1), id="turns-minus-one"),
+        pytest.param(Prompt("x", "x", images=-5), id="images-below-minus-one"),
+        pytest.param(Prompt("x", "x", images=10**400), id="images-past-float"),
+        pytest.param(Prompt("x", "x", turns="3"), id="turns-str"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_prompt_fields_raise_the_same_error_on_either_path(prompt):
+    with pytest.raises(Exception) as reference:
+        signals._dense_signals_python(prompt, 16384)
+    with pytest.raises(reference.type):
+        signals._dense_signals_compiled(prompt, 16384)
+
+
+@needs_build
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("w" * 30_000 + "\n1. x\nA) y", id="long-window"),
+        pytest.param(("Q: 1+2=3 www.a.b\n" * 5000), id="many-lines"),
+        pytest.param("\U0001d7d9/\U0001d7da. \n" * 4000, id="astral"),
+        pytest.param("é" * 20_000 + " A) x", id="latin1-long"),
+    ],
+)
+@pytest.mark.parametrize("max_scan_chars", [100, 16384, 10**6])
+def test_large_prompts_give_the_same_signals(text, max_scan_chars):
+    assert_same_signals(Prompt(text, text), max_scan_chars)
+
+
+@needs_build
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        pytest.param(("x", 1, 1, 0, False, 16384), TypeError, id="six-arguments"),
+        pytest.param(("x", -1, 1, 0, False, 16384, None), ValueError, id="negative-last-user"),
+        pytest.param(("x", 1, 1, 0, False, -1, None), ValueError, id="negative-scan"),
+        pytest.param(("x", 1, 1, 0, False, 16384, ()), TypeError, id="empty-spec"),
+        pytest.param(("x", 1, 1, 0, False, 16384, "spec"), TypeError, id="str-spec"),
+    ],
+)
+def test_bad_dense_signal_arguments_raise_instead_of_crashing(args, error):
+    with pytest.raises(error):
+        signals._compiled.dense_signals(*args)
+    spec = list(signals._COMPILED_SPEC)
+    spec[1] = 5000  # more counters than the module allows
+    with pytest.raises(ValueError):
+        signals._compiled.dense_signals("x", 1, 1, 0, False, 16384, tuple(spec))
+    spec = list(signals._COMPILED_SPEC)
+    spec[0] = []
+    with pytest.raises(TypeError):
+        signals._compiled.dense_signals("x", 1, 1, 0, False, 16384, tuple(spec))
+
+
+# ---------------------------------------------------------------------------------------------
+# The head's compiled gather (models.router.LinearHead.logits_one): the same logits, bit for bit,
+# as the `take` it replaces, whatever the layout of the weights.
+
+HEAD_SHAPES = st.tuples(st.integers(1, 300), st.integers(1, 24), st.integers(0, 50))
+
+
+@needs_build
+@settings(max_examples=200, deadline=None)
+@given(shape=HEAD_SHAPES, seed=st.integers(0, 2**32 - 1), fortran=st.booleans())
+def test_head_logits_with_the_compiled_gather_are_the_take_logits(shape, seed, fortran):
+    from models import router
+
+    n_hash, k, n_dense = shape
+    rng = np.random.default_rng(seed)
+    hashed_w = rng.normal(scale=3, size=(n_hash, k)).astype(np.float32)
+    if fortran:
+        hashed_w = np.asfortranarray(hashed_w)
+    head = router.LinearHead("sigmoid", rng.normal(size=(n_dense, k)), hashed_w, rng.normal(size=k))
+    idx = n_dense + rng.choice(n_hash, size=rng.integers(0, n_hash + 1), replace=False)
+    vals = rng.normal(size=idx.size)
+    dense = rng.normal(size=n_dense)
+    expected = dense @ head.dense_w + head.bias
+    if idx.size:
+        expected += vals @ hashed_w.take(idx - n_dense, axis=0)
+    got = head.logits_one(dense, idx.astype(np.int64), vals, n_dense)
+    assert got.tobytes() == expected.tobytes()
+
+
+@needs_build
+def test_head_logits_of_real_rows_are_the_take_logits(tiny_artifact):
+    from bench._common import real_prompts
+    from models.artifact import load_router
+
+    r, _ = load_router(tiny_artifact)
+    for _, prompt in real_prompts(300, seed=2):
+        dense, idx, vals = r.featurizer.transform_one(prompt)
+        for head in r.heads.values():
+            # All columns (scores, then any gain and domain blocks), as the head stacks them.
+            expected = dense @ head._dense + head._bias
+            expected += vals @ head._hashed.take(idx - r.n_dense, axis=0)
+            assert head.logits_one(dense, idx, vals, r.n_dense).tobytes() == expected.tobytes()
+
+
+@needs_build
+@pytest.mark.parametrize(
+    ("weights", "idx", "offset", "error"),
+    [
+        pytest.param(np.zeros((3, 2), np.float64), [0], 0, TypeError, id="float64-weights"),
+        pytest.param(np.zeros(3, np.float32), [0], 0, TypeError, id="1d-weights"),
+        pytest.param(np.zeros((3, 2), np.float32), np.zeros(1, np.int32), 0, TypeError, id="int32"),
+        pytest.param(np.zeros((3, 2), np.float32), [3], 0, IndexError, id="past-the-end"),
+        pytest.param(np.zeros((3, 2), np.float32), [1], 2, IndexError, id="below-the-offset"),
+        pytest.param(np.zeros((3, 2), np.float32), [0], "0", TypeError, id="str-offset"),
+        pytest.param(b"abc", [0], 0, TypeError, id="bytes-weights"),
+    ],
+)
+def test_bad_gather_arguments_raise_instead_of_crashing(weights, idx, offset, error):
+    idx = np.asarray(idx, dtype=np.int64) if isinstance(idx, list) else idx
+    with pytest.raises(error):
+        signals._compiled.gather_rows(weights, idx, offset)
+
+
+@needs_build
+@pytest.mark.parametrize(
+    "lexicon",
+    [
+        pytest.param({"why": ((1,), ()), "how": ((1,), ())}, id="str-keys"),
+        pytest.param({"why": ((1,), ()), 7: ((2,), ()), "how": ((1,), ())}, id="an-int-key"),
+    ],
+)
+def test_another_lexicon_is_used_then_the_spec_s_own_again(lexicon):
+    # The compiled keyword table is rebuilt from whichever lexicon a spec holds.
+    prompt = Prompt("Why? How, why... step by step", "x")
+    spec = (lexicon, *signals._COMPILED_SPEC[1:])
+    values, _ = signals._compiled.dense_signals(prompt.text, 1, 1, 0, False, 16384, spec)
+    named = dict(zip(DENSE_FEATURE_NAMES, np.frombuffer(values), strict=True))
+    assert named["kw.simple"] == math.log1p(3)
+    assert named["kw.reasoning"] == named["kw.translate"] == 0.0
+    assert_same_signals(prompt, 16384)
+
+
+@needs_build
+def test_switching_lexicons_frees_the_tables_it_replaces():
+    import tracemalloc
+
+    other = ({"why": ((1,), ())}, *signals._COMPILED_SPEC[1:])
+    specs = (other, signals._COMPILED_SPEC)
+
+    def switch(times: int) -> None:
+        for k in range(times):
+            signals._compiled.dense_signals("why not", 1, 1, 0, False, 16384, specs[k % 2])
+
+    switch(10)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        switch(400)  # a leaked table is ~20 KB: 400 of them would be ~8 MB
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000
+
+
+@needs_build
+@pytest.mark.parametrize(
+    "entry",
+    [
+        pytest.param(((99,), ()), id="group-out-of-range"),
+        pytest.param(((1,),), id="one-item"),
+        pytest.param(((1,), ((0, ("why",), 1),)), id="phrase-tokens-not-a-list"),
+    ],
+)
+def test_a_malformed_lexicon_entry_raises_when_its_word_occurs(entry):
+    spec = ({"why": entry}, *signals._COMPILED_SPEC[1:])
+    signals._compiled.dense_signals("nothing here", 1, 1, 0, False, 16384, spec)
+    with pytest.raises((TypeError, ValueError)):
+        signals._compiled.dense_signals("why", 1, 1, 0, False, 16384, spec)

@@ -6,7 +6,6 @@ Both servers run with uvicorn on free loopback ports in background threads; noth
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from fake_upstream import ANSWER, FakeUpstream, serve_in_thread
 
 from models.catalog import load_catalog
 from serving import create_app, load_settings
+from serving.decision_log import read_joined_rows
 
 MESSAGES = [{"role": "user", "content": "Summarize the plot of Hamlet in three sentences."}]
 
@@ -79,8 +79,7 @@ def order(promptroute) -> list[str]:
 
 
 def logged(log_path: Path, request_id: str) -> dict:
-    rows = [json.loads(line) for line in log_path.read_text("utf-8").splitlines()]
-    (row,) = [r for r in rows if r["id"] == request_id]
+    (row,) = [r for r in read_joined_rows(log_path) if r["id"] == request_id]
     return row
 
 

@@ -33,6 +33,8 @@ WALL = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
                 "ChatPlan",
                 "Gateway",
                 "GatewayReply",
+                "MAX_TOKENS",
+                "PROVIDER_ERRORS",
                 "Sleep",
                 "Upstream",
                 "Upstreams",
@@ -43,7 +45,15 @@ WALL = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
         pytest.param(upstreams, ["Upstream", "Upstreams", "resolve_upstreams"], id="upstreams"),
         pytest.param(
             completions,
-            ["CLIENT_ERRORS", "ChatPlan", "Gateway", "GatewayReply", "Sleep"],
+            [
+                "CLIENT_ERRORS",
+                "ChatPlan",
+                "Gateway",
+                "GatewayReply",
+                "MAX_TOKENS",
+                "PROVIDER_ERRORS",
+                "Sleep",
+            ],
             id="completions",
         ),
         pytest.param(
@@ -86,7 +96,8 @@ def test_all_is_exact(module, names):
         pytest.param(
             {"upstreams": {"gpt-4": {"base_url": "http://h/v1", "api_key": "sk-1"}}},
             "upstreams.gpt-4.api_key",
-            "unknown field (expected one of: base_url, model, api_key_env, timeout_seconds)",
+            "unknown field (expected one of: base_url, model, api_key_env, timeout_seconds, "
+            "stream_idle_seconds, stream_max_seconds)",
             id="unknown-field",
         ),
         pytest.param(
@@ -122,7 +133,7 @@ def test_all_is_exact(module, names):
         pytest.param(
             {"gateway": {"retries": 2}},
             "gateway.retries",
-            "unknown field (expected one of: max_attempts, max_retry_after_seconds)",
+            "unknown field (expected one of: max_attempts, max_retry_after_seconds, escalation)",
             id="gateway-unknown-field",
         ),
     ],
@@ -136,7 +147,16 @@ def test_config_errors_name_the_field(overrides, field, reason):
 def test_defaults():
     defaults = load_settings()
     assert defaults.upstreams == {}
-    assert defaults.gateway.model_dump() == {"max_attempts": 3, "max_retry_after_seconds": 5.0}
+    assert defaults.gateway.model_dump() == {
+        "max_attempts": 3,
+        "max_retry_after_seconds": 5.0,
+        "escalation": {
+            "enabled": False,
+            "checks": ["length", "empty", "refusal", "json", "tool_args", "verifier"],
+            "threshold": None,
+            "max_escalations": 1,
+        },
+    }
 
 
 def test_check_models_covers_upstream_keys():
@@ -324,13 +344,41 @@ def test_forward_renames_the_model_and_tallies():
     [
         pytest.param(b"data: [DONE]", id="done"),
         pytest.param(b": keep-alive", id="comment"),
-        pytest.param(b"data: {not json", id="not-json"),
-        pytest.param(b'data: {"a": 1}', id="no-model-field"),
-        pytest.param(b"data: 1\ndata: 2", id="multi-line-data"),
     ],
 )
 def test_forward_passes_other_events_unchanged(event):
     assert _forward(event, "m", _StreamTally()) == event + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    ("event", "sent"),
+    [
+        pytest.param(b'data: {"a": 1}', b'data: {"a":1}', id="no-model-field"),
+        pytest.param(b'id: 3\ndata: {"a":\ndata: 1}', b'id: 3\ndata: {"a":1}', id="multi-line"),
+    ],
+)
+def test_forward_sends_exactly_the_json_it_checked(event, sent):
+    assert _forward(event, "m", _StreamTally()) == sent + b"\n\n"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(b"data: {not json", id="not-json"),
+        pytest.param(b"data: 1\ndata: 2", id="multi-line-not-json"),
+        pytest.param(b"data: [1, 2]", id="not-an-object"),
+        pytest.param(b'data: {"x": NaN}', id="nan"),
+        pytest.param(b'data: {"x": 1e400}', id="infinite"),
+        pytest.param(b'data: {"usage": {"prompt_tokens": 1' + b"0" * 400 + b"}}", id="400-digits"),
+        pytest.param(b'data: {"usage": {"completion_tokens": -1}}', id="negative-usage"),
+        pytest.param(b'data: {"usage": "lots"}', id="usage-not-an-object"),
+        pytest.param(b"data: " + b"[" * 100 + b"]" * 100, id="too-deep"),
+    ],
+)
+def test_forward_refuses_a_malformed_event(event):
+    with pytest.raises(completions._Failed) as caught:
+        _forward(event, "m", _StreamTally())
+    assert (caught.value.label, caught.value.outcome) == ("malformed", "malformed")
 
 
 def test_an_upstream_error_event_marks_the_stream_failed():

@@ -172,7 +172,7 @@ def test_read_decisions_sets_aside_rows_it_cannot_use(tmp_path):
     decisions, skipped = read_decisions([path])
     assert [(d.model, d.propensity) for d in decisions] == [(A, 0.98), (None, None)]
     assert decisions[0].record.outcomes[A].quality == 1.0
-    assert skipped == {"no_feedback": 1, "no_propensity": 1, "label_only": 1}
+    assert skipped == {"no_feedback": 1, "no_propensity": 1, "label_only": 1, "no_decision": 0}
     assert has_propensities([path])
     assert not has_propensities([_write(tmp_path / "l.jsonl", [{"prompt": "x", "label": A}])])
 

@@ -235,3 +235,44 @@ def test_concurrent_puts_and_pops_lose_nothing() -> None:
     everything = [v for vs in popped for v in vs] + evicted
     assert len(everything) == 8000
     assert len(set(everything)) == 8000
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), st.integers(0, 6), st.integers(1, 400)),
+            st.tuples(st.just("get"), st.integers(0, 6), st.just(0)),
+            st.tuples(st.just("pop"), st.integers(0, 6), st.just(0)),
+            st.tuples(st.just("advance"), st.integers(0, 40), st.just(0)),
+        ),
+        max_size=60,
+    ),
+    max_bytes=st.integers(1, 1000),
+)
+def test_the_byte_bound_holds_and_the_count_is_exact(ops, max_bytes: int) -> None:
+    clock = FakeClock()
+    sizes: dict[object, int] = {}
+    p = PendingDecisions(
+        PendingSettings(max_bytes=max_bytes, max_age_seconds=60.0),
+        clock=clock,
+        sizeof=lambda value: sizes[value],
+    )
+    serial = 0
+    held: dict[str, object] = {}
+    for op, rid, size in ops:
+        if op == "put":
+            serial += 1
+            sizes[serial] = size
+            p.put(f"r{rid}", serial)
+        elif op == "get":
+            value = p.get(f"r{rid}")
+            assert value is None or p.get(f"r{rid}") == value  # get leaves it in place
+        elif op == "pop":
+            p.pop(f"r{rid}")
+        else:
+            clock.advance(rid)
+        held = {k: v for k, (_, v, _) in p._items.items()}
+        # The newest decision always stays, even alone over the bound.
+        assert p.bytes == sum(sizes[v] for v in held.values())
+        assert p.bytes <= max_bytes or len(held) == 1

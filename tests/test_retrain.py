@@ -106,7 +106,12 @@ def test_retrain_promotes_and_saves_with_a_report(decision_log, tiny_artifact, c
     )
     assert report["promoted"] is True
     c = report["comparison"]
-    assert c["skipped_rows"] == {"no_feedback": 1, "no_propensity": 0, "label_only": 0}
+    assert c["skipped_rows"] == {
+        "no_feedback": 1,
+        "no_propensity": 0,
+        "label_only": 0,
+        "no_decision": 0,
+    }
     total = c["newest_rows"] + report["training"]["decision_rows"]
     assert c["newest_rows"] == c["single_calls"] == round(0.25 * total)
     assert c["candidate"]["supporting_decisions"] <= c["newest_rows"]
@@ -197,3 +202,34 @@ def test_cli_eval_on_decision_logs_reports_off_policy_estimates(
             lo, hi = report[key][est]["ci95"]
             assert lo <= report[key][est]["estimate"] <= hi
     assert 0 < report["supporting_decisions"] < report["n"]
+
+
+def test_newest_slice_follows_decision_time_not_file_order(tmp_path) -> None:
+    # Two workers' logs: B's file is read second but holds the older decisions; a labelled row
+    # (no time) counts as older than any traffic.
+    from training.loop import _newest_slice
+    from training.offpolicy import read_decisions
+
+    def row(i: int, ts: float | None) -> str:
+        out = {
+            "id": f"r{i}",
+            "prompt": f"prompt {i}",
+            "model": "m",
+            "success": True,
+            "quality": 1.0,
+            "propensity": 0.5,
+        }
+        if ts is not None:
+            out["ts"] = ts
+        return json.dumps(out) + "\n"
+
+    a, b = tmp_path / "decisions.a.jsonl", tmp_path / "decisions.b.jsonl"
+    a.write_text(row(0, 300.0) + row(1, 100.0) + row(2, 400.0))
+    b.write_text(row(3, 200.0) + row(4, None) + row(5, 200.0))
+    decisions, _ = read_decisions([a, b])
+    assert [d.ts for d in decisions] == [300.0, 100.0, 400.0, 200.0, None, 200.0]
+    older, newest = _newest_slice(decisions, 0.5)
+    prompts = [d.record.prompt.text for d in older + newest]
+    # untimed first, then by time; the two rows at 200.0 keep their file order
+    assert prompts == [f"prompt {i}" for i in (4, 1, 3, 5, 0, 2)]
+    assert [d.record.prompt.text for d in newest] == ["prompt 5", "prompt 0", "prompt 2"]

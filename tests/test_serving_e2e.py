@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import httpx
 import pytest
 import yaml
@@ -11,6 +9,7 @@ from fakes import LiveServer
 
 from models.catalog import load_catalog
 from serving import create_app, load_settings
+from serving.decision_log import read_joined_rows
 
 PROMPT = "Write a Python function that checks whether a number is prime."
 
@@ -65,14 +64,14 @@ def test_feedback_trips_a_breaker_and_traffic_moves(live):
         assert f'promptroute_breaker_state{{model="{chosen}"}} 2.0' in metrics
 
 
-def test_graceful_shutdown_logs_pending_decisions(live):
+def test_decisions_are_in_the_log_before_shutdown(live):
     with httpx.Client(base_url=live.url, timeout=10) as client:
         ids = [
             client.post("/route", json={"prompt": PROMPT}).json()["request_id"] for _ in range(2)
         ]
         client.post("/feedback", json={"request_id": ids[0], "success": True})
-    assert len(live.log.read_text().splitlines()) == 1
+    assert len(live.log.read_text().splitlines()) == 3  # two decisions, one outcome
     live.stop()
-    rows = [json.loads(line) for line in live.log.read_text().splitlines()]
+    assert len(live.log.read_text().splitlines()) == 3  # shutdown adds nothing
+    rows = read_joined_rows(live.log)
     assert [(r["id"], r["success"]) for r in rows] == [(ids[0], True), (ids[1], None)]
-    assert rows[1]["evicted"] == "shutdown"

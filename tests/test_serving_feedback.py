@@ -12,7 +12,7 @@ import pytest
 from fakes import FakeClock, TestClient
 
 from serving import create_app, load_settings
-from serving.decision_log import read_log_lines
+from serving.decision_log import read_joined_rows, read_log_lines
 from training.logs import load_records
 
 PROMPT = "Summarize the plot of Hamlet in three sentences."
@@ -75,9 +75,16 @@ def test_feedback_updates_stats_breaker_and_answers_once(make_client):
     assert models[model]["stats"]["calls"] == 1
     assert models[model]["stats"]["latency_ms"]["p50"] == 420.0
     assert models[model]["stats"]["mean_quality"] == 0.8
-    again = client.post("/feedback", json=feedback)
-    assert again.status_code == 404
-    assert again.json()["error"]["code"] == "unknown_request_id"
+    again = client.post("/feedback", json=feedback)  # one outcome per model
+    assert again.status_code == 409
+    assert again.json() == {
+        "error": {
+            "code": "outcome_already_recorded",
+            "message": f"model: request {rid!r} already has an outcome for {model!r}; each "
+            "model a decision offered takes one outcome",
+            "field": "model",
+        }
+    }
 
 
 def test_unknown_request_id_is_404(make_client):
@@ -87,8 +94,8 @@ def test_unknown_request_id_is_404(make_client):
     assert response.json() == {
         "error": {
             "code": "unknown_request_id",
-            "message": "no pending decision with request_id 'nope': it is unknown, already has "
-            "its feedback, or is older than 3600 s",
+            "message": "no pending decision with request_id 'nope': it is unknown, has an "
+            "outcome for every model it offered, or is older than 3600 s",
             "field": "request_id",
         }
     }
@@ -178,10 +185,18 @@ def test_every_decision_is_logged_once_and_reads_back_as_training_data(make_app,
                 "error_type": "timeout",
             },
         )
-        third = route(client)  # never gets feedback: logged at shutdown
+        third = route(client)  # never gets feedback: its decision row is all there is
         assert log_path.exists()
-        assert len(list(read_log_lines(log_path))) == 2
-    rows = list(read_log_lines(log_path))
+        # Durable when /route answers: every decision and outcome is on disk before shutdown.
+        kinds = [(r["id"], r["kind"]) for r in read_log_lines(log_path)]
+        assert kinds == [
+            (first["request_id"], "decision"),
+            (first["request_id"], "outcome"),
+            (second["request_id"], "decision"),
+            (second["request_id"], "outcome"),
+            (third["request_id"], "decision"),
+        ]
+    rows = read_joined_rows(log_path)
     assert [r["id"] for r in rows] == [
         first["request_id"],
         second["request_id"],
@@ -214,12 +229,12 @@ def test_every_decision_is_logged_once_and_reads_back_as_training_data(make_app,
     if second["model"] != "claude-v2":
         expected_second["routed_model"] = second["model"]
     assert rows[1] == expected_second
-    assert rows[2]["success"] is None and rows[2]["evicted"] == "shutdown"
+    assert rows[2]["success"] is None and "evicted" not in rows[2]
     assert rows[2]["model"] == third["model"]
 
     report = load_records(log_path, skip_invalid=True)
-    assert report.lines_read == 3
-    assert [where for where, _ in report.skipped] == [f"{log_path}:3"]
+    assert report.lines_read == 5
+    assert [where for where, _ in report.skipped] == [f"{log_path}:5"]
     assert "no feedback arrived" in report.skipped[0][1]
     first_record, second_record = report.records
     assert first_record.id == first["request_id"] and first_record.task_type == "summarize"
@@ -239,6 +254,7 @@ def test_privacy_mode_keeps_prompt_text_out_of_the_file(make_app, log_path):
     text = log_path.read_text(encoding="utf-8")
     assert "account-number" not in text
     rows = [json.loads(line) for line in text.splitlines()]
+    rows = [r for r in rows if r["kind"] == "decision"]
     assert rows[0]["prompt_sha256"] == hashlib.sha256(SECRET.encode()).hexdigest()
     assert "prompt" not in rows[0] and "messages" not in rows[1]
     assert len(rows[1]["prompt_sha256"]) == 64
@@ -255,7 +271,7 @@ def test_prompt_text_stays_out_of_application_logs(make_app, caplog, log_prompts
     assert any("account-number" in r.getMessage() for r in caplog.records) is log_prompts
 
 
-def test_expired_and_evicted_decisions_are_logged_unanswered(make_app, log_path):
+def test_expired_and_evicted_decisions_stay_in_the_log_unanswered(make_app, log_path):
     app, clock = make_app(pending={"max_items": 2, "max_age_seconds": 60.0})
     with TestClient(app) as client:
         old = route(client)["request_id"]
@@ -271,12 +287,9 @@ def test_expired_and_evicted_decisions_are_logged_unanswered(make_app, log_path)
             client.post("/feedback", json={"request_id": ids[2], "success": True}).status_code
             == 200
         )
-    rows = {r["id"]: r for r in read_log_lines(log_path)}
+    rows = {r["id"]: r for r in read_joined_rows(log_path)}
     assert len(rows) == 4
-    assert (rows[old]["success"], rows[old]["evicted"]) == (None, "expired")
-    assert (rows[ids[0]]["success"], rows[ids[0]]["evicted"]) == (None, "capacity")
-    assert (rows[ids[1]]["success"], rows[ids[1]]["evicted"]) == (None, "shutdown")
-    assert rows[ids[2]]["success"] is True and "evicted" not in rows[ids[2]]
+    assert [rows[i]["success"] for i in (old, ids[0], ids[1], ids[2])] == [None, None, None, True]
 
 
 def test_decisions_are_not_logged_without_a_log(tiny_artifact, catalog_path, tmp_path):

@@ -76,7 +76,11 @@ def test_health_and_readiness(make_client, tiny_artifact):
     version = json.loads((tiny_artifact / "manifest.json").read_text())["router_version"]
     client = make_client()
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready", "router_version": version}
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "router_version": version,
+        "state": {"backend": "memory", "degraded": False},
+    }
 
 
 def test_not_ready_before_start_up(tiny_artifact):

@@ -36,6 +36,7 @@ REPORT_KEYS = {
     "best_c",
     "cv_loss",
     "train_seconds",
+    "verifiers",
     "options",
     "default_knob_mix",
     "cv_policy_curve",

@@ -17,7 +17,7 @@ from models.catalog import load_catalog
 from models.errors import ArtifactError
 from models.paths import default_artifact_path
 from training.logs import LoadReport, load_records
-from training.paths import bundled_data
+from training.paths import bundled_data, bundled_responses
 from training.progress import progress_bar
 from training.records import Record
 from training.split import split_records
@@ -79,16 +79,28 @@ def train_and_save(
     skip_invalid: bool = False,
     options: Any = None,
     progress: Progress = log_progress,
+    verifier_logs: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Load logs, train in memory, save the artifact; returns the manifest."""
+    """Load logs, train in memory, save the artifact; returns the manifest.
+
+    `verifier_logs` are extra logs with answer text that train only the answer verifiers
+    (the same `split` side is used).
+    """
     from training.trainer import TrainOptions, train
 
     catalog = load_catalog(catalog_path)
     records, report = load_split(logs, split, skip_invalid, progress)
-    result = train(records, catalog, options or TrainOptions(), progress=progress)
+    extra: list[Record] = []
+    if verifier_logs:
+        extra, _ = load_split(verifier_logs, split, skip_invalid, progress)
+    result = train(
+        records, catalog, options or TrainOptions(), progress=progress, verifier_records=extra
+    )
     training = {
         "files": [str(p) for p in logs],
         "data_sha256": data_sha256(logs),
+        "verifier_files": [str(p) for p in verifier_logs],
+        "verifier_data_sha256": data_sha256(verifier_logs) if verifier_logs else None,
         "split": split,
         "lines_read": report.lines_read,
         "records_loaded": len(report.records),
@@ -141,5 +153,11 @@ def ensure_default_artifact(path: Path | None = None, progress: Progress = log_p
     except ArtifactError as exc:
         why = str(exc)
     progress(f"default model unusable ({why}); training it from the bundled data")
-    train_and_save([str(p) for p in bundled_data()], path, split="train", progress=progress)
+    train_and_save(
+        [str(p) for p in bundled_data()],
+        path,
+        split="train",
+        progress=progress,
+        verifier_logs=[str(p) for p in bundled_responses()],
+    )
     return path

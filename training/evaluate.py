@@ -5,7 +5,12 @@ The report's field names are a stable interface (scripts and dashboards read the
     n, models, single_models{MODEL: {quality, cost}}, oracle{quality, cost},
     heuristic{quality, cost}, router{curve[{knob, quality, cost, calls}], aiq, max_quality,
     cost_to_match_best, cost_to_95pct_best, accuracy, macro_f1}, zero_router{aiq},
-    two_model{strong, weak, apgr, cpt50, cpt80} | null, by_task{TASK: {...}}
+    two_model{strong, weak, apgr, cpt50, cpt80} | null, cascade{...} | null, by_task{TASK: {...}}
+
+`cascade` (see `_cascade`) compares escalation after the call (call the cheap model, score its
+answer with the artifact's verifier, call the strong model below a threshold; the cheap call is
+always paid) with the pre-call router on the same records: both curves, APGR, cost to reach
+95% of the strong model, added latency where the logs have it, and whether the cascade pays.
 
 `cost` is mean USD per request. The router sees only the prompt (and `task_type` when a log row
 carries that request field); `task` only groups the report. Curves come from a sweep of the
@@ -26,7 +31,9 @@ from sklearn.metrics import f1_score
 from features.text import Prompt
 from models.catalog import Catalog
 from models.router import Router, mixture_draw
+from models.verifier import Verifier
 from training import metrics
+from training.cascade import escalation_curve
 from training.curves import KNOB_GRID, choose, sweep
 from training.heuristic import HeuristicRouter
 from training.labels import Targets, build_targets
@@ -54,6 +61,9 @@ class _Scored:
     default_knob: float
     # the default policy's choice per prompt (a knob mix applied with each prompt's draw)
     default_pick: np.ndarray
+    records: Sequence[Record] = ()
+    verifiers: dict[str, Verifier] | None = None
+    catalog: Catalog | None = None
 
 
 def _kept(records: Sequence[Record], known: set[str]) -> list[Record]:
@@ -111,6 +121,9 @@ def evaluate(
         rel,
         router.default_knob,
         _policy_pick(router, prompts, scores[strategy], rel, t.labelled),
+        kept,
+        router.verifiers,
+        catalog,
     )
     report = _report(sc, catalog, strategy, knobs, min_task_size)
     report["default_policy_knobs"] = _mix_of(router)
@@ -426,6 +439,128 @@ def _summary(
     }
     if len(present) == 2 and mask[:, present].all():
         out["two_model"] = _two_model(sc.models, present, q, score, single)
+    out["cascade"] = _cascade(sc, rows, strategy, present, sq, scost)
+    return out
+
+
+def _auc(score: np.ndarray, correct: np.ndarray) -> float | None:
+    hard = (correct == 0) | (correct == 1)
+    if len(set(correct[hard].tolist())) < 2:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    return _r(roc_auc_score(correct[hard], score[hard]), 4)
+
+
+def _break_even(pre: dict[str, Any], cas: dict[str, Any]) -> float | None:
+    """The cheap/strong price ratio below which the cascade reaches 95% of the strong model
+    for less than the pre-call router: 1 − s_cascade / s_precall, from the strong-call shares
+    each needs (costs per request taken as proportional to the mean; None if one never gets
+    there). Cascade r + s_c < pre-call (1 − s_p)·r + s_p ⇔ r < 1 − s_c / s_p."""
+    s_c, s_p = cas["strong_share_at_95pct"], pre["strong_share_at_95pct"]
+    if s_c is None or s_p is None or s_p <= 0:
+        return None
+    return _r(max(1.0 - s_c / s_p, 0.0), 4)
+
+
+def _latency(records: Sequence[Record], model: str) -> np.ndarray | None:
+    lat = [r.outcomes[model].latency_ms for r in records]
+    return None if any(v is None for v in lat) else np.array(lat, dtype=np.float64)
+
+
+def _cascade(
+    sc: _Scored,
+    rows: np.ndarray,
+    strategy: str,
+    present: np.ndarray,
+    sq: np.ndarray,
+    scost: np.ndarray,
+) -> dict[str, Any] | None:
+    """Escalation after the call vs routing before it, on the same records (cheap → best).
+
+    The cheap model is the cheapest single model, the strong one the best; records where both
+    are labelled take part. The cascade's score is the verifier's P(right) of the cheap model's
+    logged answer. Where the logs carry no answer text (or the artifact has no verifier), a
+    cascade can only order requests by the prompt, as the pre-call router does, and pays the
+    cheap call on top: that is the curve reported, with ``score_source`` saying so.
+    """
+    if not sc.records or sc.catalog is None or len(present) < 2:
+        return None
+    weak_j, strong_j = int(present[int(np.argmin(scost))]), int(present[int(np.argmax(sq))])
+    if weak_j == strong_j:
+        return None
+    t = sc.targets
+    both = rows[t.labelled[rows, weak_j] & t.labelled[rows, strong_j]]
+    weak, strong = sc.models[weak_j], sc.models[strong_j]
+    verifier = (sc.verifiers or {}).get(weak)
+    answered = [i for i in both if sc.records[i].outcomes[weak].response is not None]
+    use_answers = verifier is not None and len(answered) >= 20
+    sel = np.array(answered if use_answers else both, dtype=np.int64)
+    if sel.size < 20:
+        return None
+    recs = [sc.records[i] for i in sel]
+    qw, qs = t.quality[sel, weak_j], t.quality[sel, strong_j]
+    cw, cs = t.cost[sel, weak_j], t.cost[sel, strong_j]
+    lw, ls = _latency(recs, weak), _latency(recs, strong)
+    # Pre-call: escalate where the router prefers the strong model most (RouteLLM's ordering).
+    score = sc.scores[strategy]
+    pref = np.nan_to_num(score[sel, weak_j]) - np.nan_to_num(score[sel, strong_j])
+    pre = escalation_curve(
+        pref, qw, qs, cw, cs, cheap_always_paid=False, lat_weak=lw, lat_strong=ls
+    )
+    if use_answers:
+        assert verifier is not None
+        vs = verifier.score_many(
+            [r.prompt.text for r in recs], [r.outcomes[weak].response or "" for r in recs]
+        )
+        source = f"verifier on {weak}'s logged answer"
+    else:
+        vs = pref
+        source = (
+            "prompt only: "
+            + ("the logs have no answer text" if verifier is not None else "no verifier")
+            + f" for {weak}, so the cascade orders requests as the pre-call router does"
+        )
+    cas = escalation_curve(vs, qw, qs, cw, cs, cheap_always_paid=True, lat_weak=lw, lat_strong=ls)
+    pre_s, cas_s = pre.summary(), cas.summary()
+
+    def reach(summary: dict[str, Any]) -> float:
+        v = summary["cost_to_95pct_strong"]
+        return float("inf") if v is None else float(v)
+
+    out: dict[str, Any] = {
+        "weak": weak,
+        "strong": strong,
+        "n": int(sel.size),
+        "score_source": source,
+        "weak_cost_share": _r(float(cw.mean() / cs.mean()), 4) if cs.mean() > 0 else None,
+        "auc_weak_right": {"cascade": _auc(vs, qw), "precall": _auc(pref, qw)},
+        "precall": pre_s,
+        "cascade": cas_s,
+        "pays": bool(reach(cas_s) < reach(pre_s)),
+        "break_even_weak_cost_share": _break_even(pre_s, cas_s),
+    }
+    if use_answers and verifier is not None:
+        th = verifier.threshold
+        esc = vs < th
+        out["at_default_threshold"] = {
+            "threshold": _r(th, 4),
+            "strong_share": _r(float(esc.mean()), 4),
+            "quality": _r(float(np.where(esc, qs, qw).mean())),
+            "cost_vs_strong": _r(float((cw + np.where(esc, cs, 0.0)).mean() / cs.mean()), 4),
+        }
+    if lw is not None and ls is not None:
+        out["latency"] = {
+            "weak_ms": _r(float(lw.mean()), 1),
+            "strong_ms": _r(float(ls.mean()), 1),
+            "added_ms_at_95pct": (
+                None
+                if cas_s["latency_ms_at_95pct"] is None or pre_s["latency_ms_at_95pct"] is None
+                else _r(cas_s["latency_ms_at_95pct"] - pre_s["latency_ms_at_95pct"], 1)
+            ),
+        }
+    else:
+        out["latency"] = None  # the logs have no latency for one of the two models
     return out
 
 

@@ -3,7 +3,7 @@
 The label of a multi-outcome record is its *best model*: the cheapest among the models whose
 quality is within `tolerance` of the best quality on that prompt. Cost is the recorded
 `cost_usd` where present, otherwise tokens × catalog price (tokens estimated from text when the
-record has none) — the same rule the service uses for its estimates.
+record has none: the prompt for input, the logged `response` for output) — the same rule the service uses for its estimates.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def outcome_cost(outcome: Outcome, model: str, record: Record, catalog: Catalog)
     if inp is None:
         inp = estimate_tokens(len(record.prompt.text))
     out = outcome.output_tokens
+    if out is None and outcome.response is not None:
+        out = estimate_tokens(len(outcome.response))
     if out is None:
         out = catalog.typical_output_tokens
     return spec.cost_usd(inp, out)
@@ -100,6 +102,8 @@ def _output_tokens(outcome: Outcome, rec: Record, inp_price: float, out_price: f
     """Recorded output tokens, or those implied by a recorded cost and the catalog prices."""
     if outcome.output_tokens is not None:
         return float(outcome.output_tokens)
+    if outcome.cost_usd is None and outcome.response is not None:
+        return float(estimate_tokens(len(outcome.response)))
     if outcome.cost_usd is None or out_price <= 0:
         return float("nan")
     inp = outcome.input_tokens

@@ -5,20 +5,31 @@ Three line forms are accepted; each needs exactly one of ``prompt`` (a string) o
 
 ``outcomes``  (multi-outcome, the bundled data)
     ``{"id"?, "prompt"|"messages", "task"?, "task_type"?, "outcomes": {MODEL: {"quality": 0..1 |
-    null, "cost_usd"?, "latency_ms"?, "input_tokens"?, "output_tokens"?}}}``. ``quality`` is
-    required in each outcome; null keeps the model as unlabelled (``Outcome(quality=None)``).
+    null, "cost_usd"?, "latency_ms"?, "input_tokens"?, "output_tokens"?, "response"?}}}``.
+    ``quality`` is required in each outcome; null keeps the model as unlabelled
+    (``Outcome(quality=None)``). ``response`` is the model's answer text (a string), which
+    trains the answer verifier (`training/verifier.py`).
 ``single``  (one production call per line)
     ``{"id"?, "prompt"|"messages", "model", "quality"|"success", "cost_usd"?, "latency_ms"?,
-    "input_tokens"?, "output_tokens"?, "task"?, "task_type"?}``. ``success`` (true/false) means
+    "input_tokens"?, "output_tokens"?, "response"?, "task"?, "task_type"?}``. ``success`` (true/false) means
     quality 1.0/0.0 when ``quality`` is absent or null. `load_records` merges rows whose
     normalised `Prompt` is equal (same text and same structure: last user turn, turns, images,
     system message) into one record, across all the files it reads, at the position of the first
     such row; that row gives the record's id, task, task_type and source. When one model appears
     more than once for a prompt, its outcome is the mean of those rows: quality, and cost,
-    latency and tokens each over the rows that carry them (tokens rounded). `iter_records`
+    latency and tokens each over the rows that carry them (tokens rounded); every row's
+    ``response`` is kept with that row's quality (`Outcome.responses`). `iter_records`
     streams and does not merge: each row is its own one-outcome record.
 ``label``  (directly labelled)
     ``{"prompt"|"messages", "label": MODEL}`` gives ``Record(label=MODEL)``.
+
+``decision`` and ``outcome`` rows  (the service's decision log, see `models.decision_rows`)
+    ``{"id", "kind": "decision", "prompt"|"messages", "model", ...}`` and ``{"id", "kind":
+    "outcome", "model", "success", ...}``, in any files and any order: `load_records` joins
+    them by request id into ``single`` rows (one per outcome) once every file is read. A
+    decision without an outcome is an unlabelled row (rejected like ``"success": null``); an
+    outcome whose decision is in none of the files is rejected at the outcome's line.
+    `iter_records` streams one file and cannot join across files: it rejects them.
 
 A JSON null counts as absent. Other keys (``meta``, ``source``, timestamps, ...) are ignored and
 never reach features. Blank lines are skipped. Every other problem is a `DataError` naming the
@@ -40,6 +51,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from features.text import Prompt, PromptError, normalize
+from models.decision_rows import KINDS, JoinReport, join_rows
 from models.errors import DataError
 from training.records import Outcome, Record
 
@@ -147,6 +159,19 @@ def _prompt(obj: dict[str, Any]) -> Prompt:
         raise _Invalid(str(e)) from None
 
 
+def _responses(
+    obj: dict[str, Any], name: str, quality: float | None
+) -> tuple[tuple[str, float | None], ...]:
+    value = obj.get("response")
+    if value is None:
+        return ()
+    if not isinstance(value, str):
+        raise _Invalid(
+            f"{name}response: must be a string (the answer text), got {_json_type(value)}"
+        )
+    return ((value, quality),)
+
+
 def _outcome(obj: dict[str, Any], name: str, quality: float | None) -> Outcome:
     return Outcome(
         quality=quality,
@@ -154,6 +179,7 @@ def _outcome(obj: dict[str, Any], name: str, quality: float | None) -> Outcome:
         latency_ms=_optional_number(obj, "latency_ms", f"{name}latency_ms"),
         input_tokens=_optional_tokens(obj, "input_tokens", f"{name}input_tokens"),
         output_tokens=_optional_tokens(obj, "output_tokens", f"{name}output_tokens"),
+        responses=_responses(obj, name, quality),
     )
 
 
@@ -315,16 +341,23 @@ class _FileStats:
     on_bytes: Callable[[int], None] | None = None
 
 
+_Where = tuple[str, int]  # (file, line)
+_Held = list[tuple[_Where, dict[str, Any]]]
+
+
 def _parsed(
     path: str | Path,
     skip: SkipHook | None,
     stats: _FileStats,
+    held: _Held | None = None,
 ) -> Iterator[tuple[str, Record]]:
-    """(form, record) for each usable line; `skip` is None to raise on the first bad line."""
+    """(form, record) for each usable line; `skip` is None to raise on the first bad line.
+
+    Decision-log rows go to `held`, for a join once every file is read (None: rejected)."""
     display = str(path)
     # closing() so that raising mid-file closes the file now, not when the generator is collected.
     with closing(_lines(Path(path), display, stats.on_bytes)) as lines:
-        yield from _checked(lines, display, skip, stats)
+        yield from _checked(lines, display, skip, stats, held)
 
 
 def _checked(
@@ -332,6 +365,7 @@ def _checked(
     display: str,
     skip: SkipHook | None,
     stats: _FileStats,
+    held: _Held | None = None,
 ) -> Iterator[tuple[str, Record]]:
     try:
         for number, line in lines:
@@ -339,7 +373,16 @@ def _checked(
             if not line.strip():
                 continue
             try:
-                yield _parse(_decode(line, number), f"{display}:{number}")
+                obj = _decode(line, number)
+                if isinstance(obj, dict) and obj.get("kind") in KINDS:
+                    if held is None:
+                        raise _Invalid(
+                            'a decision-log row ("kind") must be joined with its outcome '
+                            "across files: read it with load_records (train without --streaming)"
+                        )
+                    held.append(((display, number), obj))
+                    continue
+                yield _parse(obj, f"{display}:{number}")
             except _Invalid as e:
                 if skip is None:
                     raise DataError(display, number, e.reason) from None
@@ -415,7 +458,25 @@ def _merge_outcomes(calls: list[Outcome]) -> Outcome:
         latency_ms=_mean([o.latency_ms for o in calls]),
         input_tokens=_mean_tokens([o.input_tokens for o in calls]),
         output_tokens=_mean_tokens([o.output_tokens for o in calls]),
+        responses=tuple(pair for o in calls for pair in o.responses),
     )
+
+
+def _joined(held: _Held, skip: SkipHook | None) -> Iterator[tuple[str, Record]]:
+    """The decision-log rows joined by request id, parsed; problems named at their line."""
+    report = JoinReport()
+    for (display, number), row in join_rows(held, report):
+        try:
+            yield _parse(row, f"{display}:{number}")
+        except _Invalid as e:
+            if skip is None:
+                raise DataError(display, number, e.reason) from None
+            skip(f"{display}:{number}", e.reason)
+    for (display, number), rid in report.orphans:
+        reason = "an outcome row whose decision row is in none of the files read"
+        if skip is None:
+            raise DataError(display, number, f"{reason} (request id {rid[:64]!r})")
+        skip(f"{display}:{number}", reason)
 
 
 def load_records(
@@ -454,16 +515,23 @@ def load_records(
     skip = (lambda where, reason: report.skipped.append((where, reason))) if skip_invalid else None
     slots: list[Record | None] = []  # None marks a merged record's place, filled in at the end
     merged: dict[Prompt, tuple[int, Record, dict[str, list[Outcome]]]] = {}
+    held: _Held = []
+
+    def add(form: str, record: Record) -> None:
+        if form != "single":
+            slots.append(record)
+            return
+        ((model, outcome),) = record.outcomes.items()
+        if record.prompt not in merged:
+            merged[record.prompt] = (len(slots), record, {})
+            slots.append(None)
+        merged[record.prompt][2].setdefault(model, []).append(outcome)
+
     for path in paths:
-        for form, record in _parsed(path, skip, stats):
-            if form != "single":
-                slots.append(record)
-                continue
-            ((model, outcome),) = record.outcomes.items()
-            if record.prompt not in merged:
-                merged[record.prompt] = (len(slots), record, {})
-                slots.append(None)
-            merged[record.prompt][2].setdefault(model, []).append(outcome)
+        for form, record in _parsed(path, skip, stats, held):
+            add(form, record)
+    for form, record in _joined(held, skip):
+        add(form, record)
     for index, first, calls in merged.values():
         first.outcomes = {model: _merge_outcomes(outs) for model, outs in calls.items()}
         slots[index] = first

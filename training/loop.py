@@ -6,8 +6,12 @@ with the serving artifact on that slice and promotes it only when it is not wors
 stated margin:
 
 - rows of the slice with several observed outcomes are compared directly (their outcomes);
-- single calls are compared off-policy (`training.offpolicy`, doubly robust, reward model = the
-  candidate's quality head, which never saw the slice) when they carry a propensity;
+- single calls are compared off-policy (`training.offpolicy`, doubly robust) when they carry a
+  propensity. The reward model is the serving router's quality head: it never saw the slice
+  and did not choose the candidate's picks. The candidate's own head, tried first, rates the
+  models it picks too highly (it picked them for their high predictions): in the loop
+  simulation its intervals of the candidate's quality covered the truth in 80% of RouterBench
+  rounds against 93% with the serving router's;
 - the rule: both routers are scored at their default knobs on the serving router's trade-off,
   utility = quality − λ · cost / c_ref (its knob λ and cost scale); the candidate is promoted
   only when the **lower end** of the paired 95% interval of its utility minus the serving
@@ -115,11 +119,18 @@ def promotion_decision(comparison: dict[str, Any], margin: float) -> tuple[bool,
 def _newest_slice(
     decisions: list[LoggedDecision], share: float
 ) -> tuple[list[LoggedDecision], list[LoggedDecision]]:
-    """(older, newest) in log order (read_decisions keeps file order, oldest file first)."""
+    """(older, newest): the rows ordered by when their decision was made (``ts``), with the
+    rows that have no time (labelled files) oldest, and file order breaking ties — several
+    processes' logs interleave in time, so the order the files are read in says little."""
     k = max(1, int(round(len(decisions) * share)))
     if k >= len(decisions):
         raise DataError("logs", None, f"{len(decisions)} decision row(s): too few to hold any out")
-    return decisions[:-k], decisions[-k:]
+    order = sorted(
+        range(len(decisions)),
+        key=lambda i: (decisions[i].ts is not None, decisions[i].ts or 0.0, i),
+    )
+    ordered = [decisions[i] for i in order]
+    return ordered[:-k], ordered[-k:]
 
 
 def retrain(
@@ -159,7 +170,7 @@ def retrain(
     )
     result = train(records, catalog, train_options or TrainOptions(), progress=say)
     candidate: Router = result.router
-    comparison = compare_offpolicy(candidate, serving, newest, catalog)
+    comparison = compare_offpolicy(candidate, serving, newest, catalog, reward=serving)
     promote, why = promotion_decision(comparison, options.margin)
     report: dict[str, Any] = {
         "serving": {"artifact": str(serving_artifact), "router_version": serving.version},

@@ -30,7 +30,7 @@ import gzip
 import json
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import numpy as np
 
 from features.text import Prompt
 from models.catalog import Catalog, estimate_tokens
+from models.decision_rows import JoinReport, join_rows
 from models.errors import DataError
 from models.router import Router
 from training.curves import choose
@@ -70,6 +71,8 @@ class LoggedDecision:
     record: Record
     model: str | None = None
     propensity: float | None = None
+    # When the decision was made (the row's ``ts``, Unix seconds); None for labelled rows.
+    ts: float | None = None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -98,49 +101,67 @@ def _propensity(obj: dict[str, Any], where: str) -> float | None:
     return float(value)
 
 
-def read_decisions(paths: Sequence[str | Path]) -> tuple[list[LoggedDecision], dict[str, int]]:
-    """Read decision logs (and labelled multi-outcome files) for off-policy evaluation.
-
-    Returns the usable rows and counts of what was set aside, by reason: ``no_feedback`` (a
-    decision whose outcome never arrived), ``no_propensity`` (a single call logged without the
-    propensity of its model: its policy is unknown, so it cannot be reweighted) and
-    ``label_only`` (a direct ``label`` row: no outcome to evaluate with). Any other bad line
-    raises `DataError` with its file and line.
-    """
-    out: list[LoggedDecision] = []
-    skipped = {"no_feedback": 0, "no_propensity": 0, "label_only": 0}
+def _objects(paths: Sequence[str | Path]) -> Iterator[tuple[str, Any]]:
     for p in paths:
         path = Path(p)
         with _lines(path) as stream:
             for number, line in enumerate(stream, start=1):
                 if not line.strip():
                     continue
-                where = f"{path}:{number}"
                 try:
                     obj = json.loads(line)
                 except (ValueError, RecursionError) as e:
                     raise DataError(str(path), number, f"not valid JSON: {e}") from None
-                if (
-                    isinstance(obj, dict)
-                    and obj.get("model") is not None
-                    and obj.get("quality") is None
-                    and obj.get("success") is None
-                ):
-                    skipped["no_feedback"] += 1
-                    continue
-                form, record = parse_line(obj, source=where)
-                if form == "label":
-                    skipped["label_only"] += 1
-                elif form == "outcomes":
-                    out.append(LoggedDecision(record))
-                else:
-                    prop = _propensity(obj, where)
-                    if prop is None:
-                        skipped["no_propensity"] += 1
-                        continue
-                    (model,) = record.outcomes
-                    out.append(LoggedDecision(record, model, prop))
+                yield f"{path}:{number}", obj
+
+
+def read_decisions(paths: Sequence[str | Path]) -> tuple[list[LoggedDecision], dict[str, int]]:
+    """Read decision logs (and labelled multi-outcome files) for off-policy evaluation.
+
+    Returns the usable rows and counts of what was set aside, by reason: ``no_feedback`` (a
+    decision whose outcome never arrived), ``no_propensity`` (a single call logged without the
+    propensity of its model: its policy is unknown, so it cannot be reweighted),
+    ``label_only`` (a direct ``label`` row: no outcome to evaluate with) and ``no_decision`` (an
+    outcome row whose decision row is in none of the files). Any other bad line
+    raises `DataError` with its file and line.
+    """
+    out: list[LoggedDecision] = []
+    skipped = {"no_feedback": 0, "no_propensity": 0, "label_only": 0, "no_decision": 0}
+    report = JoinReport()
+    # The service writes a decision's row and each outcome's row apart (possibly in different
+    # processes' files): joined by request id first, across every file.
+    for where, obj in join_rows(_objects(paths), report):
+        if (
+            isinstance(obj, dict)
+            and obj.get("model") is not None
+            and obj.get("quality") is None
+            and obj.get("success") is None
+        ):
+            skipped["no_feedback"] += 1
+            continue
+        form, record = parse_line(obj, source=where)
+        ts = _timestamp(obj)
+        if form == "label":
+            skipped["label_only"] += 1
+        elif form == "outcomes":
+            out.append(LoggedDecision(record, ts=ts))
+        else:
+            prop = _propensity(obj, where)
+            if prop is None:
+                skipped["no_propensity"] += 1
+                continue
+            (model,) = record.outcomes
+            out.append(LoggedDecision(record, model, prop, ts=ts))
+    skipped["no_decision"] = len(report.orphans)
     return out, skipped
+
+
+def _timestamp(obj: Any) -> float | None:
+    """The row's ``ts`` when it is a finite number (a decision row's), else None."""
+    ts = obj.get("ts") if isinstance(obj, dict) else None
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        return None
+    return float(ts)
 
 
 def has_propensities(paths: Sequence[str | Path], *, sample: int = 200) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from models.paths import project_root
 
-__all__ = ["bundled_data"]
+__all__ = ["bundled_data", "bundled_responses"]
 
 
 def bundled_data() -> tuple[Path, ...]:
@@ -15,3 +15,8 @@ def bundled_data() -> tuple[Path, ...]:
         data / f
         for f in ("routellm.jsonl.gz", "routerbench.jsonl.gz", "llmrouter_dcrouter.jsonl.gz")
     )
+
+
+def bundled_responses() -> tuple[Path, ...]:
+    """Logs with answer text, for the answer verifier only (GSM8K answers from RouteLLM)."""
+    return (project_root() / "data" / "gsm8k_responses.jsonl.gz",)

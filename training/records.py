@@ -11,13 +11,24 @@ __all__ = ["Outcome", "Record"]
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one model did on one prompt. `quality` is in [0, 1]; None where unlabelled."""
+    """What one model did on one prompt. `quality` is in [0, 1]; None where unlabelled.
+
+    `responses` holds the answer texts the log carries, each with the quality of that call
+    (one pair for a multi-outcome record; one per row when single-call rows are merged), for
+    training the answer verifier.
+    """
 
     quality: float | None = None
     cost_usd: float | None = None
     latency_ms: float | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    responses: tuple[tuple[str, float | None], ...] = ()
+
+    @property
+    def response(self) -> str | None:
+        """The (first) answer text, or None when the log has none."""
+        return self.responses[0][0] if self.responses else None
 
 
 @dataclass(slots=True)

@@ -41,6 +41,23 @@ def markdown_report(report: dict[str, Any], *, title: str = "") -> str:
     if t:
         lines.append(f"| APGR ({t['strong']} vs {t['weak']}) | {t['apgr']} |")
         lines.append(f"| CPT(50%) / CPT(80%) | {t['cpt50']} / {t['cpt80']} |")
+    c = report.get("cascade")
+    if c:
+        lines += [
+            "",
+            f"Cascade: call {c['weak']}, score its answer, escalate to {c['strong']} below a "
+            f"threshold ({c['n']} records; {c['score_source']}). The cheap call costs "
+            f"{c['weak_cost_share']} of the strong one and is paid on every request.",
+            "",
+            "| | AUC (cheap model right) | APGR | cost to reach 95% of the strong model |",
+            "|---|---:|---:|---:|",
+            f"| pre-call router | {c['auc_weak_right']['precall']} | {c['precall']['apgr']} | "
+            f"{c['precall']['cost_to_95pct_strong']} |",
+            f"| cascade | {c['auc_weak_right']['cascade']} | {c['cascade']['apgr']} | "
+            f"{c['cascade']['cost_to_95pct_strong']} |",
+            "",
+            f"The cascade {'pays' if c['pays'] else 'does not pay'} here.",
+        ]
     if report.get("by_task"):
         lines += [
             "",

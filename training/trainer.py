@@ -448,8 +448,15 @@ def train(
     options: TrainOptions | None = None,
     *,
     progress: Progress | None = None,
+    verifier_records: Sequence[Record] = (),
 ) -> TrainResult:
-    """Train a router on `records` (see the module docstring for the steps)."""
+    """Train a router on `records` (see the module docstring for the steps).
+
+    The answer verifier is trained too when `records` or `verifier_records` (logs used for the
+    verifier only) carry answer text (`training/verifier.py`).
+    """
+    from training.verifier import train_verifiers
+
     opts = options or TrainOptions()
     say = progress or (lambda _msg: None)
     t0 = time.perf_counter()
@@ -741,7 +748,10 @@ def train(
             **extras,
         )
         report.setdefault("best_c", {})[head] = dict(zip(models, fits[head].best_c, strict=True))
-    say(f"final fit: {time.perf_counter() - t2:.1f}s; total {time.perf_counter() - t0:.1f}s")
+    final_seconds = time.perf_counter() - t2
+    verifiers = train_verifiers([*records, *verifier_records], catalog, progress=say)
+    report["verifiers"] = {m: v.report for m, v in verifiers.items()}
+    say(f"final fit: {final_seconds:.1f}s; total {time.perf_counter() - t0:.1f}s")
     report["cv_loss"] = {h: f.cv_loss for h, f in fits.items()}
     report["train_seconds"] = round(time.perf_counter() - t0, 2)
     report["options"] = asdict(opts)
@@ -757,6 +767,7 @@ def train(
         default_strategy=strategy,
         default_knob=knob,
         knob_mix=mix,
+        verifiers=verifiers,
     )
     return TrainResult(router=router, report=report)
 

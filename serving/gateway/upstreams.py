@@ -27,6 +27,9 @@ class Upstream:
     """One catalog model's OpenAI-compatible endpoint, resolved and ready to call.
 
     `base_url` identifies the provider account: calls to the same one share its rate limits.
+    `timeout` bounds each connect and read; `deadline` the whole attempt until the reply (a
+    stream's first event); `stream_idle` and `stream_max` a started stream (see
+    `serving.config.UpstreamConfig`). `secret` is the API key, for redacting echoes of it.
     """
 
     model: str
@@ -35,6 +38,10 @@ class Upstream:
     url: str
     headers: Mapping[str, str]
     timeout: httpx.Timeout
+    deadline: float
+    stream_idle: float
+    stream_max: float
+    secret: str | None = None
 
     def __repr__(self) -> str:  # the headers hold the API key: never print them
         return f"Upstream(model={self.model!r}, upstream_model={self.upstream_model!r}, url={self.url!r})"
@@ -58,6 +65,7 @@ def resolve_upstreams(settings: Settings, environ: Mapping[str, str]) -> dict[st
 
 def _resolve(name: str, config: UpstreamConfig, environ: Mapping[str, str]) -> Upstream:
     headers: dict[str, str] = {}
+    key: str | None = None
     if config.api_key_env is not None:
         key = environ.get(config.api_key_env)
         if not key:
@@ -74,6 +82,10 @@ def _resolve(name: str, config: UpstreamConfig, environ: Mapping[str, str]) -> U
         url=base + _PATH,
         headers=headers,
         timeout=httpx.Timeout(config.timeout_seconds),
+        deadline=config.timeout_seconds,
+        stream_idle=config.stream_idle_seconds,
+        stream_max=config.stream_max_seconds,
+        secret=key,
     )
 
 
@@ -83,6 +95,9 @@ class Upstreams:
     def __init__(self, table: Mapping[str, Upstream], client: httpx.AsyncClient) -> None:
         self.table = dict(table)
         self.client = client
+        # Every configured API key, longest first (so that no key's prefix is redacted alone).
+        keys = {u.secret for u in self.table.values() if u.secret}
+        self.secrets = tuple(sorted(keys, key=len, reverse=True))
 
     @classmethod
     def open(

@@ -13,6 +13,7 @@ from models.paths import default_artifact_path
 from serving.config import Settings
 from serving.deps import AdminDep, CatalogDep, HealthDep, ModelsDep, SettingsDep
 from serving.errors import ApiError
+from serving.redact import quote
 from serving.schemas import ErrorResponse, ReloadRequest, ReloadResponse
 
 __all__ = ["router"]
@@ -92,7 +93,7 @@ async def reset_breaker(model: str, health: HealthDep, catalog: CatalogDep) -> d
         raise ApiError(
             404,
             "unknown_model",
-            f"unknown model {model!r}; known: {', '.join(known)}",
+            f"unknown model {quote(model)}; known: {', '.join(known)}",
             known=known,
         )
     return {"model": model, "breaker": await health.reset_breaker(model)}

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 
 from serving.deps import ExperimentsDep
 from serving.errors import ApiError
+from serving.redact import quote
 from serving.schemas import ErrorResponse
 
 __all__ = ["router"]
@@ -18,6 +19,7 @@ router = APIRouter(tags=["experiments"])
 @router.get("/experiments")
 async def list_experiments(experiments: ExperimentsDep) -> dict[str, Any]:
     """Every configured experiment with its per-variant statistics."""
+    await experiments.tallies.refresh()
     return {"experiments": experiments.summaries()}
 
 
@@ -27,6 +29,8 @@ async def list_experiments(experiments: ExperimentsDep) -> dict[str, Any]:
 )
 async def get_experiment(name: str, experiments: ExperimentsDep) -> dict[str, Any]:
     """One experiment: counts, success rate, latency and quality means with 95% intervals."""
+    if name in experiments.names():
+        await experiments.tallies.refresh()
     try:
         return experiments.summary(name)
     except KeyError:
@@ -34,6 +38,6 @@ async def get_experiment(name: str, experiments: ExperimentsDep) -> dict[str, An
         raise ApiError(
             404,
             "unknown_experiment",
-            f"no experiment named {name!r}; known: {', '.join(known) or '(none)'}",
+            f"no experiment named {quote(name)}; known: {', '.join(known) or '(none)'}",
             known=known,
         ) from None

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body
 
 from serving.bookkeeping import Feedback
-from serving.deps import OutcomesDep
+from serving.deps import CallerDep, OutcomesDep
+from serving.outcomes import Outcomes
 from serving.schemas import FEEDBACK_EXAMPLES, ErrorResponse, FeedbackRequest, FeedbackResponse
 
-__all__ = ["router"]
+__all__ = ["feedback_answer", "router"]
 
 router = APIRouter(tags=["routing"])
 
@@ -26,9 +27,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 async def post_feedback(
     body: Annotated[FeedbackRequest, Body(openapi_examples=FEEDBACK_EXAMPLES)],
     outcomes: OutcomesDep,
+    caller: CallerDep,
 ) -> FeedbackResponse:
     """Report how the routed call went (once per request_id)."""
-    _decision, model = await outcomes.apply(Feedback(**body.model_dump()))
+    # Declared for the OpenAPI document; `serving.hot_path` serves it without FastAPI's routing
+    # and dependency solving, except while tests override dependencies.
+    return await feedback_answer(outcomes, body, caller.name if caller is not None else None)
+
+
+async def feedback_answer(
+    outcomes: Outcomes, body: FeedbackRequest, caller: str | None
+) -> FeedbackResponse:
+    """Apply a validated feedback from `caller` (a client key's name, or None); ApiError
+    (403/404/409/422) as `Outcomes.apply` raises it."""
+    _decision, model = await outcomes.apply(Feedback(**body.model_dump(), caller=caller))
     return FeedbackResponse(
         request_id=body.request_id,
         model=model,

@@ -27,7 +27,15 @@ async def readyz(request: Request) -> Response:
     if service is None:
         body = error_body("not_ready", "the service has not loaded a model yet")
         return JSONResponse(body, status_code=503)
-    return JSONResponse({"status": "ready", "router_version": service.models.current.version})
+    # Degraded shared state still serves (from local state), so it stays ready: taking every
+    # replica out of the load balancer because Redis is down would turn a fault into an outage.
+    return JSONResponse(
+        {
+            "status": "ready",
+            "router_version": service.models.current.version,
+            "state": service.state_status(),
+        }
+    )
 
 
 @router.get("/metrics", response_class=Response)

@@ -9,7 +9,8 @@ The `model` field says what to do:
 
 Routing constraints ride in the extension field ``promptroute`` (``candidates``,
 ``max_cost_usd``, ``max_latency_ms``, ``expected_output_tokens``, ``task_type``, ``user_id``,
-``metadata``; OpenAI's ``user`` is the default ``user_id``). Everything else in the body goes to
+``metadata``; OpenAI's ``user`` is the default ``user_id``), and so does ``escalate`` (verify the
+answer and call a stronger model when it fails: `serving.gateway.escalation`). Everything else in the body goes to
 the upstream unchanged. The same decision pipeline as ``POST /route`` chooses the model and the
 same feedback path as ``POST /feedback`` records the outcome (`serving.gateway.completions`).
 Errors on these endpoints have OpenAI's shape, ``{"error": {"message", "type", "param",
@@ -34,13 +35,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from features.text import PromptError
 from models.catalog import Catalog, estimate_tokens
+from serving.auth import Caller
 from serving.config import Priority
-from serving.deps import CatalogDep, HealthDep, ModelsDep, PipelineDep
-from serving.errors import ApiError, render_loc
+from serving.deps import CallerDep, CatalogDep, HealthDep, ModelsDep, PipelineDep
+from serving.errors import AmbiguousBody, ApiError, render_loc
 from serving.gateway import ChatPlan, Gateway
+from serving.gateway.escalation import policy_for
 from serving.health import Health
 from serving.loaded_model import ModelSlot
 from serving.pipeline import Pipeline
+from serving.redact import quote
 from serving.routes.route import build_query, check_json
 from serving.schemas import RouteRequest, Text
 
@@ -61,9 +65,10 @@ _EXTENSION = (
     "task_type",
     "user_id",
     "metadata",
+    "escalate",
 )
-_ROUTING_ONLY = ("candidates", "max_cost_usd", "max_latency_ms")
-_HTTP_ERROR_CODE = {400: "invalid_json", 413: "body_too_large"}
+_ROUTING_ONLY = ("candidates", "max_cost_usd", "max_latency_ms", "escalate")
+_HTTP_ERROR_CODE = {400: "invalid_json", 408: "body_timeout", 413: "body_too_large"}
 _ERROR_TYPE = {
     401: "authentication_error",
     403: "permission_error",
@@ -98,10 +103,13 @@ class _OpenAIRoute(APIRoute):
                 return JSONResponse(body, status_code=422)
             except RequestValidationError as exc:
                 return _validation_error(exc)
-            except StarletteHTTPException as exc:  # an undecodable or oversized body
+            except StarletteHTTPException as exc:  # an undecodable, ambiguous or oversized body
                 message = exc.detail if isinstance(exc.detail, str) else "request refused"
-                code = _HTTP_ERROR_CODE.get(exc.status_code, "http_error")
-                body = openai_error(exc.status_code, code, message)
+                if isinstance(exc, AmbiguousBody):
+                    body = openai_error(400, "duplicate_key", message, param=exc.field)
+                else:
+                    code = _HTTP_ERROR_CODE.get(exc.status_code, "http_error")
+                    body = openai_error(exc.status_code, code, message)
                 return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
         return with_openai_errors
@@ -141,10 +149,12 @@ class ChatCompletionRequest(BaseModel):
 
 _CHAT_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "The body is not valid JSON."},
+    401: {"description": "Client keys are configured and none, or a wrong one, was sent."},
     404: {"description": "`model` is neither `auto…` nor a model of GET /v1/models."},
     413: {"description": "The body is over the size limit."},
     422: {"description": "Invalid field (`param` names it), or no eligible model (`removed`)."},
     502: {"description": "Every upstream attempt failed (`attempts` lists them)."},
+    503: {"description": "No `upstreams:` are configured, or the service is starting."},
 }
 
 
@@ -155,6 +165,7 @@ async def chat_completions(
     health: HealthDep,
     catalog: CatalogDep,
     gateway: GatewayDep,
+    caller: CallerDep,
 ) -> Response:
     """Answer with the routed model (or the one named), falling back when an upstream fails."""
     payload = body.model_dump(exclude={"promptroute"}, exclude_unset=True)
@@ -164,7 +175,7 @@ async def chat_completions(
         raise ApiError(
             422, "invalid_request", "the body must hold only finite numbers and valid text"
         ) from None
-    plan = await _plan(body, payload, pipeline, health, catalog, gateway)
+    plan = await _plan(body, payload, pipeline, health, catalog, gateway, caller)
     reply = await gateway.complete(plan)
     if reply.stream is not None:
         return StreamingResponse(
@@ -179,7 +190,7 @@ async def chat_completions(
 
 @router.get("/models")
 async def list_models(
-    models: ModelsDep, catalog: CatalogDep, gateway: GatewayDep
+    models: ModelsDep, catalog: CatalogDep, gateway: GatewayDep, _caller: CallerDep
 ) -> dict[str, Any]:
     """`auto` and every routable model with an upstream, in OpenAI's list format."""
     return {
@@ -204,22 +215,39 @@ async def _plan(
     health: Health,
     catalog: Catalog,
     gateway: Gateway,
+    caller: Caller | None,
 ) -> ChatPlan:
     limits = pipeline.settings.limits
     # The whole payload is forwarded upstream (tools, response_format…), so all of it must be
     # strict JSON of bounded depth, not just the messages.
     check_json(payload, "body")
+    caller_name = caller.name if caller is not None else None
     mode = _routing_mode(body.model)
     if mode is not None:
         priority, knob = mode
+        escalation = policy_for((body.promptroute or {}).get("escalate"), gateway.config.escalation)
         with _extension_fields():
             query = build_query(_route_request(body, priority, knob), limits)
+        _check_upstreams(gateway)  # a valid request, and nothing to call: before routing
+        query.caller = caller_name
+        with _extension_fields():
             decision = await pipeline.route(query)
         models = (decision.model, *decision.fallbacks)
-        return ChatPlan(decision.request_id, models, payload, body.stream, decision.input_tokens)
+        return ChatPlan(
+            decision.request_id,
+            models,
+            payload,
+            body.stream,
+            decision.input_tokens,
+            escalation=escalation,
+            scores=decision.scores,
+            caller=caller_name,
+        )
     name = body.model
     known = [n for n, _ in _listed(pipeline.models, catalog, gateway)]
     if name not in known:
+        if name in pipeline.models.routable_names():
+            _check_upstreams(gateway)
         why = (
             "has no upstream configured"
             if name in pipeline.models.routable_names()
@@ -228,7 +256,7 @@ async def _plan(
         raise ApiError(
             404,
             "model_not_found",
-            f"model: {name!r} {why}; available: {', '.join(known)}",
+            f"model: {quote(name)} {why}; available: {', '.join(known)}",
             field="model",
         )
     for key in _ROUTING_ONLY:
@@ -255,8 +283,21 @@ async def _plan(
         task_type=query.task_type,
         router_version=pipeline.models.current.version,
         experiment=None,
+        caller=caller_name,
     )
-    return ChatPlan(request_id, (name,), payload, body.stream, input_tokens)
+    return ChatPlan(request_id, (name,), payload, body.stream, input_tokens, caller_name)
+
+
+def _check_upstreams(gateway: Gateway) -> None:
+    """503 when no upstream is configured at all: nothing could answer, so nothing is routed
+    and no decision is left pending."""
+    if not gateway.has_upstreams:
+        raise ApiError(
+            503,
+            "no_upstreams",
+            "no upstreams are configured: add an `upstreams:` section to the service config "
+            "(for each catalog model: base_url, and api_key_env if it needs a key)",
+        )
 
 
 @contextlib.contextmanager
@@ -288,7 +329,7 @@ def _routing_mode(model: str) -> tuple[Priority | None, float | None] | None:
         raise ApiError(
             422,
             "invalid_request",
-            f"model: unknown routing mode {mode!r}; use auto, "
+            f"model: unknown routing mode {quote(mode)}; use auto, "
             "auto:quality|balanced|cost|speed or auto:<knob ≥ 0>",
             field="model",
         )
@@ -308,7 +349,7 @@ def _route_request(
                 f"promptroute.{key}: unknown field (expected one of: {', '.join(_EXTENSION)})",
                 field=f"promptroute.{key}",
             )
-    fields = dict(extension)
+    fields = {k: v for k, v in extension.items() if k != "escalate"}
     if "user_id" not in fields and body.user is not None:
         fields["user_id"] = body.user
     fields.update(messages=body.messages, priority=priority, knob=knob)

@@ -13,12 +13,12 @@ from fastapi.responses import Response
 
 from features.text import normalize
 from serving.config import LimitsConfig
-from serving.deps import PipelineDep
+from serving.deps import CallerDep, PipelineDep
 from serving.errors import ApiError
-from serving.pipeline import RouteQuery
+from serving.pipeline import Pipeline, RouteQuery
 from serving.schemas import ROUTE_EXAMPLES, ErrorResponse, RouteRequest, RouteResponse
 
-__all__ = ["MAX_MESSAGES_DEPTH", "build_query", "check_json", "router"]
+__all__ = ["MAX_MESSAGES_DEPTH", "build_query", "check_json", "route_answer", "router"]
 
 router = APIRouter(tags=["routing"])
 
@@ -39,13 +39,26 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.post("/route", response_model=RouteResponse, responses=_ERRORS)
 async def route_request(
-    body: Annotated[RouteRequest, Body(openapi_examples=ROUTE_EXAMPLES)], pipeline: PipelineDep
+    body: Annotated[RouteRequest, Body(openapi_examples=ROUTE_EXAMPLES)],
+    pipeline: PipelineDep,
+    caller: CallerDep,
 ) -> Response:
     """Choose the model that should answer this prompt, with fallbacks and the reason."""
-    decision = await pipeline.route(build_query(body, pipeline.settings.limits))
+    # Declared for the OpenAPI document; `serving.hot_path` serves it without FastAPI's routing
+    # and dependency solving, except while tests override dependencies.
+    name = caller.name if caller is not None else None
+    return Response(await route_answer(pipeline, body, name), media_type="application/json")
+
+
+async def route_answer(pipeline: Pipeline, body: RouteRequest, caller: str | None) -> bytes:
+    """The /route answer's JSON for a validated body from `caller` (a client key's name, or
+    None); ApiError (413/422) naming the field."""
+    query = build_query(body, pipeline.settings.limits)
+    query.caller = caller
+    decision = await pipeline.route(query)
     # orjson: a tenth of json.dumps's time on this hot path. The answer holds only str, finite
     # float, int, bool, None, lists and dicts, which both encode as the same JSON.
-    return Response(orjson.dumps(decision.to_response()), media_type="application/json")
+    return orjson.dumps(decision.to_response())
 
 
 def build_query(body: RouteRequest, limits: LimitsConfig) -> RouteQuery:
