@@ -42,9 +42,8 @@ import numpy as np
 from bench._common import Target
 from models.catalog import load_catalog
 from models.router import Router
-from training import metrics
 from training.curves import KNOB_GRID, choose
-from training.evaluate import evaluate
+from training.evaluate import curve_aiq, evaluate
 from training.labels import build_targets
 from training.logs import load_records
 from training.loop import LoopOptions, promotion_decision
@@ -124,13 +123,8 @@ def _aiq_of(picks: np.ndarray, q: np.ndarray, c: np.ndarray, mask: np.ndarray) -
     present = np.flatnonzero(mask.any(axis=0))
     sq = np.array([q[mask[:, j], j].mean() for j in present])
     sc = np.array([c[mask[:, j], j].mean() for j in present])
-    cheapest = int(np.argmin(sc))
-    return metrics.aiq(
-        c[rows[None, :], picks].mean(axis=1),
-        q[rows[None, :], picks].mean(axis=1),
-        float(sc.min()),
-        float(sc.max()),
-        anchor=(float(sc[cheapest]), float(sq[cheapest])),
+    return curve_aiq(
+        c[rows[None, :], picks].mean(axis=1), q[rows[None, :], picks].mean(axis=1), sq, sc
     )
 
 

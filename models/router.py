@@ -501,10 +501,13 @@ class Router:
         """score − λ · cost / c_ref: the quantity the policy maximises."""
         if knob == 0.0:
             return score
-        # A knob near float's limit would overflow; capped, cost alone still decides the order,
-        # which is what such a knob asks for (np.errstate would cost every decision ~4 µs).
-        scale = min(knob / self.cost_ref, _MAX_COST_SCALE)
-        return score - cost_usd * scale
+        return score - cost_usd * self._cost_scale(knob)
+
+    def _cost_scale(self, knob: float) -> float:
+        """λ / c_ref, capped: a knob near float's limit would overflow; capped, cost alone still
+        decides the order, which is what such a knob asks for (np.errstate would cost every
+        decision ~4 µs)."""
+        return min(knob / self.cost_ref, _MAX_COST_SCALE)
 
     def rank(
         self, scored: Scored, knob: float | None = None, mask: np.ndarray | None = None
@@ -520,7 +523,7 @@ class Router:
         if knob == 0.0:
             negative_u = -scored.score
         else:
-            negative_u = scored.cost_usd * min(knob / self.cost_ref, _MAX_COST_SCALE)
+            negative_u = scored.cost_usd * self._cost_scale(knob)
             negative_u -= scored.score
         # Ties (equal utility) go to the cheaper model: lexsort's last key is the primary one.
         order = np.lexsort((scored.cost_usd, negative_u))

@@ -41,7 +41,7 @@ from training.progress import featurise
 from training.records import Record
 from training.trainer import TrainOptions
 
-__all__ = ["cross_val_evaluate", "evaluate"]
+__all__ = ["cross_val_evaluate", "curve_aiq", "evaluate"]
 
 
 def _r(x: float | None, nd: int = 6) -> float | None:
@@ -370,19 +370,8 @@ def _summary(
         hit = metrics.cost_to_reach(costs, quals, target)
         return None if hit is None or best_c <= 0 else _r(hit / best_c, 4)
 
-    cheapest = int(np.argmin(scost))
     spread = scost.max() > scost.min()
-    aiq = (
-        metrics.aiq(
-            costs,
-            quals,
-            float(scost.min()),
-            float(scost.max()),
-            anchor=(float(scost[cheapest]), float(sq[cheapest])),
-        )
-        if spread
-        else None
-    )
+    aiq = curve_aiq(costs, quals, sq, scost) if spread else None
     zero = metrics.zero_router_aiq(scost, sq) if spread else None
 
     # Accuracy of the decision at the default policy against the derived best-model label.
@@ -441,6 +430,21 @@ def _summary(
         out["two_model"] = _two_model(sc.models, present, q, score, single)
     out["cascade"] = _cascade(sc, rows, strategy, present, sq, scost)
     return out
+
+
+def curve_aiq(
+    costs: np.ndarray, qualities: np.ndarray, single_quality: np.ndarray, single_cost: np.ndarray
+) -> float:
+    """A router curve's AIQ as `evaluate` reports it: over the single models' cost range, the
+    hull anchored at the cheapest single model (which a router can always be mixed with)."""
+    cheapest = int(np.argmin(single_cost))
+    return metrics.aiq(
+        costs,
+        qualities,
+        float(single_cost.min()),
+        float(single_cost.max()),
+        anchor=(float(single_cost[cheapest]), float(single_quality[cheapest])),
+    )
 
 
 def _auc(score: np.ndarray, correct: np.ndarray) -> float | None:
