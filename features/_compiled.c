@@ -2237,18 +2237,6 @@ done:
     return result;
 }
 
-/* ---------------------------------------------------------------------------------------------
- * The head's gather (models.router.LinearHead.logits_one): rows of the float32 hashed weights,
- * converted to float64 in the same pass. `vals @ rows` then runs the same float64 BLAS product
- * that `vals @ weights.take(idx - offset, axis=0)` runs after numpy's own (exact) cast, without
- * the index arithmetic, the float32 copy and the cast copy.
- */
-PyDoc_STRVAR(gather_rows_doc,
-"gather_rows(weights, idx, offset) -> bytearray\n\n"
-"Rows idx - offset of the float32 matrix `weights` (idx: int64 vector), as the\n"
-"float64 bytes of a C-ordered (len(idx), weights.shape[1]) matrix. IndexError on a row out\n"
-"of range.");
-
 static int
 buffer_is(const Py_buffer *b, int ndim, Py_ssize_t itemsize, const char *codes)
 {
@@ -2262,91 +2250,262 @@ buffer_is(const Py_buffer *b, int ndim, Py_ssize_t itemsize, const char *codes)
     return f[0] != '\0' && f[1] == '\0' && strchr(codes, f[0]) != NULL;
 }
 
+/* How many prompt rows ahead the head kernel asks for its weight rows: they are scattered
+ * over megabytes, so the cache misses overlap instead of queueing. */
 #define GATHER_AHEAD 8
 
+/* ---------------------------------------------------------------------------------------------
+ * The head's hashed block fused (models.router.LinearHead.logits_one): z += vals @ rows, the
+ * rows read straight from the float32 weights and summed in float64, prompt row by prompt row.
+ * No (len(idx), width) float64 matrix is written and read back, as a gather and a BLAS
+ * product do; the sum runs in another order than BLAS's, so the logits agree with `take`'s to
+ * rounding, not bit for bit.
+ */
+PyDoc_STRVAR(add_rows_doc,
+"add_rows(z, weights, idx, vals, offset) -> None\n\n"
+"z += vals @ weights[idx - offset], in place: z a contiguous float64 vector of\n"
+"weights.shape[1] values, weights a float32 matrix, idx an int64 and vals a float64 vector of\n"
+"one length. IndexError on a row out of range (z is then unchanged).");
+
 static PyObject *
-gather_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+add_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 3) {
-        PyErr_Format(PyExc_TypeError, "gather_rows takes 3 arguments, got %zd", nargs);
+    if (nargs != 5) {
+        PyErr_Format(PyExc_TypeError, "add_rows takes 5 arguments, got %zd", nargs);
         return NULL;
     }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t offset = PyLong_AsSsize_t(args[4]);
     if (offset == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    Py_buffer w, r;
-    if (PyObject_GetBuffer(args[0], &w, PyBUF_RECORDS_RO) < 0) {
+    Py_buffer zb, w, r, v;
+    if (PyObject_GetBuffer(args[0], &zb, PyBUF_RECORDS) < 0) {
         return NULL;
     }
-    if (PyObject_GetBuffer(args[1], &r, PyBUF_RECORDS_RO) < 0) {
+    if (PyObject_GetBuffer(args[1], &w, PyBUF_RECORDS_RO) < 0) {
+        PyBuffer_Release(&zb);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &r, PyBUF_RECORDS_RO) < 0) {
+        PyBuffer_Release(&zb);
         PyBuffer_Release(&w);
         return NULL;
     }
-    PyObject *out = NULL;
-    if (!buffer_is(&w, 2, 4, "f") || !buffer_is(&r, 1, 8, "lq")) {
+    if (PyObject_GetBuffer(args[3], &v, PyBUF_RECORDS_RO) < 0) {
+        PyBuffer_Release(&zb);
+        PyBuffer_Release(&w);
+        PyBuffer_Release(&r);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (!buffer_is(&zb, 1, 8, "d") || zb.strides[0] != 8 || !buffer_is(&w, 2, 4, "f") ||
+        !buffer_is(&r, 1, 8, "lq") || !buffer_is(&v, 1, 8, "d") || r.shape[0] != v.shape[0] ||
+        zb.shape[0] != w.shape[1]) {
         PyErr_SetString(PyExc_TypeError,
-                        "gather_rows takes a 2-D float32 matrix and a 1-D int64 vector");
+                        "add_rows takes a contiguous float64 vector z, a float32 matrix as wide "
+                        "as z, and an int64 and a float64 vector of one length");
         goto done;
     }
     Py_ssize_t n_rows = w.shape[0], width = w.shape[1], n = r.shape[0];
-    if (width > 0 && n > PY_SSIZE_T_MAX / 8 / width) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    out = PyByteArray_FromStringAndSize(NULL, n * width * (Py_ssize_t)sizeof(double));
-    if (out == NULL) {
-        goto done;
-    }
-    /* Any strides (a loaded artifact's arrays need not be C-ordered), in bytes. */
     const char *weights = (const char *)w.buf, *idx = (const char *)r.buf;
-    Py_ssize_t row_stride = w.strides[0], col_stride = w.strides[1], idx_stride = r.strides[0];
-    double *x = (double *)PyByteArray_AS_STRING(out);
-    for (Py_ssize_t i = 0; i < n; i++) {
+    const char *vals = (const char *)v.buf;
+    Py_ssize_t row_stride = w.strides[0], col_stride = w.strides[1];
+    for (Py_ssize_t i = 0; i < n; i++) { /* every row checked before z changes */
         int64_t row;
-#if defined(__GNUC__) || defined(__clang__)
-        /* The rows are scattered over megabytes: ask for a later one while converting this
-         * one, so the cache misses overlap instead of queueing. */
-        if (i + GATHER_AHEAD < n) {
-            int64_t later;
-            memcpy(&later, idx + (i + GATHER_AHEAD) * idx_stride, sizeof(later));
-            later -= (int64_t)offset;
-            if (later >= 0 && later < n_rows) {
-                const char *at = weights + later * row_stride;
-                __builtin_prefetch(at);
-                __builtin_prefetch(at + (width - 1) * col_stride);
-            }
-        }
-#endif
-        memcpy(&row, idx + i * idx_stride, sizeof(row));
+        memcpy(&row, idx + i * r.strides[0], sizeof(row));
         row -= (int64_t)offset;
         if (row < 0 || row >= n_rows) {
             PyErr_Format(PyExc_IndexError, "row %lld is out of range for %zd rows",
                          (long long)row, n_rows);
-            Py_CLEAR(out);
             goto done;
         }
-        const char *from = weights + row * row_stride;
+    }
+    double *z = (double *)zb.buf;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int64_t row;
+        double x;
+#if defined(__GNUC__) || defined(__clang__)
+        if (i + GATHER_AHEAD < n) {
+            int64_t later;
+            memcpy(&later, idx + (i + GATHER_AHEAD) * r.strides[0], sizeof(later));
+            const char *at = weights + (later - (int64_t)offset) * row_stride;
+            __builtin_prefetch(at);
+            __builtin_prefetch(at + (width - 1) * col_stride);
+        }
+#endif
+        memcpy(&row, idx + i * r.strides[0], sizeof(row));
+        memcpy(&x, vals + i * v.strides[0], sizeof(x));
+        const char *from = weights + (row - (int64_t)offset) * row_stride;
         if (col_stride == (Py_ssize_t)sizeof(float)) {
             const float *cells = (const float *)from;
             for (Py_ssize_t k = 0; k < width; k++) {
-                x[k] = (double)cells[k];
+                z[k] += x * (double)cells[k];
             }
         }
         else {
             for (Py_ssize_t k = 0; k < width; k++) {
                 float cell;
                 memcpy(&cell, from + k * col_stride, sizeof(cell));
-                x[k] = (double)cell;
+                z[k] += x * (double)cell;
             }
         }
-        x += width;
     }
+    result = Py_NewRef(Py_None);
 done:
+    PyBuffer_Release(&zb);
     PyBuffer_Release(&w);
     PyBuffer_Release(&r);
-    return out;
+    PyBuffer_Release(&v);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * A sigmoid head's scores from its logits, in place (models.router.LinearHead.scores, one row):
+ * the numpy form is a dozen calls of about a microsecond each on vectors of a few dozen values.
+ * Same formulas, same order of operations as the numpy path, except the two domain mat-vecs,
+ * which sum over the domains in index order (BLAS may order them differently: last-bit
+ * differences, tested with a tolerance).
+ */
+PyDoc_STRVAR(head_scores_doc,
+"head_scores(z, k, gain_models, gain_ref, num, den) -> None\n\n"
+"In place on the float64 vector z = (K score logits, G gain logits, D domain logits):\n"
+"sigmoid of the first K + G; score[gain_models[i]] = score[gain_ref[i]] - (2 gain_i - 1);\n"
+"softmax of the last D (their probabilities p); with num and den, both C-ordered (D, K)\n"
+"float64 matrices (or None when D = 0), score = (score + p @ num) - score * (p @ den).");
+
+static PyObject *
+head_scores(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 6) {
+        PyErr_Format(PyExc_TypeError, "head_scores takes 6 arguments, got %zd", nargs);
+        return NULL;
+    }
+    Py_ssize_t k = PyLong_AsSsize_t(args[1]);
+    if (k == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_buffer zb, gm, gr, nb = {0}, db = {0};
+    if (PyObject_GetBuffer(args[0], &zb, PyBUF_RECORDS) < 0) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &gm, PyBUF_RECORDS_RO) < 0) {
+        PyBuffer_Release(&zb);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[3], &gr, PyBUF_RECORDS_RO) < 0) {
+        PyBuffer_Release(&zb);
+        PyBuffer_Release(&gm);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    int has_domain = args[4] != Py_None;
+    if (has_domain) {
+        if (PyObject_GetBuffer(args[4], &nb, PyBUF_RECORDS_RO) < 0) {
+            goto done;
+        }
+        if (PyObject_GetBuffer(args[5], &db, PyBUF_RECORDS_RO) < 0) {
+            goto done;
+        }
+    }
+    else if (args[5] != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "head_scores: num and den are both None or neither");
+        goto done;
+    }
+    if (!buffer_is(&zb, 1, 8, "d") || zb.strides[0] != 8 || !buffer_is(&gm, 1, 8, "lq") ||
+        !buffer_is(&gr, 1, 8, "lq") || gm.shape[0] != gr.shape[0]) {
+        PyErr_SetString(PyExc_TypeError,
+                        "head_scores takes a contiguous float64 vector and two int64 vectors "
+                        "of one length");
+        goto done;
+    }
+    Py_ssize_t n = zb.shape[0], g = gm.shape[0];
+    if (k < 0 || k > n || g > n - k) {
+        PyErr_Format(PyExc_ValueError, "head_scores: %zd scores and %zd gains in %zd logits", k,
+                     g, n);
+        goto done;
+    }
+    Py_ssize_t d = n - k - g;
+    if (has_domain) {
+        if (!buffer_is(&nb, 2, 8, "d") || !buffer_is(&db, 2, 8, "d") ||
+            !PyBuffer_IsContiguous(&nb, 'C') || !PyBuffer_IsContiguous(&db, 'C') ||
+            nb.shape[0] != d || nb.shape[1] != k || db.shape[0] != d || db.shape[1] != k) {
+            PyErr_Format(PyExc_TypeError,
+                         "head_scores: num and den must be C-ordered float64 (%zd, %zd)", d, k);
+            goto done;
+        }
+    }
+    else if (d != 0) {
+        PyErr_Format(PyExc_ValueError, "head_scores: %zd domain logits without num and den", d);
+        goto done;
+    }
+    const char *gmp = (const char *)gm.buf, *grp = (const char *)gr.buf;
+    for (Py_ssize_t i = 0; i < g; i++) {
+        int64_t m, r;
+        memcpy(&m, gmp + i * gm.strides[0], sizeof(m));
+        memcpy(&r, grp + i * gr.strides[0], sizeof(r));
+        if (m < 0 || m >= k || r < 0 || r >= k) {
+            PyErr_Format(PyExc_IndexError,
+                         "head_scores: gain model %lld or reference %lld is not below %zd",
+                         (long long)m, (long long)r, k);
+            goto done;
+        }
+    }
+    double *z = (double *)zb.buf;
+    for (Py_ssize_t i = 0; i < k + g; i++) {
+        z[i] = 1.0 / (1.0 + exp(-z[i]));
+    }
+    /* Every reference is read before any score is replaced, as numpy's fancy indexing does. */
+    for (Py_ssize_t i = 0; i < g; i++) {
+        int64_t r;
+        memcpy(&r, grp + i * gr.strides[0], sizeof(r));
+        double gain = z[k + i] * 2.0 - 1.0;
+        z[k + i] = z[r] - gain;
+    }
+    for (Py_ssize_t i = 0; i < g; i++) {
+        int64_t m;
+        memcpy(&m, gmp + i * gm.strides[0], sizeof(m));
+        z[m] = z[k + i];
+    }
+    if (d > 0) {
+        double *p = z + k + g, top = p[0], total = 0.0;
+        for (Py_ssize_t j = 1; j < d; j++) {
+            if (p[j] > top || isnan(p[j])) {
+                top = p[j];
+            }
+        }
+        for (Py_ssize_t j = 0; j < d; j++) {
+            p[j] = exp(p[j] - top);
+        }
+        for (Py_ssize_t j = 0; j < d; j++) {
+            total += p[j];
+        }
+        for (Py_ssize_t j = 0; j < d; j++) {
+            p[j] /= total;
+        }
+        const double *num = (const double *)nb.buf, *den = (const double *)db.buf;
+        for (Py_ssize_t m = 0; m < k; m++) {
+            double a = 0.0, b = 0.0;
+            for (Py_ssize_t j = 0; j < d; j++) {
+                a += p[j] * num[j * k + m];
+                b += p[j] * den[j * k + m];
+            }
+            z[m] = (z[m] + a) - z[m] * b;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&zb);
+    PyBuffer_Release(&gm);
+    PyBuffer_Release(&gr);
+    if (nb.obj != NULL) {
+        PyBuffer_Release(&nb);
+    }
+    if (db.obj != NULL) {
+        PyBuffer_Release(&db);
+    }
+    return result;
 }
 
 static PyMethodDef methods[] = {
@@ -2357,7 +2516,8 @@ static PyMethodDef methods[] = {
      keyword_counts_doc},
     {"dense_signals", (PyCFunction)(void (*)(void))dense_signals_c, METH_FASTCALL,
      dense_signals_doc},
-    {"gather_rows", (PyCFunction)(void (*)(void))gather_rows, METH_FASTCALL, gather_rows_doc},
+    {"add_rows", (PyCFunction)(void (*)(void))add_rows, METH_FASTCALL, add_rows_doc},
+    {"head_scores", (PyCFunction)(void (*)(void))head_scores, METH_FASTCALL, head_scores_doc},
     {NULL, NULL, 0, NULL},
 };
 

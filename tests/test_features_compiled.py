@@ -488,8 +488,8 @@ def test_bad_dense_signal_arguments_raise_instead_of_crashing(args, error):
 
 
 # ---------------------------------------------------------------------------------------------
-# The head's compiled gather (models.router.LinearHead.logits_one): the same logits, bit for bit,
-# as the `take` it replaces, whatever the layout of the weights.
+# The head's compiled kernels (models.router.LinearHead.logits_one and .scores): the logits and
+# scores of numpy's path, to rounding, whatever the layout of the weights.
 
 HEAD_SHAPES = st.tuples(st.integers(1, 300), st.integers(1, 24), st.integers(0, 50))
 
@@ -497,7 +497,7 @@ HEAD_SHAPES = st.tuples(st.integers(1, 300), st.integers(1, 24), st.integers(0, 
 @needs_build
 @settings(max_examples=200, deadline=None)
 @given(shape=HEAD_SHAPES, seed=st.integers(0, 2**32 - 1), fortran=st.booleans())
-def test_head_logits_with_the_compiled_gather_are_the_take_logits(shape, seed, fortran):
+def test_head_logits_with_the_compiled_kernel_are_the_take_logits(shape, seed, fortran):
     from models import router
 
     n_hash, k, n_dense = shape
@@ -513,12 +513,13 @@ def test_head_logits_with_the_compiled_gather_are_the_take_logits(shape, seed, f
     if idx.size:
         expected += vals @ hashed_w.take(idx - n_dense, axis=0)
     got = head.logits_one(dense, idx.astype(np.int64), vals, n_dense)
-    assert got.tobytes() == expected.tobytes()
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
 @needs_build
-def test_head_logits_of_real_rows_are_the_take_logits(tiny_artifact):
+def test_head_logits_and_scores_of_real_rows_are_numpys(tiny_artifact, monkeypatch):
     from bench._common import real_prompts
+    from models import router
     from models.artifact import load_router
 
     r, _ = load_router(tiny_artifact)
@@ -528,26 +529,167 @@ def test_head_logits_of_real_rows_are_the_take_logits(tiny_artifact):
             # All columns (scores, then any gain and domain blocks), as the head stacks them.
             expected = dense @ head._dense + head._bias
             expected += vals @ head._hashed.take(idx - r.n_dense, axis=0)
-            assert head.logits_one(dense, idx, vals, r.n_dense).tobytes() == expected.tobytes()
+            z = head.logits_one(dense, idx, vals, r.n_dense)
+            np.testing.assert_allclose(z, expected, rtol=1e-12, atol=1e-12)
+            with monkeypatch.context() as m:
+                m.setattr(router, "_head_scores", None)
+                want = head.scores(expected.copy())
+            got = head.scores(z)
+            np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-15)
+            if want[1] is None:
+                assert got[1] is None
+            else:
+                np.testing.assert_allclose(got[1], want[1], rtol=1e-12, atol=1e-15)
+
+
+@needs_build
+@settings(max_examples=200, deadline=None)
+@given(
+    k=st.integers(1, 12),
+    g=st.integers(0, 6),
+    d=st.integers(0, 6),
+    seed=st.integers(0, 2**32 - 1),
+    scale=st.sampled_from([0.1, 3.0, 40.0, 800.0]),
+)
+def test_compiled_head_scores_are_the_numpy_scores(k, g, d, seed, scale):
+    """Gain block and domain prior, any sizes, logits up to ±800 (sigmoid and softmax saturate)."""
+    from models import router
+
+    rng = np.random.default_rng(seed)
+    g = min(g, k - 1) if k > 1 else 0
+    picked = rng.permutation(k)
+    gain_models, gain_ref = picked[:g], rng.choice(picked[g:], size=g)
+    domain = None
+    if d:
+        domain = router.DomainPrior(
+            names=[f"d{i}" for i in range(d)],
+            means=rng.uniform(size=(d, k)),
+            measured=rng.uniform(size=(d, k)) < 0.8,
+            strength=rng.uniform(size=(d, k)),
+        )
+    n_dense = 3
+    width = g + d
+    extra = None
+    if width:
+        extra = (
+            rng.normal(size=(n_dense, width)),
+            np.zeros((4, width), np.float32),
+            np.zeros(width),
+        )
+    head = router.LinearHead(
+        "sigmoid",
+        rng.normal(size=(n_dense, k)),
+        np.zeros((4, k), np.float32),
+        np.zeros(k),
+        extra=extra,
+        gain_models=gain_models,
+        gain_ref=gain_ref,
+        domain=domain,
+    )
+    z = rng.normal(scale=scale, size=k + width)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(router, "_head_scores", None)
+        want_s, want_p = head.scores(z.copy())
+    got_s, got_p = head.scores(z.copy())
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-12, atol=1e-15)
+    if d:
+        np.testing.assert_allclose(got_p, want_p, rtol=1e-12, atol=1e-15)
+    else:
+        assert got_p is None and want_p is None
 
 
 @needs_build
 @pytest.mark.parametrize(
-    ("weights", "idx", "offset", "error"),
+    ("z", "weights", "idx", "vals", "offset", "error"),
     [
-        pytest.param(np.zeros((3, 2), np.float64), [0], 0, TypeError, id="float64-weights"),
-        pytest.param(np.zeros(3, np.float32), [0], 0, TypeError, id="1d-weights"),
-        pytest.param(np.zeros((3, 2), np.float32), np.zeros(1, np.int32), 0, TypeError, id="int32"),
-        pytest.param(np.zeros((3, 2), np.float32), [3], 0, IndexError, id="past-the-end"),
-        pytest.param(np.zeros((3, 2), np.float32), [1], 2, IndexError, id="below-the-offset"),
-        pytest.param(np.zeros((3, 2), np.float32), [0], "0", TypeError, id="str-offset"),
-        pytest.param(b"abc", [0], 0, TypeError, id="bytes-weights"),
+        pytest.param(
+            np.zeros(2),
+            np.zeros((3, 2), np.float64),
+            [0],
+            [1.0],
+            0,
+            TypeError,
+            id="float64-weights",
+        ),
+        pytest.param(
+            np.zeros(2), np.zeros(3, np.float32), [0], [1.0], 0, TypeError, id="1d-weights"
+        ),
+        pytest.param(
+            np.zeros(2),
+            np.zeros((3, 2), np.float32),
+            np.zeros(1, np.int32),
+            [1.0],
+            0,
+            TypeError,
+            id="int32",
+        ),
+        pytest.param(
+            np.zeros(3), np.zeros((3, 2), np.float32), [0], [1.0], 0, TypeError, id="z-too-wide"
+        ),
+        pytest.param(
+            np.zeros(2, np.float32),
+            np.zeros((3, 2), np.float32),
+            [0],
+            [1.0],
+            0,
+            TypeError,
+            id="float32-z",
+        ),
+        pytest.param(
+            np.zeros(2), np.zeros((3, 2), np.float32), [0, 1], [1.0], 0, TypeError, id="short-vals"
+        ),
+        pytest.param(
+            np.zeros(2), np.zeros((3, 2), np.float32), [3], [1.0], 0, IndexError, id="past-the-end"
+        ),
+        pytest.param(
+            np.zeros(2),
+            np.zeros((3, 2), np.float32),
+            [1],
+            [1.0],
+            2,
+            IndexError,
+            id="below-the-offset",
+        ),
+        pytest.param(
+            np.zeros(2), np.zeros((3, 2), np.float32), [0], [1.0], "0", TypeError, id="str-offset"
+        ),
+        pytest.param(np.zeros(2), b"abcdefgh", [0], [1.0], 0, TypeError, id="bytes-weights"),
     ],
 )
-def test_bad_gather_arguments_raise_instead_of_crashing(weights, idx, offset, error):
+def test_bad_head_kernel_arguments_raise_instead_of_crashing(z, weights, idx, vals, offset, error):
     idx = np.asarray(idx, dtype=np.int64) if isinstance(idx, list) else idx
+    before = z.copy()
     with pytest.raises(error):
-        signals._compiled.gather_rows(weights, idx, offset)
+        signals._compiled.add_rows(z, weights, idx, np.asarray(vals, dtype=np.float64), offset)
+    assert z.tobytes() == before.tobytes()
+
+
+@needs_build
+@pytest.mark.parametrize(
+    ("z", "k", "gm", "gr", "num", "den", "error"),
+    [
+        pytest.param(np.zeros(3), 3, [], [], None, None, None, id="plain"),
+        pytest.param(np.zeros(3), 4, [], [], None, None, ValueError, id="k-past-z"),
+        pytest.param(np.zeros(3), 2, [], [], None, None, ValueError, id="domains-without-prior"),
+        pytest.param(np.zeros(3), 2, [0], [5], None, None, IndexError, id="ref-out-of-range"),
+        pytest.param(np.zeros(3), 2, [0], [], None, None, TypeError, id="gain-lengths-differ"),
+        pytest.param(
+            np.zeros(3), 2, [], [], np.zeros((1, 2)), None, TypeError, id="num-without-den"
+        ),
+        pytest.param(
+            np.zeros(3), 2, [], [], np.zeros((1, 3)), np.zeros((1, 3)), TypeError, id="prior-shape"
+        ),
+        pytest.param(np.zeros(6)[::2], 3, [], [], None, None, TypeError, id="strided-z"),
+    ],
+)
+def test_head_scores_checks_its_arguments(z, k, gm, gr, num, den, error):
+    gm, gr = np.asarray(gm, dtype=np.int64), np.asarray(gr, dtype=np.int64)
+    if error is None:
+        signals._compiled.head_scores(z, k, gm, gr, num, den)
+        assert z.tolist() == [0.5, 0.5, 0.5]
+    else:
+        with pytest.raises(error):
+            signals._compiled.head_scores(z, k, gm, gr, num, den)
 
 
 @needs_build

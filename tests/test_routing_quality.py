@@ -152,7 +152,7 @@ def test_gain_models_score_as_reference_minus_expected_gain() -> None:
     f, head = _head(1, gain=True)
     dense, idx, vals = f.transform_one(normalize("Solve 3x + 4 = 10 step by step."))
     z = head.logits_one(dense, idx, vals, f.n_dense_)
-    s, p = head.scores(z)
+    s, p = head.scores(z.copy())
     assert p is None
     q = 1 / (1 + np.exp(-z[:3]))
     g = 2 / (1 + np.exp(-z[3:5])) - 1
