@@ -329,6 +329,21 @@ def test_a_target_on_a_knob_point_or_out_of_reach_needs_no_mix() -> None:
     assert missed["met"] is False and missed["knob"] == 1.0
 
 
+def test_on_a_cliff_the_mix_uses_the_nearest_stable_knobs() -> None:
+    """Points on a steep stretch of the curve are not trusted: their out-of-fold share moves a
+    lot on the final model; the mix spans the flat stretches on either side."""
+    shares = [0.95, 0.94, 0.93, 0.6, 0.25, 0.05, 0.01, 0.0, 0.0]
+    policy = choose_policy(_curve(shares, "strong_share"), target_strong_share=0.2)
+    mix = policy["mix"]
+    assert (mix.low, mix.high) == (1.0, 7.0)
+    assert mix.p_high == pytest.approx((0.94 - 0.2) / 0.94)
+    assert policy["expected"] == pytest.approx(0.2)
+    # a smooth curve keeps the target's immediate neighbours
+    smooth = [1.0 - 0.02 * i for i in range(40)]
+    mix = choose_policy(_curve(smooth, "budget_share"), target_budget=0.5)["mix"]
+    assert mix is None or (mix.low, mix.high) == (24.0, 25.0)
+
+
 def test_match_best_keeps_a_margin_of_one_standard_error_across_folds() -> None:
     routing = {
         "best_single_quality": 0.80,

@@ -6,9 +6,9 @@ Three rules (`TrainOptions` picks one):
 - a target (a budget share of the strongest model's cost, or a share of calls to it): the knob
   curve is a staircase, so the target usually falls between two neighbouring knob points. A
   random mix of two routers is a router whose cost and call shares are the same mix of theirs,
-  so the default is a *mixture* of the two knobs around the target, with the weight that puts
-  the expected share exactly on the target (per prompt, `models.router.mixture_draw` decides
-  which knob applies);
+  so the default is a *mixture* of two knobs around the target (the nearest whose shares are
+  stable, see `_mix`), with the weight that puts the expected share exactly on the target (per
+  prompt, `models.router.mixture_draw` decides which knob applies);
 - by default, "match the best single model": the largest knob whose out-of-fold quality beats
   the best single model's by at least one standard error of the difference across CV folds, so
   that the match also holds on prompts the router has not seen.
@@ -26,8 +26,31 @@ from models.router import KnobMix, Router
 __all__ = ["choose_policy", "retarget"]
 
 
+# How far a knob point's share may differ from its neighbours' and still count as stable.
+STABLE_SHARE = 0.03
+
+
+def _stable(curve: list[dict[str, Any]], key: str, i: int) -> bool:
+    """Whether both neighbouring knob points have about the same share as point i."""
+    v = curve[i][key]
+    return all(
+        curve[j][key] is not None and abs(curve[j][key] - v) <= STABLE_SHARE
+        for j in (i - 1, i + 1)
+        if 0 <= j < len(curve)
+    )
+
+
 def _mix(curve: list[dict[str, Any]], key: str, target: float) -> dict[str, Any]:
-    """The smallest knob meeting `target` on `key`, mixed with its predecessor to land on it."""
+    """A mix of two knobs whose expected share lands on `target`.
+
+    The two knobs are the nearest points on either side of the target whose share is stable
+    (within `STABLE_SHARE` of both neighbours'), falling back to the immediate neighbours of the
+    target where a side has none. Where the curve is a cliff (a whole task's prompts flip to the
+    strong model within a few grid steps, as on RouterBench) the out-of-fold share of a point on
+    the cliff does not transfer to the final model: its scores shift a little and the share at
+    that knob moves by tenths. The shares of points on flat stretches move by hundredths, and a
+    mix of them lands where it promised.
+    """
     ok = [i for i, p in enumerate(curve) if p[key] is not None and p[key] <= target + 1e-12]
     if not ok:
         last = curve[-1]
@@ -36,7 +59,11 @@ def _mix(curve: list[dict[str, Any]], key: str, target: float) -> dict[str, Any]
     hi = curve[i]
     if i == 0 or hi[key] >= target - 1e-12:
         return {"knob": float(hi["knob"]), "mix": None, "met": True, "expected": hi[key]}
-    lo = curve[i - 1]
+    j = i - 1
+    i = next((x for x in ok if x >= i and _stable(curve, key, x)), i)
+    below = [x for x in range(i) if curve[x][key] is not None and curve[x][key] > target]
+    j = next((x for x in reversed(below) if _stable(curve, key, x)), j)
+    hi, lo = curve[i], curve[j]
     span = float(lo[key] - hi[key])
     p_high = 1.0 if span <= 0 else float(np.clip((lo[key] - target) / span, 0.0, 1.0))
     expected = (1 - p_high) * lo[key] + p_high * hi[key]
