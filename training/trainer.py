@@ -22,10 +22,7 @@ end, so CV is where the time goes; capping it makes training cost grow like the 
 alone. The default cap (8,000) was chosen on the bundled data's train side only (an inner
 split: train on three quarters, route the held-out quarter): with the cap, held-out AIQ was
 within 0.001 of uncapped CV on each dataset (RouteLLM 0.778, RouterBench 0.852, DCRouter
-0.639); at 5,000 RouterBench fell 0.0015, at 3,000 by 0.005. The cap is per model
-(`_cv_sample`): capped in total, pooled sources with different models shared 8,000 prompts,
-and the calibration of a small source's models, fitted on their share of the sample, routed
-worse than that source's own model.
+0.639); at 5,000 RouterBench fell 0.0015, at 3,000 by 0.005.
 
 Each per-model head is a binary logistic regression trained on the prompts where that model has
 a labelled outcome: the quality head regresses quality (fractional qualities become two weighted
