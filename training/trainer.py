@@ -8,9 +8,9 @@ Pipeline (each step is a function below, so tests and the CLI can follow it):
    task type; a prompt logged several times is one example whose target is its mean outcome);
 3. targets: quality and cost per (prompt, model), best model per prompt (`training/labels.py`);
 4. cross-validation on the given records only (folds keyed by a hash of the prompt text, so
-   repeated prompts never straddle folds), on a hash-chosen sample of distinct prompts with at
-   most about `TrainOptions.cv_max_prompts` per model, picks the regularisation C per model and
-   per head from `TrainOptions.c_grid`, and yields out-of-fold (OOF) scores for that sample;
+   repeated prompts never straddle folds), on a hash-chosen sample of at most
+   `TrainOptions.cv_max_prompts` distinct prompts, picks the regularisation C per model and per
+   head from `TrainOptions.c_grid`, and yields out-of-fold (OOF) scores for that sample;
 5. calibration on the OOF scores: Platt scaling per model for the quality head, a temperature
    for the classifier head; both folded into the final weights;
 6. the OOF cost–quality curves choose the default head (higher AIQ wins) and the default knob
@@ -256,36 +256,9 @@ def _distinct_prompts(records: Sequence[Record], k: int, cv_max_prompts: int) ->
     in_cv = np.ones(len(first), dtype=bool)
     if len(first) > cv_max_prompts:
         keys = np.array([int(d[40:56], 16) for d in digests], dtype=np.uint64)
-        in_cv = _cv_sample(records, inverse, len(first), keys, cv_max_prompts)
+        in_cv[:] = False
+        in_cv[np.argsort(keys, kind="stable")[:cv_max_prompts]] = True
     return _Prompts(inverse, first, folds, in_cv)
-
-
-def _cv_sample(
-    records: Sequence[Record], inverse: np.ndarray, u: int, keys: np.ndarray, cap: int
-) -> np.ndarray:
-    """Prompts in key order, each taken while one of its models has fewer than `cap` taken.
-
-    The cap is per model, not on the total: pooled logs whose sources measured different
-    models (the default model's three datasets) keep, for each source's models, the sample
-    that source would have alone, where a total cap gave a small source's models a fraction of
-    their prompts to choose C, calibrate and set domain strengths on. Logs where every prompt
-    has every model (a single source) get the `cap` smallest keys, as a total cap would.
-    Label-only records (no outcomes) count as one more model.
-    """
-    names: dict[str, int] = {}
-    per_prompt: list[set[int]] = [set() for _ in range(u)]
-    for r, i in zip(records, inverse.tolist(), strict=True):
-        models = r.labelled_models or ["\0label"]
-        per_prompt[i].update(names.setdefault(m, len(names)) for m in models)
-    taken = [0] * len(names)
-    in_cv = np.zeros(u, dtype=bool)
-    for i in np.argsort(keys, kind="stable").tolist():
-        models = per_prompt[i]
-        if any(taken[m] < cap for m in models):
-            in_cv[i] = True
-            for m in models:
-                taken[m] += 1
-    return in_cv
 
 
 def _targets_for(
