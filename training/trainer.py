@@ -142,38 +142,6 @@ def _dense_scale(X: sparse.csr_matrix, n_dense: int) -> np.ndarray:
     return np.where(peak > 0, 1.0 / np.where(peak > 0, peak, 1.0), 1.0)
 
 
-def _model_scales(
-    X: sparse.csr_matrix, t: Targets, prompts: _Prompts, n_dense: int
-) -> np.ndarray | None:
-    """(K, n_dense) extra dense scales: `_dense_scale` of each model's own prompts, on X as
-    scaled for all prompts; None when every model's scales are 1 (one source: no change).
-
-    Pooled logs whose sources measured different models (the default model's three datasets)
-    would otherwise scale a source's dense columns by another source's peaks (RouteLLM's long
-    prompts set the length columns' scale for DCRouter's models), regularising them differently
-    from that source's own model: on DCRouter's test side, the combined model's heads alone
-    routed 0.0066 AIQ worse than the DCRouter-only model's at the same C.
-    """
-    k = t.quality.shape[1]
-    out = np.ones((k, n_dense))
-    for j in range(k):
-        recs = t.labelled[:, j] | (t.label == j)
-        rows = np.unique(prompts.inverse[recs])
-        if rows.size:
-            out[j] = _dense_scale(X[rows], n_dense)
-    return None if np.all(out == 1.0) else out
-
-
-def _rows_of(X: sparse.csr_matrix, rows: np.ndarray, scale: np.ndarray | None) -> sparse.csr_matrix:
-    """X[rows], its dense columns (the first `scale.size`) multiplied by `scale` (one model's
-    `_model_scales` row)."""
-    Xj = X[rows]
-    if scale is not None and not np.all(scale == 1.0):
-        dense = Xj.indices < scale.size
-        Xj.data[dense] *= scale[Xj.indices[dense]]
-    return Xj
-
-
 # --------------------------------------------------------------------------- binary fits
 # liblinear's stopping tolerance. 1e-2 instead of sklearn's 1e-4: on the bundled train side the
 # held-out loss of every fit we compared (3 models × C in 0.3, 1, 5) agreed to 1e-5, and the
@@ -371,7 +339,6 @@ def _cross_validate(
     opts: TrainOptions,
     refs: np.ndarray | None = None,
     c_by_model: Sequence[float] | None = None,
-    scales: np.ndarray | None = None,
 ) -> dict[str, _HeadFit]:
     """Cross-validate every (head, model) on the CV sample of prompts; X has one row per
     distinct prompt. OOF logits are spread back to the records of the sample. With
@@ -384,7 +351,7 @@ def _cross_validate(
     done = track(
         Parallel(n_jobs=opts.n_jobs, max_nbytes=None, return_as="generator")(
             delayed(_cv_one_model)(
-                _rows_of(X, rows, None if scales is None else scales[_j]),
+                X[rows],
                 pos,
                 neg,
                 prompts.folds[rows],
@@ -545,8 +512,7 @@ def train(
         heads_wanted.remove("quality")
 
     t1 = time.perf_counter()
-    scales = _model_scales(X, targets, distinct, featurizer.n_dense_)
-    fits = _cross_validate(heads_wanted, X, targets, distinct, opts, scales=scales)
+    fits = _cross_validate(heads_wanted, X, targets, distinct, opts)
     say(f"cv {', '.join(heads_wanted)} head(s): {time.perf_counter() - t1:.1f}s")
 
     # Calibration on out-of-fold logits, and OOF scores for the policy choices below.
@@ -577,14 +543,7 @@ def train(
         if (refs >= 0).any():
             t_g = time.perf_counter()
             gain_fit = _cross_validate(
-                ["gain"],
-                X,
-                targets,
-                distinct,
-                opts,
-                refs=refs,
-                c_by_model=fits["quality"].best_c,
-                scales=scales,
+                ["gain"], X, targets, distinct, opts, refs=refs, c_by_model=fits["quality"].best_c
             )["gain"]
             y_gain = np.full((n, k), np.nan)
             for j in np.flatnonzero(refs >= 0):
@@ -743,13 +702,7 @@ def train(
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)  # largest first
     done = track(
         Parallel(n_jobs=opts.n_jobs, max_nbytes=None, return_as="generator")(
-            delayed(_fit_weighted)(
-                _rows_of(X, rows, None if scales is None else scales[j]),
-                pos,
-                neg,
-                fits[head].best_c[j],
-                opts.random_state,
-            )
+            delayed(_fit_weighted)(X[rows], pos, neg, fits[head].best_c[j], opts.random_state)
             for head, j, rows, pos, neg in (jobs[i] for i in order)
         ),
         "fitting",
@@ -757,9 +710,6 @@ def train(
         unit="models",
     )
     final = {(jobs[i][0], jobs[i][1]): cb for i, cb in zip(order, done, strict=True)}
-    if scales is not None:  # each model's weights back on the shared scale of X
-        for (_head, j), (c, _b) in final.items():
-            c[: featurizer.n_dense_] *= scales[j]
     heads: dict[str, LinearHead] = {}
     for head in fits:
         if head == "gain":
