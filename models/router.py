@@ -94,8 +94,9 @@ class DomainPrior:
             np.asarray(self.strength, dtype=np.float64), self.means.shape
         ).copy()
         # precomputed at load: two (D, K) mat-vecs per request
-        self._den = np.where(self.measured, self.strength, 0.0)
-        self._num = self._den * self.means
+        # C-ordered: the compiled head kernel reads them as (D, K) rows
+        self._den = np.ascontiguousarray(np.where(self.measured, self.strength, 0.0))
+        self._num = np.ascontiguousarray(self._den * self.means)
 
     def apply(self, score: np.ndarray, p: np.ndarray) -> np.ndarray:
         """Shrunk scores; `p` is (D,) or (n, D) domain probabilities, `score` (K,) or (n, K)."""
@@ -248,9 +249,10 @@ class LinearHead:
             return _softmax(z[..., :k], mask), None
         if self.extra is None:
             return expit(z, out=z), None  # z is this call's own array: scored in place
-        # z is this call's own array: every step below works in place on views of it (about
-        # 11 µs of numpy calls per decision otherwise), with the same operations in the same
-        # order, so the values are those of the plain formulas in the docstring.
+        # z is this call's own array: one row goes to the compiled kernel (features/_compiled.c,
+        # `head_scores`), which does all of the below in place in ~1.4 µs where the numpy calls
+        # take ~11 µs; the numpy path works in place on views of z too, with the operations of
+        # the formulas in the class docstring in the same order.
         kg = self._gain_cols.stop
         if shrink and z.ndim == 1 and _head_scores is not None:
             prior = self.domain

@@ -747,3 +747,31 @@ def test_a_malformed_lexicon_entry_raises_when_its_word_occurs(entry):
     signals._compiled.dense_signals("nothing here", 1, 1, 0, False, 16384, spec)
     with pytest.raises((TypeError, ValueError)):
         signals._compiled.dense_signals("why", 1, 1, 0, False, 16384, spec)
+
+
+@needs_build
+def test_a_prior_built_from_fortran_ordered_arrays_still_scores_through_the_kernel():
+    """Artifact arrays may come back in any memory order; the kernel needs C-ordered (D, K)."""
+    from models import router
+
+    rng = np.random.default_rng(5)
+    prior = router.DomainPrior(
+        names=["a", "b"],
+        means=np.asfortranarray(rng.uniform(size=(2, 3))),
+        measured=np.asfortranarray(np.ones((2, 3), dtype=bool)),
+        strength=np.asfortranarray(rng.uniform(size=(2, 3))),
+    )
+    head = router.LinearHead(
+        "sigmoid",
+        np.zeros((1, 3)),
+        np.zeros((2, 3), np.float32),
+        np.zeros(3),
+        extra=(np.zeros((1, 2)), np.zeros((2, 2), np.float32), np.zeros(2)),
+        domain=prior,
+    )
+    z = rng.normal(size=5)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(router, "_head_scores", None)
+        want = head.scores(z.copy())
+    got = head.scores(z.copy())
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
