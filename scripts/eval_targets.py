@@ -133,7 +133,9 @@ def run(out: Path, part: str) -> None:
     )
     results["train_seconds_default_model"] = t_train
     results["train_report_default_model"] = {
-        k: v for k, v in combined.report.items() if k not in ("cv_curve", "cv_policy_curve", "cv_loss")
+        k: v
+        for k, v in combined.report.items()
+        if k not in ("cv_curve", "cv_policy_curve", "cv_loss")
     }
     (out / "issue14-main.json").write_text(json.dumps(results, default=str) + "\n")
 

@@ -215,9 +215,7 @@ def test_default_strategy_is_the_head_with_the_higher_cv_aiq(trained: tuple) -> 
     aiq = {h: r["aiq"] for h, r in report["cv_routing"].items()}
     assert report["default_strategy"] == max(aiq, key=aiq.get)
     for head, r in report["cv_routing"].items():
-        assert r == {
-            k: v for k, v in routing[head].items() if k not in ("curve", "fold_curves")
-        }
+        assert r == {k: v for k, v in routing[head].items() if k not in ("curve", "fold_curves")}
         assert r["n"] == report["n_records"]
         assert 0 < r["aiq"] <= 1
 
