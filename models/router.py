@@ -1,7 +1,7 @@
 """The learned router as a cheap in-process call: features → linear heads → knob policy.
 
 A trained router is a handful of numpy arrays. Scoring one prompt is one feature extraction,
-one dense mat-vec and a gather over the hashed n-gram rows; no estimator objects run at request
+one dense mat-vec and a sum over the hashed n-gram rows; no estimator objects run at request
 time, so a decision costs tens of microseconds (see bench/).
 
 Two heads can be present, and the artifact names which one routes by default:
@@ -129,7 +129,7 @@ class LinearHead:
     dense_w: (n_dense, K) float64; hashed_w: (n_hash, K) float32 (the big block, kept compact);
     bias: (K,). `kind` says how logits become scores. A sigmoid head may carry `extra` columns,
     (dense_w, hashed_w, bias) of G + D more columns, which are stacked with the K score columns
-    at load time so that one gather over the hashed rows serves them all:
+    at load time so that one pass over the hashed rows serves them all:
 
     - a gain block (`gain_models`, `gain_ref`, the first G extra columns): for model
       `gain_models[i]`, the column predicts (1 + q_ref − q_m) / 2, the calibrated expected gain
