@@ -93,8 +93,8 @@ class DomainPrior:
         self.strength = np.broadcast_to(
             np.asarray(self.strength, dtype=np.float64), self.means.shape
         ).copy()
-        # precomputed at load: two (D, K) mat-vecs per request
-        # C-ordered: the compiled head kernel reads them as (D, K) rows
+        # Precomputed at load, so a request does two (D, K) mat-vecs; C-ordered, as the compiled
+        # head kernel reads them.
         self._den = np.ascontiguousarray(np.where(self.measured, self.strength, 0.0))
         self._num = np.ascontiguousarray(self._den * self.means)
 
@@ -272,15 +272,10 @@ class LinearHead:
         if self.domain is None:
             return s, None
         p = z[..., self._domain_cols]  # softmax in place
-        if p.ndim == 1:
-            p -= p.max()
-            np.exp(p, out=p)
-            p /= p.sum()
-        else:
-            p -= p.max(axis=-1, keepdims=True)
-            np.exp(p, out=p)
-            p /= p.sum(axis=-1, keepdims=True)
-        return (self.domain.apply(s, p) if shrink else s.copy()), p
+        p -= p.max(axis=-1, keepdims=True)
+        np.exp(p, out=p)
+        p /= p.sum(axis=-1, keepdims=True)
+        return (self.domain.apply(s, p) if shrink else s), p
 
     def to_payload(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -329,10 +324,6 @@ class LinearHead:
 
 
 _MAX_COST_SCALE = 1e250  # × any real cost in USD stays finite
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return expit(z)  # one overflow-free ufunc: a quarter of the time of tanh arithmetic
 
 
 def _softmax(z: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -557,10 +548,6 @@ class Router:
             order = order[mask[order]]
         return order
 
-    def policy_knob(self, draw: float) -> float:
-        """The default policy's knob for a prompt with this `mixture_draw`."""
-        return self.default_knob if self.knob_mix is None else self.knob_mix.knob(draw)
-
     # ----------------------------------------------------------------- helpers
     def mask_for(self, candidates: Sequence[str] | None) -> np.ndarray:
         """Boolean mask over `models` for a candidate list (None = all)."""
@@ -640,7 +627,7 @@ class Router:
             assert prior is not None and scored.domain_p is not None
             p = scored.domain_p
             own, _p = head.scores(head.logits_one(dense, idx, vals, self.n_dense), shrink=False)
-            pull = p @ prior._num - own * (p @ prior._den)
+            pull = prior.apply(own, p) - own
             delta = pull[chosen] - (pull[against] if against is not None else 0.0)
             # Same keys as every entry: the domain in the name, the weight of its means in the
             # chosen model's score as the value (`domain_of` has the probability too).

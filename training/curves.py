@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["KNOB_GRID", "CurvePoint", "choose", "sweep"]
+from models.router import KnobMix
+
+__all__ = ["KNOB_GRID", "CurvePoint", "choose", "choose_mixed", "sweep"]
 
 # λ = 0 routes on quality alone; the largest value routes (almost) purely on cost. The grid is
 # geometric because the flip point of a prompt is Δscore / Δ(relative cost), spread over decades.
@@ -37,6 +39,23 @@ def choose(
     best = u.max(axis=1, keepdims=True)
     tied = (u >= best) & masks
     return np.argmin(np.where(tied, est_cost, np.inf), axis=1)
+
+
+def choose_mixed(
+    score: np.ndarray,
+    est_cost: np.ndarray,
+    cost_ref: float,
+    knob: float,
+    mix: KnobMix | None,
+    draws: np.ndarray | None,
+    masks: np.ndarray,
+) -> np.ndarray:
+    """`choose` under a default policy: at `knob`, or with a knob mix, at its high knob for the
+    rows whose `mixture_draw` (`draws`) falls below its share, as `Router.rank` does."""
+    low = choose(score, est_cost, cost_ref, knob, masks)
+    if mix is None or draws is None:
+        return low
+    return np.where(draws < mix.p_high, choose(score, est_cost, cost_ref, mix.high, masks), low)
 
 
 def sweep(

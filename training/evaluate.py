@@ -34,7 +34,7 @@ from models.router import Router, mixture_draw
 from models.verifier import Verifier
 from training import metrics
 from training.cascade import escalation_curve
-from training.curves import KNOB_GRID, choose, sweep
+from training.curves import KNOB_GRID, choose_mixed, sweep
 from training.heuristic import HeuristicRouter
 from training.labels import Targets, build_targets
 from training.progress import featurise
@@ -286,12 +286,8 @@ def _policy_pick(
     """The model the router's default policy picks per prompt, with the service's draws."""
     s = np.where(masks, np.nan_to_num(score, nan=-1.0), -np.inf)
     mix = router.knob_mix
-    low = choose(s, rel, 1.0, router.default_knob, masks)
-    if mix is None:
-        return low
-    draws = np.array([mixture_draw(p) for p in prompts])
-    high = choose(s, rel, 1.0, mix.high, masks)
-    return np.where(draws < mix.p_high, high, low)
+    draws = None if mix is None else np.array([mixture_draw(p) for p in prompts])
+    return choose_mixed(s, rel, 1.0, router.default_knob, mix, draws, masks)
 
 
 def _report(

@@ -51,7 +51,7 @@ from models.catalog import Catalog
 from models.errors import DataError
 from models.router import DomainPrior, KnobMix, LinearHead, Router, mixture_draw
 from training import metrics
-from training.curves import KNOB_GRID, choose, sweep
+from training.curves import KNOB_GRID, choose, choose_mixed, sweep
 from training.domains import (
     DomainFit,
     choose_strength,
@@ -1024,15 +1024,7 @@ def _policy_share(
         c = np.nan_to_num(t.cost[g])
         cols = np.flatnonzero(mask[0])
         strongest = cols[int(np.argmax(q[:, cols].mean(axis=0) - 1e-9 * c[:, cols].mean(axis=0)))]
-        if mix is None:
-            pick = choose(s, est_cost[g], cost_ref, policy["knob"], mask)
-        else:
-            high = draws[g] < mix.p_high
-            pick = np.where(
-                high,
-                choose(s, est_cost[g], cost_ref, mix.high, mask),
-                choose(s, est_cost[g], cost_ref, mix.low, mask),
-            )
+        pick = choose_mixed(s, est_cost[g], cost_ref, policy["knob"], mix, draws[g], mask)
         rr = np.arange(len(g))
         sums += (
             q[rr, pick].sum(),
