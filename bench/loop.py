@@ -42,8 +42,8 @@ import numpy as np
 from bench._common import Target
 from models.catalog import load_catalog
 from models.router import Router
-from training.curves import KNOB_GRID, choose
-from training.evaluate import curve_aiq, evaluate
+from training.curves import KNOB_GRID, choose, curve_aiq
+from training.evaluate import evaluate
 from training.labels import build_targets
 from training.logs import load_records
 from training.loop import LoopOptions, promotion_decision

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.router import KnobMix
+from training import metrics
 
-__all__ = ["KNOB_GRID", "CurvePoint", "choose", "choose_mixed", "sweep"]
+__all__ = ["KNOB_GRID", "CurvePoint", "choose", "choose_mixed", "curve_aiq", "sweep"]
 
 # λ = 0 routes on quality alone; the largest value routes (almost) purely on cost. The grid is
 # geometric because the flip point of a prompt is Δscore / Δ(relative cost), spread over decades.
@@ -83,3 +84,18 @@ def sweep(
             )
         )
     return out
+
+
+def curve_aiq(
+    costs: np.ndarray, qualities: np.ndarray, single_quality: np.ndarray, single_cost: np.ndarray
+) -> float:
+    """A router curve's AIQ as `evaluate` reports it: over the single models' cost range, the
+    hull anchored at the cheapest single model (which a router can always be mixed with)."""
+    cheapest = int(np.argmin(single_cost))
+    return metrics.aiq(
+        costs,
+        qualities,
+        float(single_cost.min()),
+        float(single_cost.max()),
+        anchor=(float(single_cost[cheapest]), float(single_quality[cheapest])),
+    )

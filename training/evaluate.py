@@ -34,14 +34,14 @@ from models.router import Router, mixture_draw
 from models.verifier import Verifier
 from training import metrics
 from training.cascade import escalation_curve
-from training.curves import KNOB_GRID, choose_mixed, sweep
+from training.curves import KNOB_GRID, choose_mixed, curve_aiq, sweep
 from training.heuristic import HeuristicRouter
 from training.labels import Targets, build_targets
 from training.progress import featurise
 from training.records import Record
 from training.trainer import TrainOptions
 
-__all__ = ["cross_val_evaluate", "curve_aiq", "evaluate"]
+__all__ = ["cross_val_evaluate", "evaluate"]
 
 
 def _r(x: float | None, nd: int = 6) -> float | None:
@@ -426,21 +426,6 @@ def _summary(
         out["two_model"] = _two_model(sc.models, present, q, score, single)
     out["cascade"] = _cascade(sc, rows, strategy, present, sq, scost)
     return out
-
-
-def curve_aiq(
-    costs: np.ndarray, qualities: np.ndarray, single_quality: np.ndarray, single_cost: np.ndarray
-) -> float:
-    """A router curve's AIQ as `evaluate` reports it: over the single models' cost range, the
-    hull anchored at the cheapest single model (which a router can always be mixed with)."""
-    cheapest = int(np.argmin(single_cost))
-    return metrics.aiq(
-        costs,
-        qualities,
-        float(single_cost.min()),
-        float(single_cost.max()),
-        anchor=(float(single_cost[cheapest]), float(single_quality[cheapest])),
-    )
 
 
 def _auc(score: np.ndarray, correct: np.ndarray) -> float | None:

@@ -51,7 +51,7 @@ from models.catalog import Catalog
 from models.errors import DataError
 from models.router import DomainPrior, KnobMix, LinearHead, Router, mixture_draw
 from training import metrics
-from training.curves import KNOB_GRID, choose, choose_mixed, sweep
+from training.curves import KNOB_GRID, choose, choose_mixed, curve_aiq, sweep
 from training.domains import (
     DomainFit,
     choose_strength,
@@ -900,14 +900,7 @@ def _aiq_of(curve: list[Any], mask: np.ndarray, q: np.ndarray, c: np.ndarray) ->
     single_c = c[:, cols].mean(axis=0)
     if not single_c.max() > single_c.min():
         return None
-    cheapest = int(np.argmin(single_c))
-    return metrics.aiq(
-        [p.cost for p in curve],
-        [p.quality for p in curve],
-        float(single_c.min()),
-        float(single_c.max()),
-        anchor=(float(single_c[cheapest]), float(single_q[cheapest])),
-    )
+    return curve_aiq([p.cost for p in curve], [p.quality for p in curve], single_q, single_c)
 
 
 def _oof_routing(
