@@ -43,6 +43,13 @@ try:  # a sigmoid head's scores of one row in C; optional, the numpy path comput
     from features._compiled import head_scores as _head_scores
 except ImportError:
     _head_scores = None
+try:  # the order of the models in C; optional, numpy's lexsort gives the same order
+    from features._compiled import rank_order as _rank_order
+except ImportError:
+    _rank_order = None
+# The compiled order is an insertion sort on the stack: for the few dozen models a router
+# scores; larger (hypothetical) routers take numpy's path.
+_RANK_KERNEL_MAX = 64
 
 # Free-form copies of the dense features (features/extractor.py) carry this prefix.
 _FREE_FORM_PREFIX = "ff."
@@ -535,12 +542,18 @@ class Router:
         """
         if knob is None or knob == self.default_knob:
             knob = self.default_knob if self.knob_mix is None else self.knob_mix.knob(scored.draw)
+        scale = None if knob == 0.0 else self._cost_scale(knob)
+        k = scored.score.shape[0]
+        if _rank_order is not None and k <= _RANK_KERNEL_MAX:
+            # the numpy lines below, in one call (~1 µs where they take ~4 µs)
+            out = np.empty(k, dtype=np.int64)
+            return out[: _rank_order(out, scored.score, scored.cost_usd, scale, mask)]
         # −utility, formed directly: c·s − q is exactly −(q − c·s) in IEEE arithmetic, one
         # array operation fewer on every decision.
-        if knob == 0.0:
+        if scale is None:
             negative_u = -scored.score
         else:
-            negative_u = scored.cost_usd * self._cost_scale(knob)
+            negative_u = scored.cost_usd * scale
             negative_u -= scored.score
         # Ties (equal utility) go to the cheaper model: lexsort's last key is the primary one.
         order = np.lexsort((scored.cost_usd, negative_u))

@@ -692,6 +692,87 @@ def test_head_scores_checks_its_arguments(z, k, gm, gr, num, den, error):
             signals._compiled.head_scores(z, k, gm, gr, num, den)
 
 
+def _lexsort_rank(score, cost, scale, mask):
+    """models.router.Router.rank's numpy path."""
+    negative_u = -score if scale is None else cost * scale - score
+    order = np.lexsort((cost, negative_u))
+    return order if mask is None else order[mask[order]]
+
+
+# Few distinct values, so that keys and costs tie; NaN, infinities and signed zeros included.
+_RANK_VALUES = st.sampled_from([0.0, -0.0, 0.25, 0.5, 1.0, 3.0, -1.0, np.inf, -np.inf, np.nan])
+
+
+@needs_build
+@settings(max_examples=400, deadline=None)
+@given(
+    data=st.data(),
+    k=st.integers(0, 70),
+    scale=st.one_of(st.none(), st.sampled_from([0.0, 0.5, 2.0, 1e300])),
+    masked=st.booleans(),
+)
+def test_compiled_rank_is_numpys_lexsort(data, k, scale, masked):
+    score = np.array(data.draw(st.lists(_RANK_VALUES, min_size=k, max_size=k)), dtype=np.float64)
+    cost = np.array(data.draw(st.lists(_RANK_VALUES, min_size=k, max_size=k)), dtype=np.float64)
+    mask = None
+    if masked:
+        mask = np.array(data.draw(st.lists(st.booleans(), min_size=k, max_size=k)), dtype=bool)
+    out = np.full(k, -1, dtype=np.int64)
+    n = signals._compiled.rank_order(out, score, cost, scale, mask)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = _lexsort_rank(score, cost, scale, mask)
+    assert out[:n].tolist() == want.tolist()
+
+
+@needs_build
+def test_router_rank_with_the_kernel_is_the_numpy_rank(tiny_artifact, monkeypatch):
+    from bench._common import real_prompts
+    from models import router
+    from models.artifact import load_router
+
+    r, _ = load_router(tiny_artifact)
+    rng = np.random.default_rng(0)
+    k = len(r.models)
+    for _, prompt in real_prompts(200, seed=3):
+        scored = r.score(prompt)
+        mask = rng.uniform(size=k) < 0.7
+        for knob in (None, 0.0, 0.3, 5.0, 1e308):
+            for m in (None, mask):
+                got = r.rank(scored, knob, m)
+                with monkeypatch.context() as patch:
+                    patch.setattr(router, "_rank_order", None)
+                    want = r.rank(scored, knob, m)
+                assert got.dtype == want.dtype and got.tolist() == want.tolist()
+
+
+@needs_build
+@pytest.mark.parametrize(
+    ("out", "score", "cost", "scale", "mask"),
+    [
+        pytest.param(np.zeros(2, np.int64), np.zeros(3), np.zeros(3), None, None, id="short-out"),
+        pytest.param(np.zeros(3, np.int64), np.zeros(3), np.zeros(2), None, None, id="short-cost"),
+        pytest.param(np.zeros(3), np.zeros(3), np.zeros(3), None, None, id="float-out"),
+        pytest.param(
+            np.zeros(3, np.int64), np.zeros(3, np.float32), np.zeros(3), None, None, id="f32-score"
+        ),
+        pytest.param(
+            np.zeros(3, np.int64), np.zeros(3), np.zeros(3), None, np.ones(3, int), id="int-mask"
+        ),
+        pytest.param(np.zeros(3, np.int64), np.zeros(3), np.zeros(3), "x", None, id="str-scale"),
+    ],
+)
+def test_rank_order_checks_its_arguments(out, score, cost, scale, mask):
+    with pytest.raises(TypeError):
+        signals._compiled.rank_order(out, score, cost, scale, mask)
+
+
+@needs_build
+def test_rank_order_refuses_more_models_than_it_holds():
+    n = 1025
+    with pytest.raises(ValueError, match="at most 1024"):
+        signals._compiled.rank_order(np.zeros(n, np.int64), np.zeros(n), np.zeros(n), None, None)
+
+
 @needs_build
 @pytest.mark.parametrize(
     "lexicon",

@@ -43,6 +43,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -83,11 +84,18 @@ class _Truncated(Exception):
         self.reason = reason
 
 
+_FLOAT_MAX = sys.float_info.max
+
 # ---------------------------------------------------------------------------------------------
 # Validation of one JSON object (pure)
 
 
 def _number(value: Any, name: str, *, upper: float | None = None) -> float:
+    # The common case in two comparisons (logs carry millions of numbers); NaN, infinities,
+    # bools, huge ints and anything out of range take the checks below.
+    kind = type(value)
+    if (kind is float or kind is int) and 0 <= value <= (_FLOAT_MAX if upper is None else upper):
+        return float(value)
     # bool is an int subclass, but `true` as a cost or quality is a bug in the writer.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid(f"{name}: must be a number, got {_json_type(value)}")
@@ -103,20 +111,20 @@ def _number(value: Any, name: str, *, upper: float | None = None) -> float:
     return number
 
 
-def _optional_number(obj: dict[str, Any], key: str, name: str) -> float | None:
+def _optional_number(obj: dict[str, Any], key: str) -> float | None:
     value = obj.get(key)
-    return None if value is None else _number(value, name)
+    return None if value is None else _number(value, key)
 
 
-def _optional_tokens(obj: dict[str, Any], key: str, name: str) -> int | None:
+def _optional_tokens(obj: dict[str, Any], key: str) -> int | None:
     value = obj.get(key)
     if value is None:
         return None
-    number = _number(value, name)
+    number = _number(value, key)
     if isinstance(value, int):
         return value
     if not number.is_integer():
-        raise _Invalid(f"{name}: must be a whole number of tokens")
+        raise _Invalid(f"{key}: must be a whole number of tokens")
     return int(number)
 
 
@@ -159,27 +167,24 @@ def _prompt(obj: dict[str, Any]) -> Prompt:
         raise _Invalid(str(e)) from None
 
 
-def _responses(
-    obj: dict[str, Any], name: str, quality: float | None
-) -> tuple[tuple[str, float | None], ...]:
+def _responses(obj: dict[str, Any], quality: float | None) -> tuple[tuple[str, float | None], ...]:
     value = obj.get("response")
     if value is None:
         return ()
     if not isinstance(value, str):
-        raise _Invalid(
-            f"{name}response: must be a string (the answer text), got {_json_type(value)}"
-        )
+        raise _Invalid(f"response: must be a string (the answer text), got {_json_type(value)}")
     return ((value, quality),)
 
 
-def _outcome(obj: dict[str, Any], name: str, quality: float | None) -> Outcome:
+def _outcome(obj: dict[str, Any], quality: float | None) -> Outcome:
+    """One model's outcome; errors name the field within the outcome (callers prefix it)."""
     return Outcome(
         quality=quality,
-        cost_usd=_optional_number(obj, "cost_usd", f"{name}cost_usd"),
-        latency_ms=_optional_number(obj, "latency_ms", f"{name}latency_ms"),
-        input_tokens=_optional_tokens(obj, "input_tokens", f"{name}input_tokens"),
-        output_tokens=_optional_tokens(obj, "output_tokens", f"{name}output_tokens"),
-        responses=_responses(obj, name, quality),
+        cost_usd=_optional_number(obj, "cost_usd"),
+        latency_ms=_optional_number(obj, "latency_ms"),
+        input_tokens=_optional_tokens(obj, "input_tokens"),
+        output_tokens=_optional_tokens(obj, "output_tokens"),
+        responses=_responses(obj, quality),
     )
 
 
@@ -190,15 +195,19 @@ def _outcomes(value: Any) -> dict[str, Outcome]:
     for model, raw in value.items():
         if not model.strip():
             raise _Invalid("outcomes: model names must be non-empty strings")
-        where = f"outcomes[{model!r}]"
-        if not isinstance(raw, dict):
-            raise _Invalid(f"{where}: must be an object, got {_json_type(raw)}")
-        if "quality" not in raw:
-            raise _Invalid(f"{where}.quality: is required (null marks an unlabelled model)")
-        quality = raw["quality"]
-        if quality is not None:
-            quality = _number(quality, f"{where}.quality", upper=1.0)
-        outcomes[model] = _outcome(raw, f"{where}.", quality)
+        try:
+            if not isinstance(raw, dict):
+                raise _Invalid(f": must be an object, got {_json_type(raw)}")
+            if "quality" not in raw:
+                raise _Invalid(".quality: is required (null marks an unlabelled model)")
+            quality = raw["quality"]
+            if quality is not None:
+                quality = _number(quality, ".quality", upper=1.0)
+            outcomes[model] = _outcome(raw, quality)
+        except _Invalid as e:
+            # the model's name goes into the message only when there is one to write
+            sep = "" if e.reason.startswith((":", ".")) else "."
+            raise _Invalid(f"outcomes[{model!r}]{sep}{e.reason}") from None
     return outcomes
 
 
@@ -239,7 +248,7 @@ def _parse(obj: Any, source: str) -> tuple[str, Record]:
         record.outcomes = _outcomes(obj["outcomes"])
     elif form == "single":
         model = _name(obj["model"], "model")
-        record.outcomes = {model: _outcome(obj, "", _single_quality(obj))}
+        record.outcomes = {model: _outcome(obj, _single_quality(obj))}
     else:
         record.label = _name(obj["label"], "label")
     return form, record
