@@ -407,9 +407,84 @@ merge_columns(const int64_t *codes, Py_ssize_t total, int64_t n, ColumnMap *m)
     return 0;
 }
 
+/* The correctly rounded sum of x[i] * x[i] (each square rounded first), which is what
+ * math.fsum((x * x).tolist()) returns: exact partials, as CPython's fsum keeps them. A correctly
+ * rounded sum has one value whatever the order or the machine, unlike a BLAS dot product, so
+ * the Python reference and this agree bit for bit. The squares are finite: the weights are
+ * sublinear tf values, at most 1 + ln(K). */
+#define MAX_PARTIALS 64 /* finite doubles need at most ~40 non-overlapping partials */
+static double
+sum_of_squares(const double *x, Py_ssize_t n)
+{
+#if defined(__SIZEOF_INT128__)
+    /* Squares in [1, 2^11) are whole multiples of 2^-52 below 2^63 of them: summed as integers
+     * they are exact, and the one rounding to double is the correctly rounded sum. Sublinear tf
+     * weights are at least 1, so this is the only path they take. */
+    unsigned __int128 exact = 0;
+    Py_ssize_t k = 0;
+    for (; k < n; k++) {
+        double square = x[k] * x[k];
+        if (!(square >= 1.0 && square < 0x1p11)) {
+            break;
+        }
+        exact += (uint64_t)(square * 0x1p52);
+    }
+    if (k == n) {
+        return ldexp((double)exact, -52);
+    }
+#endif
+    double p[MAX_PARTIALS];
+    int np = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        volatile double square = x[k] * x[k]; /* rounded on its own: never fused into an add */
+        double v = square;
+        int i = 0;
+        for (int j = 0; j < np; j++) {
+            double y = p[j];
+            if (fabs(v) < fabs(y)) {
+                double t = v;
+                v = y;
+                y = t;
+            }
+            double hi = v + y;
+            double lo = y - (hi - v);
+            if (lo != 0.0) {
+                p[i++] = lo;
+            }
+            v = hi;
+        }
+        np = i;
+        if (v != 0.0 && np < MAX_PARTIALS) {
+            p[np++] = v;
+        }
+    }
+    /* Sum the partials from the top, then correct a half-way case (CPython's math_fsum). */
+    double hi = 0.0, lo = 0.0;
+    if (np > 0) {
+        hi = p[--np];
+        while (np > 0) {
+            double v = hi, y = p[--np];
+            hi = v + y;
+            lo = y - (hi - v);
+            if (lo != 0.0) {
+                break;
+            }
+        }
+        if (np > 0 && ((lo < 0.0 && p[np - 1] < 0.0) || (lo > 0.0 && p[np - 1] > 0.0))) {
+            double y = lo * 2.0;
+            double v = hi + y;
+            if (y == v - hi) {
+                hi = v;
+            }
+        }
+    }
+    return hi;
+}
+
 /* The row as (cols, values, raw): int64 and float64 bytearrays. Values are the sublinear tf
- * sign(v) * (1 + ln|v|) of the non-zero counts, unless some |v| is past the log table: then
- * `raw` is True and values are the signed counts themselves, for the caller to finish. */
+ * sign(v) * (1 + ln|v|) of the non-zero counts, L2-normalised, unless some |v| is past the log
+ * table: then `raw` is True and values are the signed counts themselves, for the caller to
+ * finish. */
 static PyObject *
 build_row(const Spec *s, const ColumnMap *m)
 {
@@ -443,6 +518,13 @@ build_row(const Spec *s, const ColumnMap *m)
             x[out] = copysign(1.0 + s->log_table[v < 0 ? -v : v], (double)v);
         }
         out++;
+    }
+    if (!raw && kept) {
+        /* features.extractor._normalise: weights *= 1.0 / sqrt(sum of squares) */
+        double scale = 1.0 / sqrt(sum_of_squares(x, kept));
+        for (Py_ssize_t k = 0; k < kept; k++) {
+            x[k] *= scale;
+        }
     }
     PyObject *row = PyTuple_New(3);
     if (row == NULL) {
@@ -504,9 +586,11 @@ parse_spec(PyObject *const *args, Spec *s)
 PyDoc_STRVAR(hashed_row_doc,
 "hashed_row(words, n, kmax, lo, hi, task_code, n_dense, log_table) -> (cols, values, raw)\n\n"
 "The hashed block of a feature row, exactly as features.extractor._hashed_python computes\n"
-"it before L2 normalisation: `cols` (int64, offset by n_dense) and `values` (float64) as\n"
-"bytearrays in the reference's order. `log_table` holds np.log(k) for k = 0..K-1 as float64\n"
-"bytes; when some count reaches K, `raw` is True and values are the signed counts.");
+"it: `cols` (int64, offset by n_dense) and `values` (float64, L2-normalised) as bytearrays\n"
+"in the reference's order. `log_table` holds np.log(k) for k = 0..K-1 as float64 bytes; when\n"
+"some count reaches K, `raw` is True and values are the signed counts, not normalised.");
+
+static PyObject *hashed_words(Spec *s, PyObject *words);
 
 static PyObject *
 hashed_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -520,27 +604,35 @@ hashed_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (parse_spec(args, &s) < 0) {
         return NULL;
     }
+    return hashed_words(&s, args[0]);
+}
+
+/* hashed_row's work once its spec is parsed: (cols, values, raw) of `words`. */
+static PyObject *
+hashed_words(Spec *s, PyObject *words)
+{
     prefetch_block(crc_table, sizeof(crc_table));
-    if (!PyList_Check(args[0]) && !PyTuple_Check(args[0])) { /* a str is not its characters */
+    if (!PyList_Check(words) && !PyTuple_Check(words)) { /* a str is not its characters */
         PyErr_SetString(PyExc_TypeError, "words must be a list of str");
         return NULL;
     }
-    s.words = PySequence_Fast(args[0], "words must be a list of str");
-    if (s.words == NULL) {
+    s->words = PySequence_Fast(words, "words must be a list of str");
+    if (s->words == NULL) {
         return NULL;
     }
     PyObject *result = NULL;
     Py_ssize_t total = 0;
-    int64_t *codes = token_codes(&s, &total);
+    int64_t *codes = token_codes(s, &total);
     if (codes != NULL) {
         ColumnMap m = {NULL, 0, 0, NULL, NULL, 0};
-        if (merge_columns(codes, total, s.n, &m) == 0) {
-            result = build_row(&s, &m);
+        if (merge_columns(codes, total, s->n, &m) == 0) {
+            result = build_row(s, &m);
         }
         map_free(&m);
         PyMem_Free(codes);
     }
-    Py_DECREF(s.words);
+    Py_DECREF(s->words);
+    s->words = NULL;
     return result;
 }
 
@@ -2077,6 +2169,8 @@ PyDoc_STRVAR(dense_signals_doc,
 "exactly as features.signals._dense_signals_python gives them; `spec` is the tuple\n"
 "features.signals builds once (lexicon, patterns, punctuation).");
 
+static PyObject *dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to);
+
 static PyObject *
 dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2085,6 +2179,14 @@ dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "dense_signals takes 7 arguments, got %zd", nargs);
         return NULL;
     }
+    return dense_signals_impl(args, -1);
+}
+
+/* dense_signals' (values, words), the values zero-padded to `pad_to` doubles when it is not
+ * negative (ValueError when they do not fit). */
+static PyObject *
+dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to)
+{
     PyObject *text = args[0];
     if (!PyUnicode_Check(text)) {
         PyErr_SetString(PyExc_TypeError, "dense_signals: text must be a str");
@@ -2222,11 +2324,20 @@ dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         memset(v, 0, (size_t)(base + 1) * sizeof(double));
         v += base + 1;
     }
-    PyObject *row = PyByteArray_FromStringAndSize((const char *)values,
-                                                  (Py_ssize_t)((v - values) * sizeof(double)));
+    Py_ssize_t n_values = v - values;
+    if (pad_to >= 0 && n_values > pad_to) {
+        PyErr_Format(PyExc_ValueError, "n_dense is %zd, but the prompt has %zd dense values",
+                     pad_to, n_values);
+        goto done;
+    }
+    Py_ssize_t size = pad_to >= 0 ? pad_to : n_values;
+    PyObject *row = PyByteArray_FromStringAndSize(NULL, size * (Py_ssize_t)sizeof(double));
     if (row == NULL) {
         goto done;
     }
+    memcpy(PyByteArray_AS_STRING(row), values, (size_t)n_values * sizeof(double));
+    memset(PyByteArray_AS_STRING(row) + n_values * sizeof(double), 0,
+           (size_t)(size - n_values) * sizeof(double));
     result = PyTuple_Pack(2, row, words);
     Py_DECREF(row);
 done:
@@ -2234,6 +2345,39 @@ done:
     Py_DECREF(window);
     Py_XDECREF(lower);
     Py_XDECREF(words);
+    return result;
+}
+
+PyDoc_STRVAR(feature_row_doc,
+"feature_row(text, last_user_chars, turns, images, has_system, max_scan_chars, spec,\n"
+"            n, kmax, lo, hi, task_code, n_dense, log_table) -> (dense, cols, values, raw)\n\n"
+"dense_signals' values zero-padded to n_dense float64s, then hashed_row of its words, in one\n"
+"call: the hot path's whole feature row (features.extractor.PromptFeaturizer.transform_one).");
+
+static PyObject *
+feature_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 14) {
+        PyErr_Format(PyExc_TypeError, "feature_row takes 14 arguments, got %zd", nargs);
+        return NULL;
+    }
+    Spec s;
+    if (parse_spec(args + 6, &s) < 0) { /* n … log_table are arguments 7 to 13 */
+        return NULL;
+    }
+    PyObject *dense = dense_signals_impl(args, (Py_ssize_t)s.n_dense);
+    if (dense == NULL) {
+        return NULL;
+    }
+    PyObject *hashed = hashed_words(&s, PyTuple_GET_ITEM(dense, 1));
+    PyObject *result = NULL;
+    if (hashed != NULL) {
+        result = PyTuple_Pack(4, PyTuple_GET_ITEM(dense, 0), PyTuple_GET_ITEM(hashed, 0),
+                              PyTuple_GET_ITEM(hashed, 1), PyTuple_GET_ITEM(hashed, 2));
+        Py_DECREF(hashed);
+    }
+    Py_DECREF(dense);
     return result;
 }
 
@@ -2262,17 +2406,19 @@ buffer_is(const Py_buffer *b, int ndim, Py_ssize_t itemsize, const char *codes)
  * rounding, not bit for bit.
  */
 PyDoc_STRVAR(add_rows_doc,
-"add_rows(z, weights, idx, vals, offset) -> None\n\n"
+"add_rows(z, weights, idx, vals, offset[, dense, dense_w]) -> None\n\n"
 "z += vals @ weights[idx - offset], in place: z a contiguous float64 vector of\n"
 "weights.shape[1] values, weights a float32 matrix, idx an int64 and vals a float64 vector of\n"
-"one length. IndexError on a row out of range (z is then unchanged).");
+"one length. IndexError on a row out of range (z is then unchanged). With `dense` (float64\n"
+"vector) and `dense_w` (float64 matrix, one row per dense value, as wide as z), first\n"
+"z += dense @ dense_w, skipping the zeros of `dense` (most of a prompt's dense row).");
 
 static PyObject *
 add_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 5) {
-        PyErr_Format(PyExc_TypeError, "add_rows takes 5 arguments, got %zd", nargs);
+    if (nargs != 5 && nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "add_rows takes 5 or 7 arguments, got %zd", nargs);
         return NULL;
     }
     Py_ssize_t offset = PyLong_AsSsize_t(args[4]);
@@ -2299,12 +2445,24 @@ add_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *result = NULL;
+    Py_buffer db = {0}, dw = {0};
+    if (nargs == 7 && (PyObject_GetBuffer(args[5], &db, PyBUF_RECORDS_RO) < 0 ||
+                       PyObject_GetBuffer(args[6], &dw, PyBUF_RECORDS_RO) < 0)) {
+        goto done;
+    }
     if (!buffer_is(&zb, 1, 8, "d") || zb.strides[0] != 8 || !buffer_is(&w, 2, 4, "f") ||
         !buffer_is(&r, 1, 8, "lq") || !buffer_is(&v, 1, 8, "d") || r.shape[0] != v.shape[0] ||
         zb.shape[0] != w.shape[1]) {
         PyErr_SetString(PyExc_TypeError,
                         "add_rows takes a contiguous float64 vector z, a float32 matrix as wide "
                         "as z, and an int64 and a float64 vector of one length");
+        goto done;
+    }
+    if (nargs == 7 && (!buffer_is(&db, 1, 8, "d") || !buffer_is(&dw, 2, 8, "d") ||
+                       dw.shape[0] != db.shape[0] || dw.shape[1] != zb.shape[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "add_rows: dense must be a float64 vector and dense_w a float64 matrix "
+                        "with a row per dense value, as wide as z");
         goto done;
     }
     Py_ssize_t n_rows = w.shape[0], width = w.shape[1], n = r.shape[0];
@@ -2322,7 +2480,50 @@ add_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     double *z = (double *)zb.buf;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    if (nargs == 7) {
+        Py_ssize_t n_dense = db.shape[0], width = dw.shape[1];
+        for (Py_ssize_t j = 0; j < n_dense; j++) {
+            double x;
+            memcpy(&x, (const char *)db.buf + j * db.strides[0], sizeof(x));
+            if (x == 0.0) {
+                continue;
+            }
+            const char *from = (const char *)dw.buf + j * dw.strides[0];
+            for (Py_ssize_t k = 0; k < width; k++) {
+                double cell;
+                memcpy(&cell, from + k * dw.strides[1], sizeof(cell));
+                z[k] += x * cell;
+            }
+        }
+    }
+    Py_ssize_t i = 0;
+    if (col_stride == (Py_ssize_t)sizeof(float)) {
+        /* Two rows per pass: z is read and written half as often. */
+        for (; i + 1 < n; i += 2) {
+            int64_t r0, r1;
+            double x0, x1;
+#if defined(__GNUC__) || defined(__clang__)
+            for (Py_ssize_t ahead = i + GATHER_AHEAD; ahead < i + GATHER_AHEAD + 2 && ahead < n;
+                 ahead++) {
+                int64_t later;
+                memcpy(&later, idx + ahead * r.strides[0], sizeof(later));
+                const char *at = weights + (later - (int64_t)offset) * row_stride;
+                __builtin_prefetch(at);
+                __builtin_prefetch(at + (width - 1) * col_stride);
+            }
+#endif
+            memcpy(&r0, idx + i * r.strides[0], sizeof(r0));
+            memcpy(&r1, idx + (i + 1) * r.strides[0], sizeof(r1));
+            memcpy(&x0, vals + i * v.strides[0], sizeof(x0));
+            memcpy(&x1, vals + (i + 1) * v.strides[0], sizeof(x1));
+            const float *c0 = (const float *)(weights + (r0 - (int64_t)offset) * row_stride);
+            const float *c1 = (const float *)(weights + (r1 - (int64_t)offset) * row_stride);
+            for (Py_ssize_t k = 0; k < width; k++) {
+                z[k] += x0 * (double)c0[k] + x1 * (double)c1[k];
+            }
+        }
+    }
+    for (; i < n; i++) {
         int64_t row;
         double x;
 #if defined(__GNUC__) || defined(__clang__)
@@ -2357,6 +2558,12 @@ done:
     PyBuffer_Release(&w);
     PyBuffer_Release(&r);
     PyBuffer_Release(&v);
+    if (db.obj != NULL) {
+        PyBuffer_Release(&db);
+    }
+    if (dw.obj != NULL) {
+        PyBuffer_Release(&dw);
+    }
     return result;
 }
 
@@ -2643,6 +2850,7 @@ static PyMethodDef methods[] = {
     {"add_rows", (PyCFunction)(void (*)(void))add_rows, METH_FASTCALL, add_rows_doc},
     {"head_scores", (PyCFunction)(void (*)(void))head_scores, METH_FASTCALL, head_scores_doc},
     {"rank_order", (PyCFunction)(void (*)(void))rank_order, METH_FASTCALL, rank_order_doc},
+    {"feature_row", (PyCFunction)(void (*)(void))feature_row, METH_FASTCALL, feature_row_doc},
     {NULL, NULL, 0, NULL},
 };
 

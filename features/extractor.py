@@ -146,6 +146,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 
+from features.signals import COMPILED_SPEC as SIGNAL_SPEC
 from features.signals import DENSE_FEATURE_NAMES, dense_signals
 from features.text import Prompt
 
@@ -418,9 +419,10 @@ def _normalised_sublinear(counts: np.ndarray) -> np.ndarray:
 
 
 def _normalise(weights: np.ndarray) -> np.ndarray:
-    # Both paths end here: the dot product's summation order (BLAS, CPU-specific) is part of
-    # the value, so it is computed the same way, on the same order of columns, by both.
-    weights *= 1.0 / math.sqrt(weights @ weights)
+    # The norm from the correctly rounded sum of the squares: one value whatever the order or
+    # the machine (a BLAS dot product's rounding is CPU-specific), so the compiled path
+    # (features/_compiled.c, sum_of_squares) reproduces it bit for bit.
+    weights *= 1.0 / math.sqrt(math.fsum((weights * weights).tolist()))
     return weights
 
 
@@ -455,17 +457,55 @@ def _hashed_compiled(
     words: list[str], n: int, kmax: int, lo: int, hi: int, task_code: int | None, n_dense: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """`_hashed_python`, value for value, with the hashing and merging in C (features/_compiled.c)."""
-    cols, values, raw = _compiled.hashed_row(words, n, kmax, lo, hi, task_code, n_dense, _LOG_TABLE)
+    return _hashed_arrays(
+        *_compiled.hashed_row(words, n, kmax, lo, hi, task_code, n_dense, _LOG_TABLE)
+    )
+
+
+def _hashed_arrays(cols: bytearray, values: bytearray, raw: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The compiled row's (cols, values, raw) as `_hashed_python`'s arrays."""
     if not cols:
         return _empty_hashed()
     # bytearrays: the arrays are writable and own their memory, like the Python path's.
-    counts_or_weights = np.frombuffer(values, dtype=np.float64)
-    if raw:
-        return np.frombuffer(cols, dtype=np.int64), _normalised_sublinear(counts_or_weights)
-    return np.frombuffer(cols, dtype=np.int64), _normalise(counts_or_weights)
+    if raw:  # a count past the log table: values are the counts, finished here
+        return np.frombuffer(cols, dtype=np.int64), _normalised_sublinear(
+            np.frombuffer(values, dtype=np.float64)
+        )
+    return np.frombuffer(cols, dtype=np.int64), np.frombuffer(values, dtype=np.float64)
 
 
 _hashed = _hashed_python if _compiled is None else _hashed_compiled
+
+
+def _single_row_python(
+    prompt: Prompt, scan: int, spec: tuple[int, int, int, int], task_code: int | None, n_dense: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The feature row of a prompt without context: its ctx.* block stays 0."""
+    values, words = dense_signals(prompt, scan)
+    dense = np.zeros(n_dense, dtype=np.float64)
+    dense[: len(values)] = values
+    return (dense, *_hashed(words, *spec, task_code, n_dense))
+
+
+def _single_row_compiled(
+    prompt: Prompt, scan: int, spec: tuple[int, int, int, int], task_code: int | None, n_dense: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_single_row_python` in one call to features/_compiled.c (the request path's row)."""
+    text = prompt.text
+    dense, cols, values, raw = _compiled.feature_row(
+        text, len(text), prompt.turns, prompt.images, prompt.has_system, scan,
+        SIGNAL_SPEC, *spec, task_code, n_dense, _LOG_TABLE,
+    )  # fmt: skip
+    if raw or not cols:
+        return (np.frombuffer(dense, dtype=np.float64), *_hashed_arrays(cols, values, raw))
+    return (
+        np.frombuffer(dense, dtype=np.float64),
+        np.frombuffer(cols, dtype=np.int64),
+        np.frombuffer(values, dtype=np.float64),
+    )
+
+
+_single_row = _single_row_python if _compiled is None else _single_row_compiled
 
 
 class PromptFeaturizer(TransformerMixin, BaseEstimator):
@@ -595,15 +635,10 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
             )
         if not isinstance(prompt, Prompt):
             prompt = _as_prompt(prompt, 0)
-        if prompt.turns <= 1 and not prompt.has_system and prompt.text == prompt.last_user:
-            # A single prompt has no context: its ctx.* block stays 0.
-            values, words = dense_signals(prompt, scan)  # float64, writable, its own memory
-            dense = np.zeros(self.n_dense_, dtype=np.float64)
-            dense[: len(values)] = values
-        else:
-            dense, words = _conversation_signals(prompt, scan, self.n_dense_)
-
         task_code = None if task_type is None else _task_type_code(task_type, n)
+        if prompt.turns <= 1 and not prompt.has_system and prompt.text == prompt.last_user:
+            return _single_row(prompt, scan, (n, kmax, lo, hi), task_code, self.n_dense_)
+        dense, words = _conversation_signals(prompt, scan, self.n_dense_)
         cols, weights = _hashed(words, n, kmax, lo, hi, task_code, self.n_dense_)
         return dense, cols, weights
 

@@ -519,8 +519,9 @@ def _dense_signals_python(prompt: Prompt, max_scan_chars: int) -> tuple[np.ndarr
     return np.array(values, dtype=np.float64), words
 
 
-# Everything the compiled twin reads besides the prompt, built once.
-_COMPILED_SPEC = (
+# Everything the compiled twin reads besides the prompt, built once (also passed by
+# features.extractor, whose one-call row runs the same scan).
+COMPILED_SPEC = (
     _LEXICON,
     _N_COUNTERS,
     _N_GROUPS,
@@ -543,7 +544,7 @@ def _dense_signals_compiled(prompt: Prompt, max_scan_chars: int) -> tuple[np.nda
         prompt.images,
         prompt.has_system,
         max_scan_chars,
-        _COMPILED_SPEC,
+        COMPILED_SPEC,
     )
     # A bytearray: the array is writable and owns its memory, like the Python path's.
     return np.frombuffer(values, dtype=np.float64), words

@@ -226,17 +226,19 @@ class LinearHead:
         self, dense: np.ndarray, idx: np.ndarray, vals: np.ndarray, n_dense: int
     ) -> np.ndarray:
         """All logits (scores, then gain and domain columns) of one feature row."""
+        # The hashed block is megabytes large and a prompt touches a few hundred scattered rows
+        # of it: most of a head's time. The compiled kernel adds vals · row straight from the
+        # float32 rows, and the dense block's non-zero rows in the same call; numpy's fallback
+        # (BLAS mat-vec, fancy `take`, float64 cast, BLAS product) costs about 1.3-1.5× as much
+        # and rounds in another order (same logits to ~1e-15).
+        if _add_rows is not None:
+            z = self._bias.copy()
+            _add_rows(z, self._hashed, idx, vals, n_dense, dense, self._dense)
+            return z
         z = dense @ self._dense
         z += self._bias
         if idx.size:
-            # The hashed block is megabytes large and a prompt touches a few hundred scattered
-            # rows of it: most of a head's time. The compiled kernel adds vals · row straight
-            # from the float32 rows; numpy's fallback (fancy `take`, float64 cast, BLAS product)
-            # costs about 1.3-1.5× as much and rounds in another order (same logits to ~1e-15).
-            if _add_rows is None:
-                z += vals @ self._hashed.take(idx - n_dense, axis=0)
-            else:
-                _add_rows(z, self._hashed, idx, vals, n_dense)
+            z += vals @ self._hashed.take(idx - n_dense, axis=0)
         return z
 
     def logits_batch(self, X: sparse.csr_matrix, n_dense: int) -> np.ndarray:
@@ -518,8 +520,12 @@ class Router:
             ):
                 product = self.output_price * self.output_tokens
                 typical = self._typical = (self.output_price, self.output_tokens, product)
-            return self.input_price * input_tokens + typical[2]
-        return self.input_price * input_tokens + self.output_price * float(expected_output_tokens)
+            cost = self.input_price * float(input_tokens)  # a float multiplies faster than an int
+            cost += typical[2]
+            return cost
+        return self.input_price * float(input_tokens) + self.output_price * float(
+            expected_output_tokens
+        )
 
     def utility(self, score: np.ndarray, cost_usd: np.ndarray, knob: float) -> np.ndarray:
         """score − λ · cost / c_ref: the quantity the policy maximises."""

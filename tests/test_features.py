@@ -60,8 +60,16 @@ def hashing(request, monkeypatch) -> str:
     """Run a test on the Python reference and on the compiled hashing (features/_compiled.c)."""
     if request.param == "compiled" and extractor._compiled is None:
         pytest.skip("features._compiled is not built (see tests/test_features_compiled.py)")
-    path = extractor._hashed_compiled if request.param == "compiled" else extractor._hashed_python
-    monkeypatch.setattr(extractor, "_hashed", path)
+    compiled = request.param == "compiled"
+    monkeypatch.setattr(
+        extractor, "_hashed", extractor._hashed_compiled if compiled else extractor._hashed_python
+    )
+    # A single prompt's row is one compiled call; the Python row goes through `_hashed`.
+    monkeypatch.setattr(
+        extractor,
+        "_single_row",
+        extractor._single_row_compiled if compiled else extractor._single_row_python,
+    )
     return request.param
 
 
@@ -69,6 +77,7 @@ def hashing(request, monkeypatch) -> str:
 def python_hashing(monkeypatch) -> None:
     """The Python path, for tests of its word cache and vectorised batches."""
     monkeypatch.setattr(extractor, "_hashed", extractor._hashed_python)
+    monkeypatch.setattr(extractor, "_single_row", extractor._single_row_python)
 
 
 def messages_prompt() -> Prompt:

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from features import Prompt, PromptFeaturizer, extractor, signals
@@ -58,6 +58,7 @@ def test_the_extension_is_built_and_used():
         "features._compiled was not built: is a C compiler installed?"
     )
     assert extractor._hashed is extractor._hashed_compiled
+    assert extractor._single_row is extractor._single_row_compiled
 
 
 @compiled
@@ -120,12 +121,50 @@ def test_transform_one_is_the_same_row_on_either_path(text, task_type):
 
 def row_with(hashed, f: PromptFeaturizer, text: str, task_type: str | None):
     # Not monkeypatch: a function-scoped fixture would be shared by hypothesis's examples.
-    saved = extractor._hashed
+    # A single prompt's compiled row is one call (`_single_row_compiled`); the Python row
+    # assembles dense signals and `_hashed`.
+    compiled = hashed is extractor._hashed_compiled
+    saved = extractor._hashed, extractor._single_row
     extractor._hashed = hashed
+    extractor._single_row = (
+        extractor._single_row_compiled if compiled else extractor._single_row_python
+    )
     try:
         return f.transform_one(text, task_type)
     finally:
-        extractor._hashed = saved
+        extractor._hashed, extractor._single_row = saved
+
+
+@compiled
+@settings(max_examples=200, deadline=None)
+@given(
+    words=st.lists(st.text("abcdef", min_size=1, max_size=4), min_size=1, max_size=300),
+    table=st.lists(
+        st.floats(-1e150, 1e150, allow_nan=False) | st.floats(-2.0, 2.0, allow_nan=False),
+        min_size=1,
+        max_size=40,
+    ),
+)
+@example(words=["a", "b", "c"], table=[0.0, 0.0])  # weights exactly 1: the integer sum
+@example(words=["a"] * 3, table=[0.0, 0.0, 0.0, -1.0])  # a weight of 0
+def test_the_compiled_norm_is_the_correctly_rounded_one(words, table):
+    """The C row's L2 norm is math.fsum's, for weights in the integer sum's range and out of it
+    (a log table is an argument, so any finite weight can be made)."""
+    n, kmax, lo, hi = 97, 2, 2, 3
+    # A one-entry table puts every count past it: the row's values are the signed counts.
+    cols, counts, raw = extractor._compiled.hashed_row(
+        words, n, kmax, lo, hi, None, N_DENSE, np.zeros(1).tobytes()
+    )
+    counts = np.frombuffer(counts, dtype=np.float64)
+    assume(raw and counts.size and np.abs(counts).max() < len(table))
+    cols2, values, raw2 = extractor._compiled.hashed_row(
+        words, n, kmax, lo, hi, None, N_DENSE, np.array(table, dtype=np.float64).tobytes()
+    )
+    assert not raw2 and cols2 == cols
+    weights = np.copysign(1.0 + np.array(table)[np.abs(counts).astype(int)], counts)
+    assume(np.any(weights != 0.0))
+    expected = weights * (1.0 / math.sqrt(math.fsum((weights * weights).tolist())))
+    assert np.frombuffer(values, dtype=np.float64).tobytes() == expected.tobytes()
 
 
 def test_the_log_table_is_numpys_log_however_numpy_is_called():
@@ -477,11 +516,11 @@ def test_large_prompts_give_the_same_signals(text, max_scan_chars):
 def test_bad_dense_signal_arguments_raise_instead_of_crashing(args, error):
     with pytest.raises(error):
         signals._compiled.dense_signals(*args)
-    spec = list(signals._COMPILED_SPEC)
+    spec = list(signals.COMPILED_SPEC)
     spec[1] = 5000  # more counters than the module allows
     with pytest.raises(ValueError):
         signals._compiled.dense_signals("x", 1, 1, 0, False, 16384, tuple(spec))
-    spec = list(signals._COMPILED_SPEC)
+    spec = list(signals.COMPILED_SPEC)
     spec[0] = []
     with pytest.raises(TypeError):
         signals._compiled.dense_signals("x", 1, 1, 0, False, 16384, tuple(spec))
@@ -509,6 +548,7 @@ def test_head_logits_with_the_compiled_kernel_are_the_take_logits(shape, seed, f
     idx = n_dense + rng.choice(n_hash, size=rng.integers(0, n_hash + 1), replace=False)
     vals = rng.normal(size=idx.size)
     dense = rng.normal(size=n_dense)
+    dense[rng.random(n_dense) < 0.5] = 0.0  # the kernel skips zero rows of the dense block
     expected = dense @ head.dense_w + head.bias
     if idx.size:
         expected += vals @ hashed_w.take(idx - n_dense, axis=0)
@@ -666,6 +706,29 @@ def test_bad_head_kernel_arguments_raise_instead_of_crashing(z, weights, idx, va
 
 @needs_build
 @pytest.mark.parametrize(
+    ("dense", "dense_w", "idx", "error"),
+    [
+        pytest.param(np.ones(3), np.ones((3, 2)), [5], IndexError, id="bad-row-after-dense"),
+        pytest.param(np.ones(3), np.ones((2, 2)), [0], TypeError, id="too-few-dense-rows"),
+        pytest.param(np.ones(3), np.ones((3, 3)), [0], TypeError, id="dense-w-wider-than-z"),
+        pytest.param(np.ones(3), np.ones((3, 2), np.float32), [0], TypeError, id="float32-dense-w"),
+        pytest.param(np.ones((3, 1)), np.ones((3, 2)), [0], TypeError, id="2-d-dense"),
+        pytest.param([1.0, 1.0, 1.0], np.ones((3, 2)), [0], TypeError, id="list-dense"),
+    ],
+)
+def test_bad_dense_head_arguments_leave_z_alone(dense, dense_w, idx, error):
+    z = np.zeros(2)
+    with pytest.raises(error):
+        signals._compiled.add_rows(
+            z, np.ones((3, 2), np.float32), np.asarray(idx, np.int64), np.ones(1), 0, dense, dense_w
+        )
+    assert z.tobytes() == np.zeros(2).tobytes()
+    with pytest.raises(TypeError, match="5 or 7 arguments"):
+        signals._compiled.add_rows(z, np.ones((3, 2), np.float32), np.zeros(0, np.int64), z, 0, z)
+
+
+@needs_build
+@pytest.mark.parametrize(
     ("z", "k", "gm", "gr", "num", "den", "error"),
     [
         pytest.param(np.zeros(3), 3, [], [], None, None, None, id="plain"),
@@ -784,7 +847,7 @@ def test_rank_order_refuses_more_models_than_it_holds():
 def test_another_lexicon_is_used_then_the_spec_s_own_again(lexicon):
     # The compiled keyword table is rebuilt from whichever lexicon a spec holds.
     prompt = Prompt("Why? How, why... step by step", "x")
-    spec = (lexicon, *signals._COMPILED_SPEC[1:])
+    spec = (lexicon, *signals.COMPILED_SPEC[1:])
     values, _ = signals._compiled.dense_signals(prompt.text, 1, 1, 0, False, 16384, spec)
     named = dict(zip(DENSE_FEATURE_NAMES, np.frombuffer(values), strict=True))
     assert named["kw.simple"] == math.log1p(3)
@@ -796,8 +859,8 @@ def test_another_lexicon_is_used_then_the_spec_s_own_again(lexicon):
 def test_switching_lexicons_frees_the_tables_it_replaces():
     import tracemalloc
 
-    other = ({"why": ((1,), ())}, *signals._COMPILED_SPEC[1:])
-    specs = (other, signals._COMPILED_SPEC)
+    other = ({"why": ((1,), ())}, *signals.COMPILED_SPEC[1:])
+    specs = (other, signals.COMPILED_SPEC)
 
     def switch(times: int) -> None:
         for k in range(times):
@@ -824,7 +887,7 @@ def test_switching_lexicons_frees_the_tables_it_replaces():
     ],
 )
 def test_a_malformed_lexicon_entry_raises_when_its_word_occurs(entry):
-    spec = ({"why": entry}, *signals._COMPILED_SPEC[1:])
+    spec = ({"why": entry}, *signals.COMPILED_SPEC[1:])
     signals._compiled.dense_signals("nothing here", 1, 1, 0, False, 16384, spec)
     with pytest.raises((TypeError, ValueError)):
         signals._compiled.dense_signals("why", 1, 1, 0, False, 16384, spec)
