@@ -69,6 +69,11 @@ def _signed(artifact: str) -> bool:
 def cmd_train(a: argparse.Namespace) -> int:
     from training.trainer import TrainOptions
 
+    if a.streaming and a.calibrate_per_model:
+        raise ValueError(
+            "--calibrate-per-model: applies to batch training; --streaming fits by SGD "
+            "without a cross-validation sample"
+        )
     if a.streaming:
         manifest = _train_streaming(a)
         m = manifest["metrics"]
@@ -98,6 +103,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         target_strong_share=a.target_strong_share,
         knob=a.knob,
         n_jobs=a.jobs,
+        calibrate_per_model=a.calibrate_per_model,
     )
     from training.build import train_and_save
 
@@ -627,6 +633,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="default knob: send at most this share of calls to the strongest model",
     )
     g.add_argument("--knob", type=float, help="default knob (cost weight λ ≥ 0)")
+    t.add_argument(
+        "--calibrate-per-model",
+        action="store_true",
+        help="calibrate each model on its own cross-validation sample, not only on its part "
+        "of the shared one: better routing for a source the logs hold little of next to "
+        "others, for ~20%% more training time",
+    )
     t.add_argument(
         "--streaming",
         action="store_true",

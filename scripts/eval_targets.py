@@ -77,11 +77,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="/tmp/promptroute-eval", help="folder for JSON reports")
     p.add_argument("--part", choices=("all", "main", "rb-combined", "table"), default="all")
+    p.add_argument(
+        "--calibrate-per-model",
+        action="store_true",
+        help="train every model with TrainOptions(calibrate_per_model=True)",
+    )
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.part in ("all", "main", "rb-combined"):
-        run(out, a.part)
+        run(out, a.part, TrainOptions(calibrate_per_model=a.calibrate_per_model))
     if a.part in ("all", "table"):
         results = json.loads((out / "issue14-main.json").read_text())
         results.update(json.loads((out / "issue14-rb-combined.json").read_text()))
@@ -89,12 +94,11 @@ def main() -> int:
     return 0
 
 
-def run(out: Path, part: str) -> None:
+def run(out: Path, part: str, opts: TrainOptions) -> None:
     catalog = load_catalog(None)
     recs = {name: load_records([str(f)]).records for name, f in FILES.items()}
     train_side = {name: split_records(r, "train") for name, r in recs.items()}
     test_side = {name: split_records(r, "test") for name, r in recs.items()}
-    opts = TrainOptions()
     results: dict[str, Any] = {}
     if part in ("all", "rb-combined"):
         say("RouterBench combined, 5-fold OOF (+ the other datasets' train sides)")

@@ -446,6 +446,14 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert command in out
 
 
+def test_per_model_calibration_is_refused_with_streaming(logs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    argv = ["train", "--streaming", "--calibrate-per-model", "--logs", str(logs), "--out", str(out)]
+    code, _stdout, err = _run(argv)
+    assert code == 2 and "--calibrate-per-model: applies to batch training" in err
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_train_streaming_writes_a_loadable_artifact_that_routes(logs: Path, tmp_path: Path) -> None:
     out = tmp_path / "streamed"
     argv = ["train", "--streaming", "--logs", str(logs), "--out", str(out), "--chunk-size", "25"]

@@ -449,3 +449,58 @@ def test_cv_sample_is_independent_of_record_order(sample_records: list) -> None:
     # folds are those of `fold_ids`, so the sample never changes which fold a prompt is in
     texts = [sample_records[i].prompt.text for i in a.first]
     np.testing.assert_array_equal(a.folds, fold_ids(texts, 3))
+
+
+def test_each_model_is_calibrated_on_its_own_sample(sample_records: list, catalog: Catalog) -> None:
+    """A model's sample is the first `cap` of its own prompts in the shared sample's order, so
+    it holds the model's part of the shared sample and, where the shared one spread `cap` over
+    sources, more of the model's prompts."""
+    from training.labels import build_targets
+
+    models = sorted({m for r in sample_records for m in r.outcomes})
+    t = build_targets(sample_records, models, catalog)
+    cap = 120
+    prompts = trainer_mod._distinct_prompts(sample_records, 3, cap)
+    sample = trainer_mod._model_samples(t, prompts, cap)
+    for j in range(len(models)):
+        own = np.zeros(len(prompts.first), dtype=bool)
+        own[prompts.inverse[t.labelled[:, j]]] = True
+        chosen = np.flatnonzero(sample[:, j])
+        assert not (sample[:, j] & ~own).any()  # only prompts the model was measured on
+        assert chosen.size == min(cap, int(own.sum()))
+        # the first of its own prompts by the shared order: none left out ranks before one taken
+        left_out = np.flatnonzero(own & ~sample[:, j])
+        if left_out.size:
+            assert prompts.rank[chosen].max() < prompts.rank[left_out].min()
+        assert not (own & prompts.in_cv & ~sample[:, j]).any()  # contains its shared part
+    # a model of one source only gets more of its own prompts than the shared sample gave it
+    shared = (sample & prompts.in_cv[:, None]).sum(axis=0)
+    assert (sample.sum(axis=0) > shared).sum() >= len(models) - 1
+
+
+def test_training_reports_the_prompts_each_model_is_calibrated_on(
+    sample_records: list, catalog: Catalog
+) -> None:
+    opts = TrainOptions(**{**SMALL, "cv_max_prompts": 120})
+    shared = trainer_mod._distinct_prompts(sample_records, opts.cv_folds, 120)
+    texts = np.array([sample_records[i].prompt.text for i in shared.first], dtype=object)
+    in_shared = set(texts[shared.in_cv])
+    messages: list[str] = []
+    per_model = train(sample_records, catalog, opts, progress=messages.append).report["cv_sample"][
+        "per_model_prompts"
+    ]
+    own = {m: {r.prompt.text for r in sample_records if m in r.outcomes} for m in per_model}
+    # by default, each model's part of the shared sample
+    assert per_model == {m: len(p & in_shared) for m, p in own.items()}
+    assert not any("own samples" in m for m in messages)
+    opts = TrainOptions(**{**SMALL, "cv_max_prompts": 120, "calibrate_per_model": True})
+    per_model = train(sample_records, catalog, opts, progress=messages.append).report["cv_sample"][
+        "per_model_prompts"
+    ]
+    assert per_model == {m: min(120, len(p)) for m, p in own.items()}  # up to the cap, its own
+    assert any("cv quality heads on their own samples" in m for m in messages)
+
+
+def test_per_model_calibration_must_be_a_bool() -> None:
+    with pytest.raises(ValueError, match="calibrate_per_model: must be true or false"):
+        TrainOptions(calibrate_per_model="yes")
