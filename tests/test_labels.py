@@ -223,3 +223,42 @@ def test_unknown_model_without_cost_needs_the_catalog() -> None:
     rec = _rec(a=Outcome(quality=1.0), zz=Outcome(quality=1.0))
     with pytest.raises(UnknownModelError, match="'zz'"):
         build_targets([rec], ("a", "zz"), CATALOG)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.lists(
+                st.one_of(st.none(), st.floats(0, 1), st.sampled_from([0.0, 0.5, 1.0])),
+                min_size=3,
+                max_size=3,
+            ),
+            st.lists(st.sampled_from([0.0, 0.001, 0.01, 0.5]), min_size=3, max_size=3),
+            st.sampled_from([None, "a", "b", "z"]),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    tolerance=st.floats(0.0, 1.0),
+)
+def test_build_targets_labels_every_row_as_best_model_index(rows, tolerance) -> None:
+    """The labels are computed for all rows at once; row by row they are best_model_index's,
+    and a direct label wins."""
+    names = ("a", "b", "free-output")
+    records = []
+    for qualities, costs, direct in rows:
+        outcomes = {
+            m: Outcome(quality=q, cost_usd=c)
+            for m, q, c in zip(names, qualities, costs, strict=True)
+            if q is not None or direct is None
+        }
+        records.append(Record(prompt=normalize("x" * 40), outcomes=outcomes, label=direct))
+    t = build_targets(records, names, CATALOG, tolerance=tolerance)
+    for r, (rec, row_q, row_c) in enumerate(zip(records, t.quality, t.cost, strict=True)):
+        if rec.label in names:
+            assert t.label[r] == names.index(rec.label)
+        elif np.count_nonzero(~np.isnan(row_q)) >= 2:
+            assert t.label[r] == best_model_index(row_q, row_c, tolerance)
+        else:
+            assert t.label[r] == -1

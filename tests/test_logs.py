@@ -521,6 +521,28 @@ BAD_LINES = [
         "outcomes['m'].output_tokens: must be a number, got string",
         id="tokens-string",
     ),
+    # Integers past 64 bits: orjson reads them as floats, the standard library as ints; both
+    # are refused where they would be kept as integers.
+    pytest.param(
+        _outcome_line(quality=1, input_tokens=2**63),
+        "outcomes['m'].input_tokens: must be below 2^63",
+        id="tokens-2^63",
+    ),
+    pytest.param(
+        _outcome_line(quality=1, input_tokens=10**30),
+        "outcomes['m'].input_tokens: must be below 2^63",
+        id="tokens-past-64-bits",
+    ),
+    pytest.param(
+        b'{"id": 9223372036854775808, "prompt": "p", "outcomes": {"m": {"quality": 1}}}',
+        "id: an integer id must be below 2^63 in magnitude; write it as a string",
+        id="id-2^63",
+    ),
+    pytest.param(
+        b'{"id": -123456789012345678901234567890, "prompt": "p", "outcomes": {"m": {"quality": 1}}}',
+        "id: an integer id must be below 2^63 in magnitude; write it as a string",
+        id="id-past-64-bits",
+    ),
     pytest.param(
         _single(model="", success=True), "model: must be a non-empty string", id="model-empty"
     ),
@@ -710,3 +732,28 @@ def test_bundled_files_load(name: str, count: int, models: int, tasks: set[str] 
         assert {r.task for r in report.records} == tasks
     costs = [o.cost_usd for r in report.records for o in r.outcomes.values()]
     assert all(c is not None and math.isfinite(c) and c >= 0 for c in costs)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63) + 1, 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=("Cs",))),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=JSON_VALUES, ensure_ascii=st.booleans())
+def test_the_fast_json_reader_reads_what_the_standard_library_reads(value, ensure_ascii):
+    from training.logs import _decode
+
+    line = json.dumps(value, ensure_ascii=ensure_ascii).encode("utf-8")
+    decoded = _decode(line, 2)
+    assert decoded == json.loads(line)
+    # same types too: an int stays an int, a float a float
+    assert json.dumps(decoded) == json.dumps(json.loads(line))
