@@ -461,7 +461,7 @@ def test_each_model_is_calibrated_on_its_own_sample(sample_records: list, catalo
     t = build_targets(sample_records, models, catalog)
     cap = 120
     prompts = trainer_mod._distinct_prompts(sample_records, 3, cap)
-    sample = trainer_mod._model_samples(t, prompts, cap)
+    sample = trainer_mod._model_samples(trainer_mod._measured(t, prompts), prompts, cap)
     for j in range(len(models)):
         own = np.zeros(len(prompts.first), dtype=bool)
         own[prompts.inverse[t.labelled[:, j]]] = True

@@ -257,8 +257,17 @@ def _distinct_prompts(records: Sequence[Record], k: int, cv_max_prompts: int) ->
     return _Prompts(inverse, first, folds, rank < cv_max_prompts, rank)
 
 
-def _model_samples(t: Targets, prompts: _Prompts, cap: int) -> np.ndarray:
-    """(u, K) bool: per model, the (at most `cap`) prompts it is calibrated on.
+def _measured(t: Targets, prompts: _Prompts) -> np.ndarray:
+    """(u, K) bool: whether model j has a labelled outcome on distinct prompt i."""
+    rec, mod = np.nonzero(t.labelled)
+    own = np.zeros((len(prompts.first), t.quality.shape[1]), dtype=bool)
+    own[prompts.inverse[rec], mod] = True
+    return own
+
+
+def _model_samples(own: np.ndarray, prompts: _Prompts, cap: int) -> np.ndarray:
+    """(u, K) bool: per model, the (at most `cap`) prompts it is calibrated on, of those it
+    was measured on (`own`, from `_measured`).
 
     The shared CV sample spreads `cap` prompts over every source, so a source with many
     models and few prompts gets a small share of its own prompts (DCRouter's models: 41% of
@@ -267,12 +276,9 @@ def _model_samples(t: Targets, prompts: _Prompts, cap: int) -> np.ndarray:
     the first `cap` of its own prompts in the same hash order, so it contains the model's
     part of the shared sample.
     """
-    u, k = len(prompts.first), t.quality.shape[1]
-    sample = np.zeros((u, k), dtype=bool)
-    for j in range(k):
-        own = np.zeros(u, dtype=bool)
-        own[prompts.inverse[t.labelled[:, j]]] = True
-        rows = np.flatnonzero(own)
+    sample = np.zeros_like(own)
+    for j in range(own.shape[1]):
+        rows = np.flatnonzero(own[:, j])
         if rows.size > cap:
             rows = rows[np.argsort(prompts.rank[rows], kind="stable")[:cap]]
         sample[rows, j] = True
@@ -599,12 +605,10 @@ def train(
         # and the choices below see out-of-fold logits of each model's own sample
         # (`_model_samples`), at that C; without, of the model's part of the shared sample.
         t_s = time.perf_counter()
-        rec, mod = np.nonzero(targets.labelled)
-        own = np.zeros((len(distinct.first), k), dtype=bool)
-        own[distinct.inverse[rec], mod] = True
+        own = _measured(targets, distinct)
         sample: np.ndarray | None = None
         if opts.calibrate_per_model:
-            sample = _model_samples(targets, distinct, opts.cv_max_prompts)
+            sample = _model_samples(own, distinct, opts.cv_max_prompts)
             grown = (sample & ~distinct.in_cv[:, None]).any(axis=0)
         else:
             grown = np.zeros(k, dtype=bool)
