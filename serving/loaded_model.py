@@ -56,7 +56,7 @@ class LoadedModel:
     output_price: np.ndarray
     output_tokens: np.ndarray  # learned for scored models, the catalog's typical otherwise
     # unscored_tail's answers by mask (bounded; a cache, not part of the value)
-    _tails: dict[bytes, tuple[np.ndarray, str]] = field(
+    _tails: dict[bytes, tuple[tuple[int, ...], str]] = field(
         default_factory=dict, repr=False, compare=False
     )
 
@@ -79,15 +79,14 @@ class LoadedModel:
         out = self.output_tokens if expected_output_tokens is None else expected_output_tokens
         return self.input_price * input_tokens + self.output_price * out
 
-    def unscored_tail(self, mask: np.ndarray) -> tuple[np.ndarray, str]:
+    def unscored_tail(self, mask: np.ndarray) -> tuple[tuple[int, ...], str]:
         """(the eligible unscored models' indices in catalog order, their names listed) for a
         mask over the index space. Requests mostly repeat a few masks (usually: all of them),
         so the answer is kept per mask: building it cost a decision several microseconds."""
         key = mask[self.n_scored :].tobytes()
         hit = self._tails.get(key)
         if hit is None:
-            tail = np.flatnonzero(mask[self.n_scored :]) + self.n_scored
-            tail.setflags(write=False)
+            tail = tuple((np.flatnonzero(mask[self.n_scored :]) + self.n_scored).tolist())
             hit = (tail, ", ".join(self.names[i] for i in tail))
             if len(self._tails) < _MAX_TAILS:
                 self._tails[key] = hit

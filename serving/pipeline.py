@@ -229,8 +229,8 @@ class Pipeline:
         # 5. breakers
         mask, blocked = _breakers(self.health, view, loaded, mask, removals)
         degraded = False
-        if not mask.any():
-            if settings.degraded_mode and blocked.any():
+        if not _count(mask):
+            if settings.degraded_mode and _count(blocked):
                 mask, degraded = blocked, True
             else:
                 self.metrics.no_eligible.inc()
@@ -261,9 +261,10 @@ class Pipeline:
         knob, priority = _knob(settings, router, query, experiment)
         k = loaded.n_scored
         scored_mask = mask[:k]
-        unscored, unscored_listed = loaded.unscored_tail(mask) if len(names) > k else (_NONE, "")
+        unscored, unscored_listed = loaded.unscored_tail(mask) if len(names) > k else _NO_TAIL
         scored: Scored | None = None
-        if scored_mask.any():
+        n_ranked = 0  # the models the learned router ranked: the head of `ranking`
+        if _count(scored_mask):
             scored = router.score(
                 prompt,
                 task_type=query.task_type,
@@ -280,18 +281,19 @@ class Pipeline:
                 headline = (
                     f"{scored.strategy} head ranked {len(order)} eligible model(s) at knob {knob:g}"
                 )
-            if unscored.size:
-                order = np.concatenate([order, unscored])
+            n_ranked = len(order)
+            ranking = order.tolist()
+            if unscored:
+                ranking += unscored
                 notes.append(f"without learned scores, listed last: {unscored_listed}")
         else:
-            order = unscored
+            ranking = list(unscored)
             headline = (
-                f"no model with learned scores can take this request; {len(order)} model(s) "
+                f"no model with learned scores can take this request; {len(ranking)} model(s) "
                 f"without learned scores are eligible, in the catalog's order of preference"
             )
             if pinned is None and not degraded:
                 stage = "catalog_preference"
-        ranking = order.tolist()
         chosen = ranking[0] if pinned is None else pinned
         propensity: float | None = None
         greedy: int | None = None
@@ -307,7 +309,8 @@ class Pipeline:
                         f"exploration (share {self.explore_share:g}): {names[chosen]}{unknown} "
                         f"drawn at random instead of the router's pick {names[greedy]} ({headline})"
                     )
-        if ranking and chosen == ranking[0]:
+        own_pick = bool(ranking) and chosen == ranking[0]
+        if own_pick:
             fallbacks = ranking[1:]
         else:
             fallbacks = [i for i in ranking if i != chosen]
@@ -325,9 +328,12 @@ class Pipeline:
                 return float(scored.cost_usd[i])
             return float(loaded.estimate_cost(input_tokens, query.expected_output_tokens)[i])
 
-        listed = [chosen, *fallbacks]
-        if k < len(names):
-            listed = [i for i in listed if i < k]
+        # The models with learned scores, in the answer's order: when the router's own pick
+        # stands, exactly those it ranked.
+        if own_pick and chosen < k:
+            listed = ranking[:n_ranked]
+        else:
+            listed = [i for i in (chosen, *fallbacks) if i < k]
         name_of = names.__getitem__
         decision = Decision(
             request_id=_request_id(),
@@ -457,7 +463,11 @@ class Pipeline:
 # Stages and their helpers
 
 _Check = tuple[np.ndarray, str, Callable[[int], str]]
-_NONE = np.zeros(0, dtype=np.int64)
+_NO_TAIL: tuple[tuple[int, ...], str] = ((), "")
+_NOT_BLOCKED = np.zeros(0, dtype=bool)  # no circuit open: nothing blocked, nothing to allocate
+# How many models a mask keeps: C-level, where ``mask.any()`` goes through numpy's Python layer
+# (~0.9 µs against ~0.2 µs, several times per decision).
+_count = np.count_nonzero
 
 
 class _Removals:
@@ -598,10 +608,11 @@ def _latency(
 def _breakers(
     health: Health, view: HealthView, loaded: LoadedModel, mask: np.ndarray, removals: _Removals
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(mask without unavailable models, the models removed for their breaker alone)."""
-    blocked = np.zeros_like(mask)
+    """(mask without unavailable models, the models removed for their breaker alone; an
+    empty array when no circuit is open or half-open)."""
     if not view.not_closed:  # a closed circuit is always available: nothing to ask
-        return mask, blocked
+        return mask, _NOT_BLOCKED
+    blocked = np.zeros_like(mask)
     for name in tuple(view.not_closed):
         i = loaded.index.get(name)
         if i is not None and mask[i]:
