@@ -2398,6 +2398,79 @@ buffer_is(const Py_buffer *b, int ndim, Py_ssize_t itemsize, const char *codes)
  * over megabytes, so the cache misses overlap instead of queueing. */
 #define GATHER_AHEAD 8
 
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#include <immintrin.h>
+#define HAVE_AVX_PATH 1
+static int cpu_has_avx = 0; /* set at import */
+
+#ifndef HEAD_BLOCK
+#define HEAD_BLOCK 2 /* weight rows added per pass over z (2, 4 and 8 measured: 2 at least as fast) */
+#endif
+
+/* The float32 rows of add_rows with AVX, HEAD_BLOCK rows per pass: each 8-cell block of z stays
+ * in two registers while the block's rows are added to it, and the rows after it are
+ * prefetched whole. Every cell gets z + x_0 c_0 + x_1 c_1 + ..., a product then a sum per row
+ * in row order (no fused multiply-add), exactly as the portable loop computes it. */
+__attribute__((target("avx"))) static void
+add_float_rows_avx(double *z, const char *weights, Py_ssize_t row_stride, Py_ssize_t width,
+                   const char *idx, Py_ssize_t idx_stride, const char *vals,
+                   Py_ssize_t val_stride, Py_ssize_t n, int64_t offset)
+{
+    Py_ssize_t row_bytes = width * (Py_ssize_t)sizeof(float);
+    for (Py_ssize_t i = 0; i < n; i += HEAD_BLOCK) {
+        const float *c[HEAD_BLOCK];
+        double x[HEAD_BLOCK];
+        int m = n - i < HEAD_BLOCK ? (int)(n - i) : HEAD_BLOCK;
+        for (int j = 0; j < m; j++) {
+            int64_t row;
+            memcpy(&row, idx + (i + j) * idx_stride, sizeof(row));
+            memcpy(&x[j], vals + (i + j) * val_stride, sizeof(double));
+            c[j] = (const float *)(weights + (row - offset) * row_stride);
+            Py_ssize_t ahead = i + j + GATHER_AHEAD + HEAD_BLOCK;
+            if (ahead < n) {
+                int64_t later;
+                memcpy(&later, idx + ahead * idx_stride, sizeof(later));
+                const char *p = weights + (later - offset) * row_stride;
+                for (Py_ssize_t b = 0; b < row_bytes; b += 64) {
+                    __builtin_prefetch(p + b);
+                }
+                __builtin_prefetch(p + row_bytes - 1);
+            }
+        }
+        if (m < HEAD_BLOCK) { /* the last rows, one at a time */
+            for (int j = 0; j < m; j++) {
+                for (Py_ssize_t k = 0; k < width; k++) {
+                    z[k] += x[j] * (double)c[j][k];
+                }
+            }
+            return;
+        }
+        __m256d xv[HEAD_BLOCK];
+        for (int j = 0; j < HEAD_BLOCK; j++) {
+            xv[j] = _mm256_set1_pd(x[j]);
+        }
+        Py_ssize_t k = 0;
+        for (; k + 8 <= width; k += 8) {
+            __m256d lo = _mm256_loadu_pd(z + k), hi = _mm256_loadu_pd(z + k + 4);
+            for (int j = 0; j < HEAD_BLOCK; j++) {
+                __m256 f = _mm256_loadu_ps(c[j] + k);
+                lo = _mm256_add_pd(lo, _mm256_mul_pd(xv[j], _mm256_cvtps_pd(_mm256_castps256_ps128(f))));
+                hi = _mm256_add_pd(hi, _mm256_mul_pd(xv[j], _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1))));
+            }
+            _mm256_storeu_pd(z + k, lo);
+            _mm256_storeu_pd(z + k + 4, hi);
+        }
+        for (; k < width; k++) {
+            double t = z[k];
+            for (int j = 0; j < HEAD_BLOCK; j++) {
+                t += x[j] * (double)c[j][k];
+            }
+            z[k] = t;
+        }
+    }
+}
+#endif
+
 /* ---------------------------------------------------------------------------------------------
  * The head's hashed block fused (models.router.LinearHead.logits_one): z += vals @ rows, the
  * rows read straight from the float32 weights and summed in float64, prompt row by prompt row.
@@ -2497,7 +2570,14 @@ add_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     Py_ssize_t i = 0;
-    if (col_stride == (Py_ssize_t)sizeof(float)) {
+#ifdef HAVE_AVX_PATH
+    if (col_stride == (Py_ssize_t)sizeof(float) && cpu_has_avx) {
+        add_float_rows_avx(z, weights, row_stride, width, idx, r.strides[0], vals, v.strides[0],
+                           n, (int64_t)offset);
+        i = n;
+    }
+#endif
+    if (i < n && col_stride == (Py_ssize_t)sizeof(float)) {
         /* Two rows per pass: z is read and written half as often. */
         for (; i + 1 < n; i += 2) {
             int64_t r0, r1;
@@ -2519,7 +2599,8 @@ add_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             const float *c0 = (const float *)(weights + (r0 - (int64_t)offset) * row_stride);
             const float *c1 = (const float *)(weights + (r1 - (int64_t)offset) * row_stride);
             for (Py_ssize_t k = 0; k < width; k++) {
-                z[k] += x0 * (double)c0[k] + x1 * (double)c1[k];
+                double t = z[k] + x0 * (double)c0[k]; /* row by row, as the AVX path sums */
+                z[k] = t + x1 * (double)c1[k];
             }
         }
     }
@@ -2866,6 +2947,10 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__compiled(void)
 {
+#ifdef HAVE_AVX_PATH
+    __builtin_cpu_init();
+    cpu_has_avx = __builtin_cpu_supports("avx");
+#endif
     crc_init();
     signals_init();
     word_seed = crc32_update(0, (const unsigned char *)"w:", 2);

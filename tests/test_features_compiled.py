@@ -557,6 +557,32 @@ def test_head_logits_with_the_compiled_kernel_are_the_take_logits(shape, seed, f
 
 
 @needs_build
+@settings(max_examples=200, deadline=None)
+@given(
+    width=st.integers(1, 70),
+    n=st.integers(0, 41),
+    seed=st.integers(0, 2**32 - 1),
+    fortran=st.booleans(),
+)
+def test_head_kernel_adds_the_rows_one_after_another(width, n, seed, fortran):
+    """Whatever path the kernel takes (AVX blocks of rows and their tails, the portable loops,
+    column-strided weights), each logit is z + x_0 w_0 + x_1 w_1 + ... rounded step by step in
+    row order: the same bits on every machine."""
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(scale=2, size=(50, width)).astype(np.float32)
+    if fortran:
+        weights = np.asfortranarray(weights)
+    idx = rng.integers(7, 57, size=n).astype(np.int64)
+    vals = rng.normal(size=n)
+    z = rng.normal(size=width)
+    expected = z.copy()
+    for row, x in zip(idx - 7, vals, strict=True):
+        expected = expected + x * weights[row].astype(np.float64)
+    signals._compiled.add_rows(z, weights, idx, vals, 7)
+    assert z.tobytes() == expected.tobytes()
+
+
+@needs_build
 def test_head_logits_and_scores_of_real_rows_are_numpys(tiny_artifact, monkeypatch):
     from bench._common import real_prompts
     from models import router
