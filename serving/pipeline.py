@@ -339,7 +339,7 @@ class Pipeline:
             request_id=_request_id(),
             model=names[chosen],
             fallbacks=tuple(map(name_of, fallbacks)),
-            scores=dict(zip(map(name_of, listed), map(rounded.__getitem__, listed), strict=True)),
+            scores={names[i]: rounded[i] for i in listed},
             estimated_cost_usd=cost_of(chosen),
             stage=stage,
             detail=detail,
