@@ -21,6 +21,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define MAX_HASH_FEATURES (1 << 24)
@@ -2949,7 +2950,9 @@ PyInit__compiled(void)
 {
 #ifdef HAVE_AVX_PATH
     __builtin_cpu_init();
-    cpu_has_avx = __builtin_cpu_supports("avx");
+    /* PROMPTROUTE_COMPILED_AVX=0 keeps the portable loops (tests check both give one result). */
+    const char *avx_env = getenv("PROMPTROUTE_COMPILED_AVX");
+    cpu_has_avx = __builtin_cpu_supports("avx") && !(avx_env != NULL && strcmp(avx_env, "0") == 0);
 #endif
     crc_init();
     signals_init();

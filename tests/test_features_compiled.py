@@ -582,6 +582,50 @@ def test_head_kernel_adds_the_rows_one_after_another(width, n, seed, fortran):
     assert z.tobytes() == expected.tobytes()
 
 
+_PORTABLE_HEAD = """
+import sys
+import numpy as np
+from features import _compiled
+data = np.load(sys.argv[1])
+out = {}
+for key in sorted({k.split("/")[0] for k in data.files}):
+    z = data[key + "/z"].copy()
+    _compiled.add_rows(z, data[key + "/w"], data[key + "/idx"], data[key + "/vals"], 3)
+    out[key] = z
+np.savez(sys.argv[2], **out)
+"""
+
+
+@needs_build
+def test_head_kernel_portable_loops_give_the_simd_bits(tmp_path):
+    """With PROMPTROUTE_COMPILED_AVX=0 (what a CPU without AVX runs) the portable loops give
+    the same logits, bit for bit, as this process's kernel."""
+    import subprocess
+
+    rng = np.random.default_rng(11)
+    cases, expected = {}, {}
+    for width in (1, 5, 8, 13, 54):
+        for n in (0, 1, 2, 3, 17):
+            key = f"w{width}n{n}"
+            w = rng.normal(size=(40, width)).astype(np.float32)
+            idx = rng.integers(3, 43, size=n).astype(np.int64)
+            vals, z = rng.normal(size=n), rng.normal(size=width)
+            cases.update({f"{key}/z": z, f"{key}/w": w, f"{key}/idx": idx, f"{key}/vals": vals})
+            expected[key] = z.copy()
+            signals._compiled.add_rows(expected[key], w, idx, vals, 3)
+    np.savez(tmp_path / "in.npz", **cases)
+    env = {**os.environ, "PROMPTROUTE_COMPILED_AVX": "0"}
+    subprocess.run(
+        [sys.executable, "-c", _PORTABLE_HEAD, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        env=env,
+        check=True,
+    )
+    got = np.load(tmp_path / "out.npz")
+    assert sorted(got.files) == sorted(expected)
+    for key, z in expected.items():
+        assert got[key].tobytes() == z.tobytes(), key
+
+
 @needs_build
 def test_head_logits_and_scores_of_real_rows_are_numpys(tiny_artifact, monkeypatch):
     from bench._common import real_prompts
