@@ -47,6 +47,10 @@ try:  # the order of the models in C; optional, numpy's lexsort gives the same o
     from features._compiled import rank_order as _rank_order
 except ImportError:
     _rank_order = None
+try:  # rounded scores in C; optional, numpy's round gives the same values
+    from features._compiled import round_list as _round_list
+except ImportError:
+    _round_list = None
 # The compiled order is an insertion sort on the stack: for the few dozen models a router
 # scores; larger (hypothetical) routers take numpy's path.
 _RANK_KERNEL_MAX = 64
@@ -63,6 +67,7 @@ __all__ = [
     "Scored",
     "STRATEGIES",
     "mixture_draw",
+    "rounded",
 ]
 
 HeadKind = Literal["sigmoid", "softmax"]
@@ -342,6 +347,14 @@ def _softmax(z: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     z -= np.max(z, axis=-1, keepdims=True)
     e = np.exp(z)
     return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def rounded(values: np.ndarray, decimals: int = 6) -> list[float]:
+    """``np.round(values, decimals).tolist()`` for a float64 vector: the scores as an answer
+    shows them. One compiled call where numpy takes two (~0.3 against ~1.6 µs for 21 values)."""
+    if _round_list is not None:
+        return _round_list(values, decimals)
+    return np.round(values, decimals).tolist()
 
 
 def mixture_draw(prompt: Prompt) -> float:

@@ -56,7 +56,7 @@ import numpy as np
 
 from features.text import Prompt
 from models.catalog import estimate_tokens
-from models.router import Router, Scored
+from models.router import Router, Scored, rounded
 from serving.bookkeeping import Bookkeeping, PendingDecision
 from serving.config import Priority, Settings
 from serving.errors import ApiError
@@ -321,7 +321,7 @@ class Pipeline:
             )
         # A pinned model was decided by its rule or experiment, whose note says so.
         detail = "; ".join(notes if pinned is not None else [headline, *notes])
-        rounded = scored.score.round(6).tolist() if scored is not None else []
+        shown = rounded(scored.score) if scored is not None else []
 
         def cost_of(i: int) -> float:
             if scored is not None and i < k:
@@ -339,7 +339,7 @@ class Pipeline:
             request_id=_request_id(),
             model=names[chosen],
             fallbacks=tuple(map(name_of, fallbacks)),
-            scores={names[i]: rounded[i] for i in listed},
+            scores={names[i]: shown[i] for i in listed},
             estimated_cost_usd=cost_of(chosen),
             stage=stage,
             detail=detail,

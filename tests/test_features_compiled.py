@@ -217,6 +217,17 @@ def test_bad_arguments_raise_instead_of_crashing(args, error):
 # depend on whether the extension was built either.
 
 needs_build = pytest.mark.skipif(signals._compiled is None, reason="features._compiled not built")
+
+
+def test_the_compiled_module_is_built_in_ci():
+    """The extension is optional, so that an install without a compiler still works; CI has one
+    (.ci/run), and there a failed build must fail the run instead of skipping these tests."""
+    if os.environ.get("CI") != "true":
+        pytest.skip("only CI requires the build")
+    assert signals._compiled is not None
+    assert extractor._compiled is not None
+
+
 ALL_CODE_POINTS = range(sys.maxunicode + 1)
 # Characters the quantity patterns care about, in dense mixes: ASCII and other decimal digits
 # (Arabic-Indic, Devanagari, full-width, Mathematical bold), look-alikes that are not decimal
@@ -624,6 +635,53 @@ def test_head_kernel_portable_loops_give_the_simd_bits(tmp_path):
     assert sorted(got.files) == sorted(expected)
     for key, z in expected.items():
         assert got[key].tobytes() == z.tobytes(), key
+
+
+@needs_build
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(allow_nan=True, allow_infinity=True, width=64)
+        | st.floats(-2.0, 2.0)
+        | st.integers(-(10**7), 10**7).map(lambda i: i / 2e6),  # halves at the 6th decimal
+        max_size=40,
+    ),
+    decimals=st.integers(0, 8),
+    step=st.integers(1, 3),
+)
+def test_rounded_scores_are_numpys_round(values, decimals, step):
+    """The answer's rounded scores: numpy's round(x, d).tolist(), bit for bit (NaN as NaN),
+    whatever the values, including strided vectors."""
+    x = np.repeat(np.asarray(values, dtype=np.float64), step)[::step]
+    got = signals._compiled.round_list(x, decimals)
+    with np.errstate(all="ignore"):  # numpy warns where x * 10**d overflows (to inf, as here)
+        want = np.round(x, decimals).tolist()
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert type(g) is float
+        assert (math.isnan(g) and math.isnan(w)) or struct_bits(g) == struct_bits(w)
+
+
+def struct_bits(x: float) -> bytes:
+    import struct
+
+    return struct.pack("<d", x)
+
+
+@needs_build
+@pytest.mark.parametrize(
+    ("values", "decimals", "error"),
+    [
+        pytest.param(np.zeros(3, np.float32), 6, TypeError, id="float32"),
+        pytest.param(np.zeros((2, 2)), 6, TypeError, id="2-d"),
+        pytest.param(np.zeros(3), 9, ValueError, id="decimals-too-many"),
+        pytest.param(np.zeros(3), -1, ValueError, id="decimals-negative"),
+        pytest.param(np.zeros(3), "6", TypeError, id="decimals-str"),
+    ],
+)
+def test_round_list_refuses_what_it_cannot_round(values, decimals, error):
+    with pytest.raises(error):
+        signals._compiled.round_list(values, decimals)
 
 
 @needs_build
