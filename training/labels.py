@@ -16,7 +16,7 @@ import numpy as np
 from models.catalog import Catalog, estimate_tokens
 from training.records import Outcome, Record
 
-__all__ = ["Targets", "best_model_index", "build_targets", "outcome_cost"]
+__all__ = ["Targets", "best_model_index", "best_model_indices", "build_targets", "outcome_cost"]
 
 
 def outcome_cost(outcome: Outcome, model: str, record: Record, catalog: Catalog) -> float:
@@ -62,14 +62,19 @@ def best_model_index(quality: np.ndarray, cost: np.ndarray, tolerance: float = 0
     >>> best_model_index(np.array([0.9, 0.85, np.nan]), np.array([3.0, 1.0, 0.1]), 0.1)
     1
     """
+    return int(best_model_indices(quality[None, :], cost[None, :], tolerance)[0])
+
+
+def best_model_indices(quality: np.ndarray, cost: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """`best_model_index` of every row of (n, K) arrays at once; -1 for a row without quality."""
     ok = ~np.isnan(quality)
-    if not ok.any():
-        return -1
-    best = np.nanmax(quality)
+    if quality.shape[1] == 0:
+        return np.full(quality.shape[0], -1, dtype=np.int64)
+    best = np.where(ok, quality, -np.inf).max(axis=1, keepdims=True)
     # A small epsilon so that equal floats written with different rounding still tie.
     near = ok & (quality >= best - tolerance - 1e-12)
-    costs = np.where(near, cost, np.inf)
-    return int(np.argmin(costs))
+    cheapest = np.argmin(np.where(near, cost, np.inf), axis=1)
+    return np.where(ok.any(axis=1), cheapest, -1)
 
 
 def build_targets(
@@ -93,14 +98,11 @@ def build_targets(
             out_tokens[r, j] = _output_tokens(outcome, rec, inp_price[j], out_price[j])
         if rec.label is not None and rec.label in index:
             label[r] = index[rec.label]
-    # The other records with two or more labelled models: `best_model_index` of every row at
-    # once (a per-row call was a second of a 100k-record log).
-    ok = ~np.isnan(quality)
-    rows = np.flatnonzero((label < 0) & (ok.sum(axis=1) >= 2))
+    # The other records with two or more labelled models, all rows at once (a per-row call
+    # was a second of a 100k-record log).
+    rows = np.flatnonzero((label < 0) & ((~np.isnan(quality)).sum(axis=1) >= 2))
     if rows.size:
-        q = quality[rows]
-        near = ok[rows] & (q >= np.nanmax(q, axis=1, keepdims=True) - tolerance - 1e-12)
-        label[rows] = np.argmin(np.where(near, cost[rows], np.inf), axis=1)
+        label[rows] = best_model_indices(quality[rows], cost[rows], tolerance)
     return Targets(tuple(models), quality, cost, label, out_tokens)
 
 
