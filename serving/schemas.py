@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from features.text import has_surrogates
+
 __all__ = [
     "ErrorResponse",
     "ExperimentRef",
@@ -33,12 +35,8 @@ __all__ = [
 
 
 def _utf8(value: str) -> str:
-    # JSON can carry lone surrogates ("\ud800"); such text cannot be logged or forwarded.
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("must be valid Unicode text (it contains a lone surrogate)") from None
+    if has_surrogates(value):
+        raise ValueError("must be valid Unicode text (it contains a lone surrogate)")
     return value
 
 

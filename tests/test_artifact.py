@@ -169,7 +169,7 @@ def test_payload_is_json_and_plain_arrays(art: Path) -> None:
     assert values["models"] == list(MODELS)
     assert values["featurizer_params"] == {
         "char_ngrams": [3, 4],
-        "max_scan_chars": 16384,
+        "max_scan_chars": 4096,
         "n_hash_features": 256,
         "word_ngram_max": 2,
     }

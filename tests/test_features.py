@@ -31,6 +31,7 @@ from features import (
     normalize,
     signals,
 )
+from features import text as text_module
 from features.signals import DENSE_FEATURE_NAMES
 
 SMALL = 2**12  # hashed columns for tests that do not pin real column numbers
@@ -134,7 +135,9 @@ def test_every_dense_feature_is_named_once_and_documented():
     ]
 
 
-@pytest.mark.parametrize("module", [signals, extractor], ids=["signals", "extractor"])
+@pytest.mark.parametrize(
+    "module", [signals, extractor, text_module], ids=["signals", "extractor", "text"]
+)
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -168,8 +171,19 @@ def test_get_params_are_the_constructor_arguments_before_and_after_fit():
         "n_hash_features": 2**17,
         "word_ngram_max": 2,
         "char_ngrams": (3, 4),
-        "max_scan_chars": 16384,
+        "max_scan_chars": 4096,
     }
+
+
+def test_the_default_window_holds_every_bundled_prompt_whole():
+    """The default scan window shortens no prompt of the bundled data, so the default model is
+    the one a longer window would train; it only bounds the work on longer prompts."""
+    from training.logs import iter_records
+    from training.paths import bundled_data
+
+    window = PromptFeaturizer().max_scan_chars + signals.TAIL_SCAN_CHARS
+    longest = max(len(r.prompt.text) for path in bundled_data() for r in iter_records(path))
+    assert 4096 < longest <= window
 
 
 def test_clone_copies_parameters_but_not_the_fit():

@@ -1047,3 +1047,47 @@ def test_a_prior_built_from_fortran_ordered_arrays_still_scores_through_the_kern
         want = head.scores(z.copy())
     got = head.scores(z.copy())
     np.testing.assert_allclose(got[0], want[0], rtol=1e-12)
+
+
+@needs_build
+@given(
+    text=st.text(ANY_CHAR, max_size=40)
+    | st.text(ANY_CHAR, min_size=250, max_size=700)
+    | st.builds(
+        lambda a, b, c: a * 300 + b + c,
+        st.sampled_from(["a", "\u00e9", "\u4e2d", "\U0001f600"]),
+        st.text(ANY_CHAR, max_size=3),
+        st.text(max_size=3),
+    )
+)
+@example(text="x" * 256 + "\ud800")
+@example(text="\u4e2d" * 255 + "\udfff")
+@example(text="\U0001f600" * 513 + "\udbff")
+@example(text="\ud7ff\ue000\uf800\U0001d800")  # just outside the range, in every position
+def test_has_surrogates_is_whether_utf8_refuses_the_text(text):
+    """The compiled check answers as the encoder does, for every string width and wherever the
+    surrogate sits relative to the 256-code-point blocks the C loop reads."""
+    from features import text as text_module
+
+    assert text_module._compiled.has_surrogates(text) is text_module._has_surrogates_python(text)
+
+
+def test_has_surrogates_wants_a_str():
+    from features import text as text_module
+
+    if text_module._compiled is None:
+        pytest.skip("features._compiled not built")
+    with pytest.raises(TypeError, match="must be a str"):
+        text_module._compiled.has_surrogates(b"\xed\xa0\x80")
+
+
+@needs_build
+@pytest.mark.parametrize("filler", ["a", "\u00e9", "\u4e2d", "\U0001f600"])
+def test_the_line_count_reads_the_whole_prompt_of_any_width(filler):
+    """len.lines_log counts every newline of a prompt far longer than the window, in strings of
+    one, two and four bytes per code point (the compiled count has a loop for each)."""
+    text = ("x\n" + filler * 37) * 3000 + "\n"
+    for path in (signals._dense_signals_python, signals._dense_signals_compiled):
+        values, _ = path(Prompt(text, text), 64)
+        lines = values[list(DENSE_FEATURE_NAMES).index("len.lines_log")]
+        assert lines == math.log1p(text.count("\n") + 1)
