@@ -31,6 +31,12 @@
 #define MIX_B 0xC2B2AE3D27D4EB4Full
 #define TOKENS_MAX (PY_SSIZE_T_MAX / 16)
 
+#if defined(__GNUC__) || defined(__clang__)
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ALWAYS_INLINE inline
+#endif
+
 /* Slicing-by-8 tables: crc_table[j][b] is the CRC register after byte b and j zero bytes, so
  * up to 8 bytes cost independent lookups instead of a chain of dependent ones (n-grams are a
  * few bytes each, and the chain's latency is most of their cost). */
@@ -78,8 +84,9 @@ load_le32(const unsigned char *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* zlib.crc32(data[:size], seed). */
-static uint32_t
+/* zlib.crc32(data[:size], seed). Inlined: most calls extend an n-gram by one character, and the
+ * call cost as much as the few table lookups that does. */
+static ALWAYS_INLINE uint32_t
 crc32_update(uint32_t seed, const unsigned char *p, Py_ssize_t size)
 {
     const uint32_t(*t)[256] = crc_table;
@@ -238,12 +245,21 @@ word_grams(const Padded *w, Py_ssize_t p, int lo, int hi, Columns n, int64_t *ou
  * there are at most n of them. One 8-byte load per probe. */
 typedef struct {
     uint64_t *entries;
+    size_t allocated; /* entries' length: at least mask + 1 (a reused spare may be longer) */
     size_t mask;
     int shift; /* 64 - log2(capacity): a Fibonacci hash keeps the product's top bits */
     int64_t *cols;
     int64_t *sums;
     Py_ssize_t size;
 } ColumnMap;
+
+/* The table of the last map freed, kept zeroed for the next row: a fresh table per row cost a
+ * calloc's memset of the whole table and its cache misses, on every request. A map owns the
+ * spare while it uses it (the pointer is cleared), so a nested row (a finaliser run by a
+ * collection inside build_row) allocates its own; everything here runs with the GIL held. */
+static uint64_t *spare_entries = NULL;
+static size_t spare_capacity = 0;
+#define SPARE_MAX ((size_t)1 << 16) /* larger tables (huge prompts) are allocated each time */
 
 static int
 map_init(ColumnMap *m, Py_ssize_t distinct_max)
@@ -257,7 +273,16 @@ map_init(ColumnMap *m, Py_ssize_t distinct_max)
     m->shift = shift;
     m->mask = capacity - 1;
     m->size = 0;
-    m->entries = PyMem_Calloc(capacity, sizeof(uint64_t));
+    if (spare_entries != NULL && spare_capacity >= capacity) {
+        /* A spare is all zeros; a larger one is used in part (the mask keeps probes inside). */
+        m->entries = spare_entries;
+        m->allocated = spare_capacity;
+        spare_entries = NULL;
+    }
+    else {
+        m->entries = PyMem_Calloc(capacity, sizeof(uint64_t));
+        m->allocated = capacity;
+    }
     m->cols = PyMem_New(int64_t, distinct_max);
     m->sums = PyMem_New(int64_t, distinct_max);
     if (m->entries == NULL || m->cols == NULL || m->sums == NULL) {
@@ -269,7 +294,21 @@ map_init(ColumnMap *m, Py_ssize_t distinct_max)
 static void
 map_free(ColumnMap *m)
 {
-    PyMem_Free(m->entries);
+    if (m->entries != NULL && m->allocated <= SPARE_MAX && spare_entries == NULL) {
+        /* Zero the slots this map filled (found again by their columns), not the whole table. */
+        for (Py_ssize_t u = 0; u < m->size; u++) {
+            size_t i = (size_t)((uint64_t)m->cols[u] * 0x9E3779B97F4A7C15ull >> m->shift);
+            while (m->entries[i] != 0) {
+                m->entries[i] = 0;
+                i = (i + 1) & m->mask;
+            }
+        }
+        spare_capacity = m->allocated;
+        spare_entries = m->entries;
+    }
+    else {
+        PyMem_Free(m->entries);
+    }
     PyMem_Free(m->cols);
     PyMem_Free(m->sums);
 }
@@ -625,7 +664,7 @@ hashed_words(Spec *s, PyObject *words)
     Py_ssize_t total = 0;
     int64_t *codes = token_codes(s, &total);
     if (codes != NULL) {
-        ColumnMap m = {NULL, 0, 0, NULL, NULL, 0};
+        ColumnMap m = {NULL, 0, 0, 0, NULL, NULL, 0};
         if (merge_columns(codes, total, s->n, &m) == 0) {
             result = build_row(s, &m);
         }
@@ -644,12 +683,6 @@ hashed_words(Spec *s, PyObject *words)
  * points are read straight from the str, with the character tests of Python's `re` for str
  * patterns: `\d` is Py_UNICODE_ISDECIMAL, `\s` is Py_UNICODE_ISSPACE.
  */
-
-#if defined(__GNUC__) || defined(__clang__)
-#define ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define ALWAYS_INLINE inline
-#endif
 
 /* Character classes, numbered as in features.signals. */
 enum {

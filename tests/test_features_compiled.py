@@ -109,6 +109,18 @@ def test_large_inputs_are_identical(words, n):
 
 
 @compiled
+def test_rows_of_any_size_in_turn_are_identical():
+    """The C merge keeps its hash table between rows (zeroing only the slots a row used): rows
+    small, larger than the table it keeps (over 32,768 tokens), small again and in between,
+    the same row twice and a different row of the same size, one after another, are each the
+    reference row."""
+    sizes = [3, 3, 40_000, 5, 700, 700, 701, 12, 9_000, 9_000, 1, 1]
+    for turn, size in enumerate(sizes):
+        words = [f"w{i % (size // 2 + 1 + turn % 2)}x" for i in range(size)]
+        assert_identical(*both(words, 2**17, 2, 3, 4, None))
+
+
+@compiled
 @settings(max_examples=150, deadline=None)
 @given(text=st.text(ANY_CHAR, max_size=300), task_type=st.none() | st.text(max_size=8))
 def test_transform_one_is_the_same_row_on_either_path(text, task_type):
