@@ -413,6 +413,30 @@ def test_ensure_artifact_keeps_a_readable_artifact(tiny_artifact: Path) -> None:
     assert (tiny_artifact / "manifest.json").read_bytes() == before
 
 
+def test_ensure_artifact_retrains_one_with_another_featurizer(
+    tiny_artifact: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """An artifact trained with other featurizer defaults (the old 16 KiB scan window) would
+    benchmark what users no longer get: it is trained again at the same path."""
+    import shutil
+    import subprocess
+
+    from models.artifact import VALUES
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_artifact, old)
+    values = json.loads((old / VALUES).read_text())
+    values["featurizer_params"]["max_scan_chars"] = 16384
+    (old / VALUES).write_text(json.dumps(values))
+    commands = []
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: commands.append(cmd))
+    assert ensure_artifact(old) == old
+    assert len(commands) == 1 and commands[0][commands[0].index("--out") + 1] == str(old)
+    commands.clear()
+    assert ensure_artifact(tiny_artifact) == tiny_artifact  # its hash size is a training option
+    assert commands == []
+
+
 def test_replicas_at_tiny_size(tiny_artifact: Path, redis_server) -> None:
     from bench import replicas
 
