@@ -33,26 +33,17 @@ def ensure_artifact(path: Path) -> Path:
     """`path` if it holds an artifact this code can read, with the featurizer the code trains
     by default; else train it there (train side of the bundled data, under a minute). An older
     artifact would benchmark another featurizer (a 16 KiB scan window, say) than users get."""
-    from features import PromptFeaturizer
-    from models.artifact import VALUES, read_manifest
+    from models.artifact import read_manifest
     from models.errors import ArtifactError
+    from training.build import featurizer_changes
     from training.paths import bundled_data
 
     try:
         read_manifest(path)
-        params = json.loads((path / VALUES).read_text())["featurizer_params"]
-        defaults = PromptFeaturizer().get_params()
-        del defaults["n_hash_features"]  # a training option (TrainOptions), not a default
-        stale = {
-            k: params.get(k)
-            for k, v in defaults.items()
-            if json.loads(json.dumps(v)) != params.get(k)
-        }
-        if not stale:
+        changed = featurizer_changes(path)
+        if not changed:
             return path
-        _say(
-            f"training the benchmark artifact at {path} (its featurizer has {stale}, not the default)"
-        )
+        _say(f"training the benchmark artifact at {path} (featurizer {changed}, not the default)")
     except ArtifactError as exc:
         _say(f"training the benchmark artifact at {path} ({exc})")
     cmd = [sys.executable, "-m", "promptroute", "train", "--split", "train", "--out", str(path)]

@@ -464,3 +464,45 @@ def test_copied_artifact_loads(art: Path, tmp_path: Path) -> None:
     # Nothing in an artifact depends on where it was written.
     shutil.copytree(art, tmp_path / "elsewhere")
     assert load_router(tmp_path / "elsewhere")[0].models == MODELS
+
+
+# ---------------------------------------------------------------------------------------------
+# Artifacts trained with featurizer defaults that have since changed
+
+
+def _with_window(src: Path, dst: Path, window: Any) -> Path:
+    shutil.copytree(src, dst)
+    values = json.loads((dst / VALUES).read_text())
+    values["featurizer_params"]["max_scan_chars"] = window
+    (dst / VALUES).write_text(json.dumps(values))
+    return dst
+
+
+def test_featurizer_changes_names_the_settings_that_are_no_longer_defaults(
+    tiny_artifact: Path, tmp_path: Path
+) -> None:
+    from training.build import featurizer_changes
+
+    # The tiny artifact's 4,096 hash columns are a training option, not a changed default.
+    assert featurizer_changes(tiny_artifact) == {}
+    old = _with_window(tiny_artifact, tmp_path / "old", 16384)
+    assert featurizer_changes(old) == {"max_scan_chars": 16384}
+    (old / VALUES).write_text("{")
+    with pytest.raises(ArtifactError, match="cannot read the featurizer settings"):
+        featurizer_changes(old)
+
+
+def test_the_default_model_is_retrained_when_its_featurizer_defaults_changed(
+    tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.build as build
+
+    trained: list[Path] = []
+    monkeypatch.setattr(build, "train_and_save", lambda logs, out, **kw: trained.append(out))
+    said: list[str] = []
+    assert build.ensure_default_artifact(tiny_artifact, progress=said.append) == tiny_artifact
+    assert trained == [] and said == []
+    old = _with_window(tiny_artifact, tmp_path / "old", 16384)
+    assert build.ensure_default_artifact(old, progress=said.append) == old
+    assert trained == [old]
+    assert "no longer the defaults: {'max_scan_chars': 16384}" in said[0]

@@ -6,13 +6,14 @@ The functions the CLI and the bundled default model share; each returns the save
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from models.artifact import file_sha256, read_manifest, save_router
+from models.artifact import VALUES, file_sha256, read_manifest, save_router
 from models.catalog import load_catalog
 from models.errors import ArtifactError
 from models.paths import default_artifact_path
@@ -144,12 +145,40 @@ def train_streaming_and_save(
     )
 
 
+def featurizer_changes(path: str | Path) -> dict[str, Any]:
+    """The featurizer settings of the artifact at `path` that training no longer uses by default,
+    with the artifact's values (``{}`` when none). The hash size is a training option, not a
+    default, so it is not compared. An artifact from before a default changed (the scan window
+    went from 16 KiB to 4 KiB) still serves exactly as it was trained, but not as the code now
+    trains; the default model and the benchmarks' artifact are retrained then.
+    """
+    from features import PromptFeaturizer
+
+    values = Path(path) / VALUES
+    try:
+        params = json.loads(values.read_text(encoding="utf-8"))["featurizer_params"]
+        if not isinstance(params, dict):
+            raise TypeError("featurizer_params is not an object")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"{values}: cannot read the featurizer settings ({exc})") from None
+    defaults = PromptFeaturizer().get_params()
+    del defaults["n_hash_features"]
+    # JSON has lists where the parameters have tuples (char_ngrams).
+    return {
+        k: params.get(k) for k, v in defaults.items() if json.loads(json.dumps(v)) != params.get(k)
+    }
+
+
 def ensure_default_artifact(path: Path | None = None, progress: Progress = log_progress) -> Path:
-    """Train the bundled default model (train side of the bundled data) when it is missing."""
+    """Train the bundled default model (train side of the bundled data) when it is missing,
+    unreadable, or was trained with featurizer settings that are no longer the defaults."""
     path = default_artifact_path() if path is None else Path(path)
     try:
         read_manifest(path)
-        return path
+        changed = featurizer_changes(path)
+        if not changed:
+            return path
+        why = f"trained with featurizer settings that are no longer the defaults: {changed}"
     except ArtifactError as exc:
         why = str(exc)
     progress(f"default model unusable ({why}); training it from the bundled data")
