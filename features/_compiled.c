@@ -162,19 +162,28 @@ typedef struct {
     Py_ssize_t *offsets; /* offsets[i] = byte where code point i starts; offsets[p] = size */
 } Padded;
 
+/* One word's code points, wherever they are: a str of its own (hashed_row's list) or a run of
+ * the lower-cased window (feature_row, which makes no str per word). */
+typedef struct {
+    const void *data; /* the first code point */
+    Py_ssize_t length;
+    int kind;
+    int ascii; /* every code point below 128 (and kind 1): its bytes are its UTF-8 */
+} WordView;
+
 /* Writes " word " as UTF-8 with lone surrogates as their 3-byte form (Python's
  * "surrogatepass"), which is simply the generic encoding of the code point. */
 static void
-pad_word(PyObject *word, Padded *out)
+pad_word(const WordView *word, Padded *out)
 {
-    Py_ssize_t length = PyUnicode_GET_LENGTH(word);
-    int kind = PyUnicode_KIND(word);
-    const void *data = PyUnicode_DATA(word);
+    Py_ssize_t length = word->length;
+    int kind = word->kind;
+    const void *data = word->data;
     unsigned char *b = out->bytes;
     Py_ssize_t pos = 0;
     out->offsets[0] = 0;
     b[pos++] = ' ';
-    if (PyUnicode_IS_ASCII(word)) { /* most words: the bytes are the code points */
+    if (word->ascii) { /* most words: the bytes are the code points */
         memcpy(b + 1, data, (size_t)length);
         for (Py_ssize_t i = 0; i <= length + 1; i++) {
             out->offsets[i + 1] = i + 1;
@@ -335,7 +344,8 @@ map_add(ColumnMap *m, int64_t col, int sign)
 }
 
 typedef struct {
-    PyObject *words; /* a list or tuple of str */
+    const WordView *words;
+    Py_ssize_t n_words;
     int64_t n;
     int kmax, lo, hi;
     int has_task;
@@ -350,20 +360,11 @@ typedef struct {
 static int64_t *
 token_codes(const Spec *s, Py_ssize_t *total_out)
 {
-    Py_ssize_t n_words = PySequence_Fast_GET_SIZE(s->words);
-    PyObject **items = PySequence_Fast_ITEMS(s->words);
+    Py_ssize_t n_words = s->n_words;
+    const WordView *items = s->words;
     Py_ssize_t total = s->has_task, longest = 0;
     for (Py_ssize_t j = 0; j < n_words; j++) {
-        if (!PyUnicode_Check(items[j])) {
-            PyErr_Format(PyExc_TypeError, "words[%zd] must be a str", j);
-            return NULL;
-        }
-#if PY_VERSION_HEX < 0x030C0000
-        if (PyUnicode_READY(items[j]) < 0) {
-            return NULL;
-        }
-#endif
-        Py_ssize_t length = PyUnicode_GET_LENGTH(items[j]);
+        Py_ssize_t length = items[j].length;
         if (length > longest) {
             longest = length;
         }
@@ -389,8 +390,8 @@ token_codes(const Spec *s, Py_ssize_t *total_out)
     Columns columns = columns_of(s->n);
     Py_ssize_t head = 0;
     for (Py_ssize_t j = 0; j < n_words; j++) {
-        Py_ssize_t p = PyUnicode_GET_LENGTH(items[j]) + 2;
-        pad_word(items[j], &w);
+        Py_ssize_t p = items[j].length + 2;
+        pad_word(&items[j], &w);
         hashes[j] = crc32_update(word_seed, w.bytes + 1, w.offsets[p - 1] - 1);
         codes[head++] = code_of(hashes[j], columns);
         head += word_grams(&w, p, s->lo, s->hi, columns, codes + head);
@@ -647,19 +648,11 @@ hashed_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return hashed_words(&s, args[0]);
 }
 
-/* hashed_row's work once its spec is parsed: (cols, values, raw) of `words`. */
+/* (cols, values, raw) of the words `s` points at. */
 static PyObject *
-hashed_words(Spec *s, PyObject *words)
+hashed_views(Spec *s)
 {
     prefetch_block(crc_table, sizeof(crc_table));
-    if (!PyList_Check(words) && !PyTuple_Check(words)) { /* a str is not its characters */
-        PyErr_SetString(PyExc_TypeError, "words must be a list of str");
-        return NULL;
-    }
-    s->words = PySequence_Fast(words, "words must be a list of str");
-    if (s->words == NULL) {
-        return NULL;
-    }
     PyObject *result = NULL;
     Py_ssize_t total = 0;
     int64_t *codes = token_codes(s, &total);
@@ -671,8 +664,52 @@ hashed_words(Spec *s, PyObject *words)
         map_free(&m);
         PyMem_Free(codes);
     }
-    Py_DECREF(s->words);
+    return result;
+}
+
+/* hashed_row's work once its spec is parsed: (cols, values, raw) of `words`, a list or tuple
+ * of str. */
+static PyObject *
+hashed_words(Spec *s, PyObject *words)
+{
+    if (!PyList_Check(words) && !PyTuple_Check(words)) { /* a str is not its characters */
+        PyErr_SetString(PyExc_TypeError, "words must be a list of str");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(words, "words must be a list of str");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n_words = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    WordView *views = PyMem_New(WordView, n_words > 0 ? n_words : 1);
+    PyObject *result = NULL;
+    if (views == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < n_words; j++) {
+        if (!PyUnicode_Check(items[j])) {
+            PyErr_Format(PyExc_TypeError, "words[%zd] must be a str", j);
+            goto done;
+        }
+#if PY_VERSION_HEX < 0x030C0000
+        if (PyUnicode_READY(items[j]) < 0) {
+            goto done;
+        }
+#endif
+        views[j].data = PyUnicode_DATA(items[j]);
+        views[j].length = PyUnicode_GET_LENGTH(items[j]);
+        views[j].kind = PyUnicode_KIND(items[j]);
+        views[j].ascii = PyUnicode_IS_ASCII(items[j]);
+    }
+    s->words = views;
+    s->n_words = n_words;
+    result = hashed_views(s);
     s->words = NULL;
+done:
+    PyMem_Free(views);
+    Py_DECREF(seq);
     return result;
 }
 
@@ -1055,16 +1092,69 @@ quantities(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * checked to be exact str, so comparing them runs no Python code; a dict lookup could (a key
  * with its own __eq__), so the list's size is re-read and each entry is held while used. */
 
+typedef struct LexSlot LexSlot;
+
+/* The words of the lower-cased window as runs of it (no str per word): word k is
+ * lower[start[k] : start[k] + length[k]], with its lexicon slot (NULL when none). */
+typedef struct {
+    Py_ssize_t *start, *length;
+    const LexSlot **slot;
+    Py_ssize_t n, capacity;
+} Spans;
+
+/* The words a phrase is looked for among: a list of str, or (list NULL) runs of `lower`. */
+typedef struct {
+    PyObject *list;
+    PyObject *lower;
+    const Spans *spans;
+} Words;
+
+/* Whether run k of `w` has the code points of the str `token`. */
+static int
+run_is(const Words *w, Py_ssize_t k, PyObject *token)
+{
+    Py_ssize_t length = w->spans->length[k];
+    if (PyUnicode_GET_LENGTH(token) != length) {
+        return 0;
+    }
+    int kind = PyUnicode_KIND(w->lower), token_kind = PyUnicode_KIND(token);
+    const void *data = PyUnicode_DATA(w->lower), *token_data = PyUnicode_DATA(token);
+    Py_ssize_t start = w->spans->start[k];
+    for (Py_ssize_t i = 0; i < length; i++) {
+        if (PyUnicode_READ(kind, data, start + i) != PyUnicode_READ(token_kind, token_data, i)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* Whether words[start : start + len(tokens)] == tokens, as Python's list comparison decides. */
 static int
-phrase_at(PyObject *words, Py_ssize_t start, PyObject *tokens)
+phrase_at(const Words *w, Py_ssize_t start, PyObject *tokens)
 {
     Py_ssize_t size = PyList_GET_SIZE(tokens);
-    if (start < 0 || start > PyList_GET_SIZE(words) - size) {
+    Py_ssize_t n = w->list != NULL ? PyList_GET_SIZE(w->list) : w->spans->n;
+    if (start < 0 || start > n - size) {
         return 0;
     }
     for (Py_ssize_t k = 0; k < size; k++) {
-        PyObject *word = PyList_GET_ITEM(words, start + k), *token = PyList_GET_ITEM(tokens, k);
+        PyObject *token = PyList_GET_ITEM(tokens, k);
+        if (w->list == NULL) {
+            if (!PyUnicode_CheckExact(token)) {
+                PyErr_SetString(PyExc_TypeError, "words and phrase tokens must be str");
+                return -1;
+            }
+#if PY_VERSION_HEX < 0x030C0000
+            if (PyUnicode_READY(token) < 0) {
+                return -1;
+            }
+#endif
+            if (!run_is(w, start + k, token)) {
+                return 0;
+            }
+            continue;
+        }
+        PyObject *word = PyList_GET_ITEM(w->list, start + k);
         if (!PyUnicode_CheckExact(word) || !PyUnicode_CheckExact(token)) {
             PyErr_SetString(PyExc_TypeError, "words and phrase tokens must be str");
             return -1;
@@ -1099,7 +1189,7 @@ index_in(PyObject *obj, Py_ssize_t n, Py_ssize_t *out)
 /* Count words[i]'s lexicon entry (singles, phrases): each of its single-word groups, then each
  * phrase (offset of words[i] in it, its tokens, group) found around position i. */
 static int
-count_entry(PyObject *words, Py_ssize_t i, PyObject *entry, Py_ssize_t n_counters,
+count_entry(const Words *words, Py_ssize_t i, PyObject *entry, Py_ssize_t n_counters,
             Py_ssize_t *counts)
 {
     if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2
@@ -1155,7 +1245,8 @@ count_keywords(PyObject *words, PyObject *lexicon, Py_ssize_t n_counters, Py_ssi
             continue;
         }
         Py_INCREF(entry);
-        int status = count_entry(words, i, entry, n_counters, counts);
+        Words w = {words, NULL, NULL};
+        int status = count_entry(&w, i, entry, n_counters, counts);
         Py_DECREF(entry);
         if (status < 0) {
             return -1;
@@ -1327,7 +1418,7 @@ is_split_punct(Py_UCS4 c)
  * the keyword step's cost. Built from the dict signals.py passes (the same object every call,
  * never changed), and rebuilt when another is passed. Keys compare by code points, which is
  * str equality; a lexicon with a key that is not an exact str is looked up in the dict. */
-typedef struct {
+struct LexSlot {
     Py_UCS4 *chars; /* NULL: a free slot */
     Py_ssize_t length;
     uint64_t hash;
@@ -1337,7 +1428,7 @@ typedef struct {
      * raises then as it would from the dict). */
     int n_singles;
     int16_t singles[4];
-} LexSlot;
+};
 
 /* The singles of a well-formed entry without phrases, checked against n_counters. */
 static void
@@ -1473,13 +1564,44 @@ lex_find_kind(int kind, const void *data, Py_ssize_t start, Py_ssize_t end, uint
     }
 }
 
+static void
+spans_free(Spans *sp)
+{
+    PyMem_Free(sp->start);
+    PyMem_Free(sp->length);
+    PyMem_Free(sp->slot);
+    sp->start = sp->length = NULL;
+    sp->slot = NULL;
+    sp->n = sp->capacity = 0;
+}
+
+static int
+spans_grow(Spans *sp)
+{
+    Py_ssize_t grown = sp->capacity ? sp->capacity * 2 : 64;
+    Py_ssize_t *start = PyMem_Resize(sp->start, Py_ssize_t, grown);
+    if (start != NULL) {
+        sp->start = start;
+    }
+    Py_ssize_t *length = start ? PyMem_Resize(sp->length, Py_ssize_t, grown) : NULL;
+    if (length != NULL) {
+        sp->length = length;
+    }
+    const LexSlot **slot = length ? PyMem_Resize(sp->slot, const LexSlot *, grown) : NULL;
+    if (slot == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    sp->slot = slot;
+    sp->capacity = grown;
+    return 0;
+}
+
 /* signals.tokenize: the maximal runs of characters that are neither whitespace (str.split's
- * and re's \s, both Py_UNICODE_ISSPACE) nor splitting punctuation, as new str, with each
- * word's lexicon entry (borrowed from the table; NULL when none) in `entries`. Adds the
- * total length of the words to *chars. */
+ * and re's \s, both Py_UNICODE_ISSPACE) nor splitting punctuation, appended to `sp` with each
+ * word's lexicon slot. Adds the total length of the words to *chars. */
 static ALWAYS_INLINE int
-tokenize_kind(int kind, PyObject *lower, PyObject *words, const LexSlot ***entries,
-              Py_ssize_t *capacity, Py_ssize_t *chars)
+tokenize_kind(int kind, PyObject *lower, Spans *sp, Py_ssize_t *chars)
 {
     Py_ssize_t n = PyUnicode_GET_LENGTH(lower);
     const void *data = PyUnicode_DATA(lower);
@@ -1503,83 +1625,86 @@ tokenize_kind(int kind, PyObject *lower, PyObject *words, const LexSlot ***entri
         if (start < 0) {
             continue;
         }
-        Py_ssize_t j = PyList_GET_SIZE(words);
-        if (j == *capacity) {
-            Py_ssize_t grown = *capacity * 2;
-            const LexSlot **more = PyMem_Resize(*entries, const LexSlot *, grown);
-            if (more == NULL) {
-                PyErr_NoMemory();
-                return -1;
-            }
-            *entries = more;
-            *capacity = grown;
-        }
-        (*entries)[j] = lex_find_kind(kind, data, start, i, h);
-        PyObject *word = PyUnicode_Substring(lower, start, i);
-        if (word == NULL || PyList_Append(words, word) < 0) {
-            Py_XDECREF(word);
+        if (sp->n == sp->capacity && spans_grow(sp) < 0) {
             return -1;
         }
-        Py_DECREF(word);
+        sp->start[sp->n] = start;
+        sp->length[sp->n] = i - start;
+        sp->slot[sp->n] = lex_find_kind(kind, data, start, i, h);
+        sp->n++;
         *chars += i - start;
         start = -1;
     }
     return 0;
 }
 
-/* The words of `lower` and their keyword counts (signals._keyword_counts_python), with the
- * table lex_load built from `lexicon`. */
+/* The words of `sp` as a list of new str (what dense_signals returns, and what the phrase and
+ * dictionary lookups read). */
 static PyObject *
-words_and_keywords(PyObject *lower, PyObject *lexicon, Py_ssize_t n_counters,
-                   Py_ssize_t *counters, Py_ssize_t *chars)
+words_list(PyObject *lower, const Spans *sp)
 {
-    PyObject *words = PyList_New(0);
-    Py_ssize_t capacity = 64;
-    const LexSlot **entries = PyMem_New(const LexSlot *, capacity);
-    if (words == NULL || entries == NULL) {
-        Py_XDECREF(words);
-        PyMem_Free(entries);
-        return PyErr_NoMemory();
+    PyObject *words = PyList_New(sp->n);
+    if (words == NULL) {
+        return NULL;
     }
+    for (Py_ssize_t k = 0; k < sp->n; k++) {
+        PyObject *word = PyUnicode_Substring(lower, sp->start[k], sp->start[k] + sp->length[k]);
+        if (word == NULL) {
+            Py_DECREF(words);
+            return NULL;
+        }
+        PyList_SET_ITEM(words, k, word);
+    }
+    return words;
+}
+
+/* The words of `lower` into `sp`, and their keyword counts (signals._keyword_counts_python),
+ * with the table lex_load built from `lexicon`. The words are made into a list of str only
+ * when a lookup needs one (a phrase's anchor word, or the dictionary fallback): then *list is
+ * that new list; else it stays NULL. */
+static int
+words_and_keywords(PyObject *lower, PyObject *lexicon, Py_ssize_t n_counters,
+                   Py_ssize_t *counters, Py_ssize_t *chars, Spans *sp, PyObject **list)
+{
+    *list = NULL;
     int status;
     switch (PyUnicode_KIND(lower)) {
     case PyUnicode_1BYTE_KIND:
-        status = tokenize_kind(PyUnicode_1BYTE_KIND, lower, words, &entries, &capacity, chars);
+        status = tokenize_kind(PyUnicode_1BYTE_KIND, lower, sp, chars);
         break;
     case PyUnicode_2BYTE_KIND:
-        status = tokenize_kind(PyUnicode_2BYTE_KIND, lower, words, &entries, &capacity, chars);
+        status = tokenize_kind(PyUnicode_2BYTE_KIND, lower, sp, chars);
         break;
     default:
-        status = tokenize_kind(PyUnicode_4BYTE_KIND, lower, words, &entries, &capacity, chars);
+        status = tokenize_kind(PyUnicode_4BYTE_KIND, lower, sp, chars);
         break;
     }
-    if (status == 0) {
-        if (lex_use_dict) {
-            status = count_keywords(words, lexicon, n_counters, counters);
-        }
-        else {
-            /* The table holds its own references to the entries: none can go away here. */
-            for (Py_ssize_t i = 0; status == 0 && i < PyList_GET_SIZE(words); i++) {
-                const LexSlot *slot = entries[i];
-                if (slot == NULL) {
-                    continue;
-                }
-                if (slot->n_singles < 0) {
-                    status = count_entry(words, i, slot->entry, n_counters, counters);
-                    continue;
-                }
-                for (int k = 0; k < slot->n_singles; k++) {
-                    counters[slot->singles[k]]++;
-                }
+    if (status == 0 && lex_use_dict) {
+        *list = words_list(lower, sp);
+        status = *list == NULL ? -1 : count_keywords(*list, lexicon, n_counters, counters);
+    }
+    else if (status == 0) {
+        /* The table holds its own references to the entries: none can go away here. */
+        for (Py_ssize_t i = 0; status == 0 && i < sp->n; i++) {
+            const LexSlot *slot = sp->slot[i];
+            if (slot == NULL) {
+                continue;
+            }
+            if (slot->n_singles < 0) {
+                Words w = {NULL, lower, sp};
+                status = count_entry(&w, i, slot->entry, n_counters, counters);
+                continue;
+            }
+            for (int k = 0; k < slot->n_singles; k++) {
+                counters[slot->singles[k]]++;
             }
         }
     }
-    PyMem_Free(entries);
     if (status < 0) {
-        Py_DECREF(words);
-        return NULL;
+        Py_CLEAR(*list);
+        return -1;
     }
-    return words;
+    return 0;
 }
 
 /* What one pass over the window counts besides the character classes. */
@@ -2285,7 +2410,15 @@ PyDoc_STRVAR(dense_signals_doc,
 "exactly as features.signals._dense_signals_python gives them; `spec` is the tuple\n"
 "features.signals builds once (lexicon, patterns, punctuation).");
 
-static PyObject *dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to);
+/* What feature_row hashes after the dense values: the window's words as runs of its
+ * lower-cased copy (and as a list of str when the keyword lookups made one). */
+typedef struct {
+    PyObject *lower; /* a new reference, which the spans point into */
+    Spans spans;
+    PyObject *list; /* a new reference, or NULL */
+} RowWords;
+
+static PyObject *dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to, RowWords *out);
 
 static PyObject *
 dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -2295,13 +2428,14 @@ dense_signals_c(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_Format(PyExc_TypeError, "dense_signals takes 7 arguments, got %zd", nargs);
         return NULL;
     }
-    return dense_signals_impl(args, -1);
+    return dense_signals_impl(args, -1, NULL);
 }
 
 /* dense_signals' (values, words), the values zero-padded to `pad_to` doubles when it is not
- * negative (ValueError when they do not fit). */
+ * negative (ValueError when they do not fit). With `out`, only the values, and the words go to
+ * `out` as runs of the lower-cased window (no str per word; see RowWords). */
 static PyObject *
-dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to)
+dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to, RowWords *out)
 {
     PyObject *text = args[0];
     if (!PyUnicode_Check(text)) {
@@ -2341,6 +2475,7 @@ dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to)
         }
     }
     PyObject *lower = NULL, *words = NULL, *result = NULL;
+    Spans spans = {NULL, NULL, NULL, 0, 0};
     Py_ssize_t counters[MAX_COUNTERS];
     memset(counters, 0, sizeof(counters));
     scans_running++; /* from here on, Python code may run (allocations, regexes) */
@@ -2353,8 +2488,8 @@ dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to)
         goto done;
     }
     Py_ssize_t word_chars = 0;
-    words = words_and_keywords(lower, s.lexicon, s.n_counters, counters, &word_chars);
-    if (words == NULL) {
+    if (words_and_keywords(lower, s.lexicon, s.n_counters, counters, &word_chars, &spans, &words)
+        < 0) {
         goto done;
     }
     Scan scan;
@@ -2364,7 +2499,7 @@ dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to)
     }
 
     Py_ssize_t n_window = PyUnicode_GET_LENGTH(window);
-    Py_ssize_t n_words = PyList_GET_SIZE(words);
+    Py_ssize_t n_words = spans.n;
     double *v = values;
     /* Length. */
     double total_words = (double)n_words;
@@ -2450,13 +2585,28 @@ dense_signals_impl(PyObject *const *args, Py_ssize_t pad_to)
     memcpy(PyByteArray_AS_STRING(row), values, (size_t)n_values * sizeof(double));
     memset(PyByteArray_AS_STRING(row) + n_values * sizeof(double), 0,
            (size_t)(size - n_values) * sizeof(double));
-    result = PyTuple_Pack(2, row, words);
-    Py_DECREF(row);
+    if (out != NULL) {
+        out->lower = Py_NewRef(lower);
+        out->spans = spans;
+        spans.start = spans.length = NULL;
+        spans.slot = NULL;
+        out->list = words;
+        words = NULL;
+        result = row;
+    }
+    else {
+        if (words == NULL) {
+            words = words_list(lower, &spans);
+        }
+        result = words == NULL ? NULL : PyTuple_Pack(2, row, words);
+        Py_DECREF(row);
+    }
 done:
     scans_running--;
     Py_DECREF(window);
     Py_XDECREF(lower);
     Py_XDECREF(words);
+    spans_free(&spans);
     return result;
 }
 
@@ -2478,18 +2628,46 @@ feature_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (parse_spec(args + 6, &s) < 0) { /* n … log_table are arguments 7 to 13 */
         return NULL;
     }
-    PyObject *dense = dense_signals_impl(args, (Py_ssize_t)s.n_dense);
+    RowWords w = {NULL, {NULL, NULL, NULL, 0, 0}, NULL};
+    PyObject *dense = dense_signals_impl(args, (Py_ssize_t)s.n_dense, &w);
     if (dense == NULL) {
         return NULL;
     }
-    PyObject *hashed = hashed_words(&s, PyTuple_GET_ITEM(dense, 1));
-    PyObject *result = NULL;
+    PyObject *hashed = NULL, *result = NULL;
+    if (w.list != NULL) {
+        hashed = hashed_words(&s, w.list);
+    }
+    else {
+        /* The words straight from the lower-cased window: one view per run. */
+        WordView *views = PyMem_New(WordView, w.spans.n > 0 ? w.spans.n : 1);
+        if (views == NULL) {
+            PyErr_NoMemory();
+        }
+        else {
+            int kind = PyUnicode_KIND(w.lower);
+            const char *data = PyUnicode_DATA(w.lower);
+            int ascii = PyUnicode_IS_ASCII(w.lower);
+            for (Py_ssize_t k = 0; k < w.spans.n; k++) {
+                views[k].data = data + w.spans.start[k] * kind;
+                views[k].length = w.spans.length[k];
+                views[k].kind = kind;
+                views[k].ascii = ascii; /* else the generic encoder, right for any code point */
+            }
+            s.words = views;
+            s.n_words = w.spans.n;
+            hashed = hashed_views(&s);
+            PyMem_Free(views);
+        }
+    }
     if (hashed != NULL) {
-        result = PyTuple_Pack(4, PyTuple_GET_ITEM(dense, 0), PyTuple_GET_ITEM(hashed, 0),
-                              PyTuple_GET_ITEM(hashed, 1), PyTuple_GET_ITEM(hashed, 2));
+        result = PyTuple_Pack(4, dense, PyTuple_GET_ITEM(hashed, 0), PyTuple_GET_ITEM(hashed, 1),
+                              PyTuple_GET_ITEM(hashed, 2));
         Py_DECREF(hashed);
     }
     Py_DECREF(dense);
+    Py_XDECREF(w.lower);
+    Py_XDECREF(w.list);
+    spans_free(&w.spans);
     return result;
 }
 

@@ -442,6 +442,34 @@ def test_dense_signals_of_real_prompts_are_the_same_on_either_path():
         assert_same_signals(prompt, 100)
 
 
+@needs_build
+@pytest.mark.parametrize("other", ["", " caf\u00e9", " \u4e2d\u6587", " \U0001f600"])
+def test_every_lexicon_phrase_is_counted_as_the_reference_counts(other):
+    """The compiled scan matches phrases against runs of the lower-cased window, not a list of
+    str: every phrase of the lexicon, whole, cut short, with a token changed and repeated, in
+    strings of one, two and four bytes per code point, counts as the Python reference does."""
+    phrases = sorted(
+        {" ".join(tokens) for _, hits in signals._LEXICON.values() for _, tokens, _ in hits}
+    )
+    assert phrases  # the lexicon has phrases (keyed by their longest token)
+    for phrase in phrases:
+        tokens = phrase.split()
+        texts = [
+            phrase,
+            f"so, {phrase.upper()}!{other}",
+            " ".join(tokens[:-1]) + other,
+            " ".join([*tokens[:-1], tokens[-1] + "x"]),
+            f"{phrase} {phrase}{other} {tokens[0]}",
+        ]
+        for text in texts:
+            assert_same_signals(Prompt(text, text), 16384)
+            f = PromptFeaturizer(n_hash_features=1000).fit([])
+            ref = row_with(extractor._hashed_python, f, text, None)
+            row = row_with(extractor._hashed_compiled, f, text, None)
+            assert row[0].tobytes() == ref[0].tobytes()
+            assert_identical(ref[1:], row[1:])
+
+
 # Pieces the compiled dense_signals handles itself (line starts, operators between digits, URLs,
 # fences, counted characters) or hands to Python's regexes behind a gate (code constructs,
 # LaTeX, JSON), in dense mixes: texts of these pieces join into lines that nearly match.
