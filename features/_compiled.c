@@ -37,6 +37,48 @@
 #define ALWAYS_INLINE inline
 #endif
 
+/* Per-row work buffers kept between rows. Freeing a row's buffers and allocating the next
+ * row's let the allocator give memory back to the system and fault it in again, zeroed page by
+ * page (a tenth of a long prompt's row). A buffer is owned while used (the kept pointer is
+ * cleared), so a nested row, from a finaliser a collection runs, allocates its own. */
+typedef struct {
+    void *ptr;
+    size_t size;
+} Scratch;
+
+#define SCRATCH_MAX ((size_t)1 << 21) /* larger buffers (huge prompts) are not kept */
+
+/* A buffer of at least `size` bytes; its actual size in *got, for scratch_give. */
+static void *
+scratch_take(Scratch *s, size_t size, size_t *got)
+{
+    size = size ? size : 1;
+    if (s->ptr != NULL && s->size >= size) {
+        void *p = s->ptr;
+        *got = s->size;
+        s->ptr = NULL;
+        return p;
+    }
+    *got = size;
+    return PyMem_Malloc(size);
+}
+
+/* Back to the keeper (the larger of it and what it holds), or freed. */
+static void
+scratch_give(Scratch *s, void *p, size_t size)
+{
+    if (p == NULL) {
+        return;
+    }
+    if (size > SCRATCH_MAX || (s->ptr != NULL && s->size >= size)) {
+        PyMem_Free(p);
+        return;
+    }
+    PyMem_Free(s->ptr);
+    s->ptr = p;
+    s->size = size;
+}
+
 /* Slicing-by-8 tables: crc_table[j][b] is the CRC register after byte b and j zero bytes, so
  * up to 8 bytes cost independent lookups instead of a chain of dependent ones (n-grams are a
  * few bytes each, and the chain's latency is most of their cost). */
@@ -259,8 +301,11 @@ typedef struct {
     int shift; /* 64 - log2(capacity): a Fibonacci hash keeps the product's top bits */
     int64_t *cols;
     int64_t *sums;
+    size_t cols_size, sums_size; /* their allocations' bytes */
     Py_ssize_t size;
 } ColumnMap;
+
+static Scratch cols_scratch, sums_scratch;
 
 /* The table of the last map freed, kept zeroed for the next row: a fresh table per row cost a
  * calloc's memset of the whole table and its cache misses, on every request. A map owns the
@@ -292,8 +337,9 @@ map_init(ColumnMap *m, Py_ssize_t distinct_max)
         m->entries = PyMem_Calloc(capacity, sizeof(uint64_t));
         m->allocated = capacity;
     }
-    m->cols = PyMem_New(int64_t, distinct_max);
-    m->sums = PyMem_New(int64_t, distinct_max);
+    size_t bytes = (size_t)distinct_max * sizeof(int64_t);
+    m->cols = scratch_take(&cols_scratch, bytes, &m->cols_size);
+    m->sums = scratch_take(&sums_scratch, bytes, &m->sums_size);
     if (m->entries == NULL || m->cols == NULL || m->sums == NULL) {
         return -1;
     }
@@ -318,8 +364,8 @@ map_free(ColumnMap *m)
     else {
         PyMem_Free(m->entries);
     }
-    PyMem_Free(m->cols);
-    PyMem_Free(m->sums);
+    scratch_give(&cols_scratch, m->cols, m->cols_size);
+    scratch_give(&sums_scratch, m->sums, m->sums_size);
 }
 
 static void
@@ -355,10 +401,13 @@ typedef struct {
     Py_ssize_t log_size;
 } Spec;
 
+static Scratch codes_scratch;
+
 /* Every hashed token occurrence as a code, in the reference's order: per word its unigram and
- * char n-grams, then word 2- to kmax-grams by size then position, then the task type. */
+ * char n-grams, then word 2- to kmax-grams by size then position, then the task type. The
+ * array is codes_scratch's to give back, *size_out bytes. */
 static int64_t *
-token_codes(const Spec *s, Py_ssize_t *total_out)
+token_codes(const Spec *s, Py_ssize_t *total_out, size_t *size_out)
 {
     Py_ssize_t n_words = s->n_words;
     const WordView *items = s->words;
@@ -380,7 +429,7 @@ token_codes(const Spec *s, Py_ssize_t *total_out)
     for (int k = 2; k <= s->kmax && k <= n_words; k++) {
         total += n_words - k + 1;
     }
-    int64_t *codes = PyMem_New(int64_t, total > 0 ? total : 1);
+    int64_t *codes = scratch_take(&codes_scratch, (size_t)total * sizeof(int64_t), size_out);
     uint32_t *hashes = PyMem_New(uint32_t, n_words > 0 ? n_words : 1);
     Padded w = {PyMem_Malloc(4 * longest + 2), PyMem_New(Py_ssize_t, longest + 3)};
     if (codes == NULL || hashes == NULL || w.bytes == NULL || w.offsets == NULL) {
@@ -424,7 +473,7 @@ token_codes(const Spec *s, Py_ssize_t *total_out)
     *total_out = head;
     return codes;
 fail:
-    PyMem_Free(codes);
+    scratch_give(&codes_scratch, codes, *size_out);
     PyMem_Free(hashes);
     PyMem_Free(w.bytes);
     PyMem_Free(w.offsets);
@@ -655,14 +704,15 @@ hashed_views(Spec *s)
     prefetch_block(crc_table, sizeof(crc_table));
     PyObject *result = NULL;
     Py_ssize_t total = 0;
-    int64_t *codes = token_codes(s, &total);
+    size_t codes_size = 0;
+    int64_t *codes = token_codes(s, &total, &codes_size);
     if (codes != NULL) {
-        ColumnMap m = {NULL, 0, 0, 0, NULL, NULL, 0};
+        ColumnMap m = {NULL, 0, 0, 0, NULL, NULL, 0, 0, 0};
         if (merge_columns(codes, total, s->n, &m) == 0) {
             result = build_row(s, &m);
         }
         map_free(&m);
-        PyMem_Free(codes);
+        scratch_give(&codes_scratch, codes, codes_size);
     }
     return result;
 }
@@ -2299,6 +2349,8 @@ typedef struct {
     Quantities q;
 } Scan;
 
+static Scratch starts_scratch; /* scan_window_str's candidate line starts */
+
 static int
 scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
                 const Py_ssize_t *counters, Scan *out)
@@ -2306,7 +2358,9 @@ scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
     Py_ssize_t n = PyUnicode_GET_LENGTH(window);
     const void *data = PyUnicode_DATA(window);
     int kind = PyUnicode_KIND(window);
-    Py_ssize_t *starts = PyMem_New(Py_ssize_t, n + 1);
+    size_t starts_size;
+    Py_ssize_t *starts = scratch_take(&starts_scratch, (size_t)(n + 1) * sizeof(Py_ssize_t),
+                                      &starts_size);
     if (starts == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -2350,10 +2404,10 @@ scan_window_str(const SignalSpec *s, PyObject *window, PyObject *lower,
         PyMem_Free(set.slots);
     }
     if (status < 0 || line_starts(s, window, starts, found, decided, out->lines) < 0) {
-        PyMem_Free(starts);
+        scratch_give(&starts_scratch, starts, starts_size);
         return -1;
     }
-    PyMem_Free(starts);
+    scratch_give(&starts_scratch, starts, starts_size);
 
     for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(s->code_patterns); j++) {
         if (counters[s->n_groups + j]) {
