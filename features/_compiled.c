@@ -1400,6 +1400,10 @@ static int scans_running = 0;
 static unsigned char punct_ascii[128];
 static Py_UCS4 *punct_wide = NULL;
 static Py_ssize_t punct_wide_n = 0;
+/* Which blocks of 256 code points hold some splitting punctuation: most non-ASCII characters
+ * (letters of a script, CJK ideographs) are in a block with none, and skip the search. */
+#define PUNCT_PAGES (0x110000 >> 8)
+static unsigned char *punct_pages = NULL;
 
 static int
 ucs4_order(const void *a, const void *b)
@@ -1416,7 +1420,10 @@ punct_load(PyObject *punct)
     }
     Py_ssize_t n = PyUnicode_GET_LENGTH(punct);
     Py_UCS4 *wide = PyMem_New(Py_UCS4, n > 0 ? n : 1);
-    if (wide == NULL) {
+    unsigned char *pages = PyMem_Calloc(PUNCT_PAGES, 1);
+    if (wide == NULL || pages == NULL) {
+        PyMem_Free(wide);
+        PyMem_Free(pages);
         PyErr_NoMemory();
         return -1;
     }
@@ -1429,16 +1436,20 @@ punct_load(PyObject *punct)
         }
         else {
             wide[n_wide++] = c;
+            pages[c >> 8] = 1;
         }
     }
     qsort(wide, (size_t)n_wide, sizeof(Py_UCS4), ucs4_order);
     Py_UCS4 *old_wide = punct_wide;
+    unsigned char *old_pages = punct_pages;
     PyObject *old_source = punct_source;
     punct_wide = wide;
     punct_wide_n = n_wide;
+    punct_pages = pages;
     punct_source = Py_NewRef(punct);
     if (scans_running == 0) {
         PyMem_Free(old_wide);
+        PyMem_Free(old_pages);
         Py_XDECREF(old_source);
     }
     return 0;
@@ -1449,6 +1460,9 @@ is_split_punct(Py_UCS4 c)
 {
     if (c < 128) {
         return punct_ascii[c];
+    }
+    if (!punct_pages[c >> 8]) {
+        return 0;
     }
     Py_ssize_t lo = 0, hi = punct_wide_n;
     while (lo < hi) {

@@ -1131,3 +1131,19 @@ def test_the_line_count_reads_the_whole_prompt_of_any_width(filler):
         values, _ = path(Prompt(text, text), 64)
         lines = values[list(DENSE_FEATURE_NAMES).index("len.lines_log")]
         assert lines == math.log1p(text.count("\n") + 1)
+
+
+@needs_build
+def test_every_splitting_character_and_its_neighbours_split_as_the_reference_does():
+    """The compiled tokenizer skips the search for a non-ASCII character whose block of 256
+    code points holds no splitting punctuation: each punctuation character, the code points
+    next to it, and characters of blocks without any, split words as `signals.tokenize` does."""
+    points = set()
+    for c in map(ord, signals._SPLIT_PUNCT):
+        points.update({c - 1, c, c + 1, (c | 0xFF), (c & ~0xFF)})
+    points.update({0x4E2D, 0x0416, 0x05D0, 0xAC00, 0x1F600, 0x10FFFF, 0xFFFF, 0x10000})
+    chars = sorted(chr(p) for p in points if 0 <= p <= 0x10FFFF and not 0xD800 <= p <= 0xDFFF)
+    text = " ".join(f"a{c}b" for c in chars) + "".join(f"x{c}" for c in chars)
+    assert_same_signals(Prompt(text, text), 10**6)
+    for c in chars:
+        assert_same_signals(Prompt(f"a{c}b {c}", f"a{c}b {c}"), 16384)
