@@ -37,10 +37,9 @@
 #define ALWAYS_INLINE inline
 #endif
 
-/* Per-row work buffers kept between rows. Freeing a row's buffers and allocating the next
- * row's let the allocator give memory back to the system and fault it in again, zeroed page by
- * page (a tenth of a long prompt's row). A buffer is owned while used (the kept pointer is
- * cleared), so a nested row, from a finaliser a collection runs, allocates its own. */
+/* Per-row work buffers kept between rows, instead of each row allocating its own. A buffer is
+ * owned while used (the kept pointer is cleared), so a nested row, from a finaliser a
+ * collection runs, allocates its own. */
 typedef struct {
     void *ptr;
     size_t size;
@@ -296,7 +295,7 @@ word_grams(const Padded *w, Py_ssize_t p, int lo, int hi, Columns n, int64_t *ou
  * there are at most n of them. One 8-byte load per probe. */
 typedef struct {
     uint64_t *entries;
-    size_t allocated; /* entries' length: at least mask + 1 (a reused spare may be longer) */
+    size_t entries_size; /* its allocation's bytes: a kept table may be longer than mask + 1 */
     size_t mask;
     int shift; /* 64 - log2(capacity): a Fibonacci hash keeps the product's top bits */
     int64_t *cols;
@@ -305,15 +304,7 @@ typedef struct {
     Py_ssize_t size;
 } ColumnMap;
 
-static Scratch cols_scratch, sums_scratch;
-
-/* The table of the last map freed, kept zeroed for the next row: a fresh table per row cost a
- * calloc's memset of the whole table and its cache misses, on every request. A map owns the
- * spare while it uses it (the pointer is cleared), so a nested row (a finaliser run by a
- * collection inside build_row) allocates its own; everything here runs with the GIL held. */
-static uint64_t *spare_entries = NULL;
-static size_t spare_capacity = 0;
-#define SPARE_MAX ((size_t)1 << 16) /* larger tables (huge prompts) are allocated each time */
+static Scratch entries_scratch, cols_scratch, sums_scratch;
 
 static int
 map_init(ColumnMap *m, Py_ssize_t distinct_max)
@@ -327,15 +318,12 @@ map_init(ColumnMap *m, Py_ssize_t distinct_max)
     m->shift = shift;
     m->mask = capacity - 1;
     m->size = 0;
-    if (spare_entries != NULL && spare_capacity >= capacity) {
-        /* A spare is all zeros; a larger one is used in part (the mask keeps probes inside). */
-        m->entries = spare_entries;
-        m->allocated = spare_capacity;
-        spare_entries = NULL;
-    }
-    else {
-        m->entries = PyMem_Calloc(capacity, sizeof(uint64_t));
-        m->allocated = capacity;
+    /* A kept table longer than this one is used in part: the mask keeps probes inside. Clearing
+     * the part is a memset (clearing only the slots a row filled, found again by probing, cost
+     * as much as filling them). */
+    m->entries = scratch_take(&entries_scratch, capacity * sizeof(uint64_t), &m->entries_size);
+    if (m->entries != NULL) {
+        memset(m->entries, 0, capacity * sizeof(uint64_t));
     }
     size_t bytes = (size_t)distinct_max * sizeof(int64_t);
     m->cols = scratch_take(&cols_scratch, bytes, &m->cols_size);
@@ -349,21 +337,7 @@ map_init(ColumnMap *m, Py_ssize_t distinct_max)
 static void
 map_free(ColumnMap *m)
 {
-    if (m->entries != NULL && m->allocated <= SPARE_MAX && spare_entries == NULL) {
-        /* Zero the slots this map filled (found again by their columns), not the whole table. */
-        for (Py_ssize_t u = 0; u < m->size; u++) {
-            size_t i = (size_t)((uint64_t)m->cols[u] * 0x9E3779B97F4A7C15ull >> m->shift);
-            while (m->entries[i] != 0) {
-                m->entries[i] = 0;
-                i = (i + 1) & m->mask;
-            }
-        }
-        spare_capacity = m->allocated;
-        spare_entries = m->entries;
-    }
-    else {
-        PyMem_Free(m->entries);
-    }
+    scratch_give(&entries_scratch, m->entries, m->entries_size);
     scratch_give(&cols_scratch, m->cols, m->cols_size);
     scratch_give(&sums_scratch, m->sums, m->sums_size);
 }

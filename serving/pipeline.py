@@ -484,7 +484,7 @@ class _Removals:
         self, mask: np.ndarray, keep: np.ndarray, name: str, why: Callable[[int], str]
     ) -> np.ndarray:
         gone = mask & ~keep
-        if not gone.any():
+        if not _count(gone):
             return mask
         where = np.flatnonzero(gone).tolist()
         for i in where:
@@ -497,7 +497,7 @@ class _Removals:
         keep = checks[0][0]
         for other, _name, _why in checks[1:]:
             keep = keep & other
-        if not (mask & ~keep).any():
+        if not _count(mask & ~keep):
             return mask
         for keep, name, why in checks:
             mask = self.apply(mask, keep, name, why)
@@ -635,7 +635,7 @@ def _reliability(
         if i is not None and i < k:
             factor[i] = 1.0
     scaled = mask[:k] & (factor < 1.0)
-    if not scaled.any():
+    if not _count(scaled):
         return scored
     names = loaded.names
     listed = ", ".join(f"{names[i]} ×{factor[i]:.2f}" for i in np.flatnonzero(scaled))
@@ -684,7 +684,7 @@ def _rules(
         return None, mask
     assert outcome.candidates is not None
     keep = loaded.mask_of(outcome.candidates)
-    if not (mask & keep).any():
+    if not _count(mask & keep):
         notes.append(
             f"rule {outcome.rule!r} restricts candidates to {', '.join(outcome.candidates)}, "
             "none of which is eligible for this request; not applied"

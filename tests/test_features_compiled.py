@@ -110,10 +110,10 @@ def test_large_inputs_are_identical(words, n):
 
 @compiled
 def test_rows_of_any_size_in_turn_are_identical():
-    """The C merge keeps its hash table between rows (zeroing only the slots a row used): rows
-    small, larger than the table it keeps (over 32,768 tokens), small again and in between,
-    the same row twice and a different row of the same size, one after another, are each the
-    reference row."""
+    """The C merge keeps its hash table between rows (cleared for each row, and used in part
+    when it is larger than the row needs): rows small, large (40,000 tokens), small again and
+    in between, the same row twice and a different row of the same size, one after another,
+    are each the reference row."""
     sizes = [3, 3, 40_000, 5, 700, 700, 701, 12, 9_000, 9_000, 1, 1]
     for turn, size in enumerate(sizes):
         words = [f"w{i % (size // 2 + 1 + turn % 2)}x" for i in range(size)]
