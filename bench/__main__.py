@@ -30,20 +30,21 @@ def _say(msg: str) -> None:
 
 
 def ensure_artifact(path: Path) -> Path:
-    """`path` if it holds an artifact this code can read, with the featurizer the code trains
-    by default; else train it there (train side of the bundled data, under a minute). An older
-    artifact would benchmark another featurizer (a 16 KiB scan window, say) than users get."""
+    """`path` if it holds an artifact this code can read, with the featurizer and training
+    options the code uses by default; else train it there (train side of the bundled data,
+    about a minute). An older artifact would benchmark another featurizer (a 16 KiB scan
+    window, say) or model than users get."""
     from models.artifact import read_manifest
     from models.errors import ArtifactError
-    from training.build import featurizer_changes
+    from training.build import stale_defaults
     from training.paths import bundled_data
 
     try:
         read_manifest(path)
-        changed = featurizer_changes(path)
+        changed = stale_defaults(path)
         if not changed:
             return path
-        _say(f"training the benchmark artifact at {path} (featurizer {changed}, not the default)")
+        _say(f"training the benchmark artifact at {path} ({changed}: not the defaults)")
     except ArtifactError as exc:
         _say(f"training the benchmark artifact at {path} ({exc})")
     cmd = [sys.executable, "-m", "promptroute", "train", "--split", "train", "--out", str(path)]

@@ -506,3 +506,53 @@ def test_the_default_model_is_retrained_when_its_featurizer_defaults_changed(
     assert build.ensure_default_artifact(old, progress=said.append) == old
     assert trained == [old]
     assert "no longer the defaults: {'max_scan_chars': 16384}" in said[0]
+
+
+def _with_options(src: Path, dst: Path, options: Any) -> Path:
+    shutil.copytree(src, dst)
+    m = json.loads((dst / MANIFEST).read_text())
+    m["training"]["options"] = options
+    (dst / MANIFEST).write_text(json.dumps(m))
+    return dst
+
+
+def test_option_changes_names_the_training_options_that_are_no_longer_defaults(
+    tiny_artifact: Path, tmp_path: Path
+) -> None:
+    from dataclasses import asdict
+
+    from training.build import option_changes, stale_defaults
+    from training.trainer import TrainOptions
+
+    # A manifest without options (the tiny artifact's) cannot tell: nothing to compare.
+    assert option_changes(tiny_artifact) == {}
+    now = {**json.loads(json.dumps(asdict(TrainOptions()))), "n_jobs": 1}
+    assert option_changes(_with_options(tiny_artifact, tmp_path / "now", now)) == {}
+    older = {k: v for k, v in now.items() if k != "calibrate_per_model"}
+    old = _with_options(tiny_artifact, tmp_path / "old", older)
+    assert option_changes(old) == {"calibrate_per_model": None}  # predates the option
+    off = _with_options(tiny_artifact, tmp_path / "off", {**now, "calibrate_per_model": False})
+    assert option_changes(off) == {"calibrate_per_model": False}
+    both = _with_window(off, tmp_path / "both", 16384)
+    assert stale_defaults(both) == {"max_scan_chars": 16384, "calibrate_per_model": False}
+
+
+def test_the_default_model_is_retrained_when_its_training_defaults_changed(
+    tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import asdict
+
+    import training.build as build
+    from training.trainer import TrainOptions
+
+    trained: list[Path] = []
+    monkeypatch.setattr(build, "train_and_save", lambda logs, out, **kw: trained.append(out))
+    said: list[str] = []
+    now = json.loads(json.dumps(asdict(TrainOptions())))
+    current = _with_options(tiny_artifact, tmp_path / "now", now)
+    assert build.ensure_default_artifact(current, progress=said.append) == current
+    assert trained == [] and said == []
+    old = _with_options(tiny_artifact, tmp_path / "old", {**now, "calibrate_per_model": False})
+    assert build.ensure_default_artifact(old, progress=said.append) == old
+    assert trained == [old]
+    assert "no longer the defaults: {'calibrate_per_model': False}" in said[0]

@@ -97,6 +97,7 @@ def test_train_prints_a_summary_and_writes_the_artifact(trained: tuple, logs: Pa
     assert (training["records_used"], training["skipped_lines"]) == (80, 0)
     assert training["options"]["c_grid"] == [1.0]
     assert training["options"]["cv_folds"] == 2
+    assert training["options"]["calibrate_per_model"] is True  # the default
     assert "options" not in manifest["metrics"]
     assert "loaded 80 records from 1 file(s); using 80 (all side)" in err
     assert "80 records, 12 models; extracting features" in err  # progress
@@ -444,6 +445,15 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for command in ("train", "eval", "route", "serve"):
         assert command in out
+
+
+def test_per_model_calibration_can_be_turned_off(logs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shared"
+    argv = ["train", "--no-calibrate-per-model", "--logs", str(logs), "--out", str(out)]
+    code, _stdout, err = _run([*argv, *TRAIN_ARGS])
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["options"]["calibrate_per_model"] is False
 
 
 def test_per_model_calibration_is_refused_with_streaming(logs: Path, tmp_path: Path) -> None:

@@ -481,7 +481,7 @@ def test_each_model_is_calibrated_on_its_own_sample(sample_records: list, catalo
 def test_training_reports_the_prompts_each_model_is_calibrated_on(
     sample_records: list, catalog: Catalog
 ) -> None:
-    opts = TrainOptions(**{**SMALL, "cv_max_prompts": 120})
+    opts = TrainOptions(**{**SMALL, "cv_max_prompts": 120, "calibrate_per_model": False})
     shared = trainer_mod._distinct_prompts(sample_records, opts.cv_folds, 120)
     texts = np.array([sample_records[i].prompt.text for i in shared.first], dtype=object)
     in_shared = set(texts[shared.in_cv])
@@ -490,15 +490,16 @@ def test_training_reports_the_prompts_each_model_is_calibrated_on(
         "per_model_prompts"
     ]
     own = {m: {r.prompt.text for r in sample_records if m in r.outcomes} for m in per_model}
-    # by default, each model's part of the shared sample
+    # without per-model calibration, each model's part of the shared sample
     assert per_model == {m: len(p & in_shared) for m, p in own.items()}
     assert not any("own samples" in m for m in messages)
-    opts = TrainOptions(**{**SMALL, "cv_max_prompts": 120, "calibrate_per_model": True})
+    assert TrainOptions().calibrate_per_model  # the default
+    opts = TrainOptions(**{**SMALL, "cv_max_prompts": 120})
     per_model = train(sample_records, catalog, opts, progress=messages.append).report["cv_sample"][
         "per_model_prompts"
     ]
     assert per_model == {m: min(120, len(p)) for m, p in own.items()}  # up to the cap, its own
-    assert any("cv quality heads on their own samples" in m for m in messages)
+    assert any("quality heads on their own samples" in m for m in messages)
 
 
 def test_per_model_calibration_must_be_a_bool() -> None:

@@ -10,6 +10,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -169,16 +170,50 @@ def featurizer_changes(path: str | Path) -> dict[str, Any]:
     }
 
 
+def option_changes(path: str | Path) -> dict[str, Any]:
+    """The training options of the artifact at `path` that are no longer the defaults, with
+    the artifact's values (``{}`` when none, or when its manifest records no options). An
+    option the manifest lacks predates it, so the artifact was not trained with its default
+    (it shows as None). `n_jobs` changes no weight and is not compared.
+    """
+    from training.trainer import TrainOptions
+
+    try:
+        options = read_manifest(path).get("training", {}).get("options")
+    except AttributeError:
+        raise ArtifactError(f"{path}: the manifest's training section is not an object") from None
+    if not isinstance(options, dict):
+        return {}
+    defaults = asdict(TrainOptions())
+    del defaults["n_jobs"]
+    return {
+        k: options.get(k)
+        for k, v in defaults.items()
+        if json.loads(json.dumps(v)) != options.get(k, _MISSING)
+    }
+
+
+_MISSING = object()
+
+
+def stale_defaults(path: str | Path) -> dict[str, Any]:
+    """`featurizer_changes` and `option_changes` of the artifact at `path`, together: what
+    makes an artifact trained with the code's defaults (the default model, the benchmarks')
+    differ from one trained now."""
+    return {**featurizer_changes(path), **option_changes(path)}
+
+
 def ensure_default_artifact(path: Path | None = None, progress: Progress = log_progress) -> Path:
     """Train the bundled default model (train side of the bundled data) when it is missing,
-    unreadable, or was trained with featurizer settings that are no longer the defaults."""
+    unreadable, or was trained with featurizer settings or training options that are no
+    longer the defaults."""
     path = default_artifact_path() if path is None else Path(path)
     try:
         read_manifest(path)
-        changed = featurizer_changes(path)
+        changed = stale_defaults(path)
         if not changed:
             return path
-        why = f"trained with featurizer settings that are no longer the defaults: {changed}"
+        why = f"trained with settings that are no longer the defaults: {changed}"
     except ArtifactError as exc:
         why = str(exc)
     progress(f"default model unusable ({why}); training it from the bundled data")

@@ -32,10 +32,14 @@ one", normalised with a softmax over the candidates a request allows.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import math
+import multiprocessing
+import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -92,8 +96,9 @@ class TrainOptions:
     cv_max_prompts: int = CV_MAX_PROMPTS
     # Calibrate each model on out-of-fold logits of up to `cv_max_prompts` of its own prompts
     # (at the C chosen on the shared sample), not only on its part of the shared sample: better
-    # routing for sources that the shared sample under-represents, for ~20% more training time.
-    calibrate_per_model: bool = False
+    # routing for sources that the shared sample under-represents (pooled logs). It costs a
+    # second cross-validation of those models: ~20% more time on the 100k-record benchmark.
+    calibrate_per_model: bool = True
 
     def __post_init__(self) -> None:
         self.c_grid = tuple(float(c) for c in self.c_grid)
@@ -151,24 +156,105 @@ def _dense_scale(X: sparse.csr_matrix, n_dense: int) -> np.ndarray:
 
 
 class _RowSlicer:
-    """X[rows] for a run of fits, the last slice reused while the rows repeat.
+    """X[rows] for a run of fits, the last slice reused while the rows repeat (one per process).
 
     The models of one source share their prompts, and fits are dispatched largest first, so a
-    source's fits come one after another with the same rows: on pooled logs (the 100k training
-    benchmark) slicing the matrix anew for each cost the main process about 3 s, competing with
-    the two fitting workers for the cores. Nothing downstream modifies a slice.
+    source's fits come one after another with the same rows. Each fitting worker slices for
+    itself: joblib hands the workers the whole matrix once per stage as a memory map (one
+    array, one file; `max_nbytes`), so the main process no longer pickles a slice per fit.
+    When it did, it kept a core busy feeding the two workers and a stage ran only 1.25–1.4×
+    faster on two cores than on one. Nothing downstream modifies a slice.
     """
 
-    def __init__(self, X: sparse.csr_matrix) -> None:
-        self.X = X
-        self._key: bytes | None = None
+    def __init__(self) -> None:
+        self._source: str | weakref.ref[sparse.csr_matrix] | None = None
+        self._rows = b""
         self._last: sparse.csr_matrix | None = None
 
-    def __call__(self, rows: np.ndarray) -> sparse.csr_matrix:
+    def __call__(self, X: sparse.csr_matrix, rows: np.ndarray) -> sparse.csr_matrix:
+        # A worker unpickles a new matrix object per fit over the same memory-mapped file, so
+        # there the file names the matrix; in-process (one job) the matrix object does.
+        where = getattr(X.data, "filename", None)
         key = rows.tobytes()
-        if key != self._key or self._last is None:
-            self._key, self._last = key, self.X[rows]
+        same = (
+            self._source == where
+            if where is not None
+            else isinstance(self._source, weakref.ref) and self._source() is X
+        )
+        if not same or key != self._rows or self._last is None:
+            self._source = where if where is not None else weakref.ref(X)
+            self._rows, self._last = key, X[rows]
         return self._last
+
+    def clear(self) -> None:
+        self._source, self._rows, self._last = None, b"", None
+
+
+_ROWS = _RowSlicer()
+
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_worker_tuned = False
+
+
+def _keep_freed_memory() -> None:
+    """In a fitting worker (a loky process of joblib's), have glibc keep freed memory for reuse.
+
+    Every liblinear fit copies its rows into a buffer of its own (~9 KB per prompt), and glibc
+    serves any buffer over 32 MB with a fresh mmap and hands it back on free, so each fit
+    faulted its pages in anew: 1.9 M page faults and ~16 s of system time in the 100k-record
+    training benchmark. From the heap, kept after free, the next fit reuses them (0.4 M
+    faults, 8 s). A worker's memory stays at its peak until joblib retires it (idle for five
+    minutes); the calling process is never changed. Elsewhere than glibc, nothing happens.
+    """
+    global _worker_tuned
+    if _worker_tuned:
+        return
+    _worker_tuned = True
+    if not multiprocessing.current_process().name.startswith("LokyProcess"):
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_MAX, 0)
+    mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def _fit_rows(
+    X: sparse.csr_matrix, rows: np.ndarray, pos: np.ndarray, neg: np.ndarray, C: float, seed: int
+) -> tuple[np.ndarray, float]:
+    """`_fit_weighted` on X[rows] (runs in a worker process)."""
+    _keep_freed_memory()
+    return _fit_weighted(_ROWS(X, rows), pos, neg, C, seed)
+
+
+class _InBackground:
+    """`fn(*args)` on a daemon thread; `result()` waits and returns its value or raises its error.
+
+    For work whose inner loops release the GIL (sklearn's SGD), run while the fitting workers
+    are busy: the cores take turns instead of the stage after waiting for it. A daemon thread,
+    so that an interrupted training does not wait for it to finish.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as e:  # handed to the caller of result()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="promptroute-train", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 # --------------------------------------------------------------------------- binary fits
@@ -176,6 +262,8 @@ class _RowSlicer:
 # held-out loss of every fit we compared (3 models × C in 0.3, 1, 5) agreed to 1e-5, and the
 # fits are 30-40% faster.
 _LIBLINEAR_TOL = 1e-2
+# Arrays larger than this go to the fitting workers as memory maps (joblib), not pickles.
+_SHARE_BYTES = "1M"
 
 
 def _fit_weighted(
@@ -370,7 +458,8 @@ class _HeadFit:
 
 
 def _cv_one_model(
-    Xj: sparse.csr_matrix,
+    X: sparse.csr_matrix,
+    rows: np.ndarray,
     pos: np.ndarray,
     neg: np.ndarray,
     fj: np.ndarray,
@@ -378,7 +467,9 @@ def _cv_one_model(
     c_grid: tuple[float, ...],
     seed: int,
 ) -> dict[float, np.ndarray]:
-    """Out-of-fold logits of one model's prompts for every C (runs in a worker process)."""
+    """Out-of-fold logits of one model's prompts X[rows] for every C (runs in a worker)."""
+    _keep_freed_memory()
+    Xj = _ROWS(X, rows)
     out = {}
     for c in c_grid:
         z = np.full(len(pos), np.nan)
@@ -411,11 +502,11 @@ def _cross_validate(
     # One job per (head, model), largest first so that the two workers finish together; each
     # worker receives that model's rows once and does every fold and C.
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)
-    rows_of = _RowSlicer(X)
     done = track(
-        Parallel(n_jobs=opts.n_jobs, max_nbytes=None, return_as="generator")(
+        Parallel(n_jobs=opts.n_jobs, max_nbytes=_SHARE_BYTES, return_as="generator")(
             delayed(_cv_one_model)(
-                rows_of(rows),
+                X,
+                rows,
                 pos,
                 neg,
                 prompts.folds[rows],
@@ -575,6 +666,14 @@ def train(
     if "quality" in heads_wanted and not targets.labelled.any():
         heads_wanted.remove("quality")
 
+    # The domain classifier needs only the features and the tasks: it is fitted on one core
+    # while cross-validation keeps the two fitting workers busy.
+    names, dom_prompt = domain_labels([r.task for r in firsts])
+    domain_job = (
+        _InBackground(fit_domains, X, dom_prompt, names, distinct.folds, opts.random_state, 1)
+        if "quality" in heads_wanted and len(names) >= 2
+        else None
+    )
     t1 = time.perf_counter()
     fits = _cross_validate(heads_wanted, X, targets, distinct, opts)
     say(f"cv {', '.join(heads_wanted)} head(s): {time.perf_counter() - t1:.1f}s")
@@ -612,33 +711,13 @@ def train(
             grown = (sample & ~distinct.in_cv[:, None]).any(axis=0)
         else:
             grown = np.zeros(k, dtype=bool)
-        if grown.any():
-            regrown = _cross_validate(
-                ["quality"],
-                X,
-                targets,
-                distinct,
-                opts,
-                c_by_model=fits["quality"].best_c,
-                sample=sample,
-                only={"quality": grown},
-            )["quality"]
-            fits["quality"].oof[:, grown] = regrown.oof[:, grown]
-            say(
-                f"cv quality heads on their own samples ({int(grown.sum())} models): "
-                f"{time.perf_counter() - t_s:.1f}s"
-            )
-        calibrated_on = own & (distinct.in_cv[:, None] if sample is None else sample)
-        report["cv_sample"]["per_model_prompts"] = dict(
-            zip(models, (int(v) for v in calibrated_on.sum(axis=0)), strict=True)
-        )
-        ab, q_scores, calib["quality"] = _calibrate_sigmoid(fits["quality"].oof, targets.quality)
-        # Gain heads, at the C each model's quality head chose (a search would triple the cost).
+        # Gain heads, at the C each model's quality head chose (a search would triple the cost),
+        # cross-validated in one pass with the quality heads that get a sample of their own.
         refs = references(targets)
-        if (refs >= 0).any():
-            t_g = time.perf_counter()
-            gain_fit = _cross_validate(
-                ["gain"],
+        second = (["quality"] if grown.any() else []) + (["gain"] if (refs >= 0).any() else [])
+        again = (
+            _cross_validate(
+                second,
                 X,
                 targets,
                 distinct,
@@ -646,7 +725,30 @@ def train(
                 refs=refs,
                 c_by_model=fits["quality"].best_c,
                 sample=sample,
-            )["gain"]
+                only={"quality": grown},
+            )
+            if second
+            else {}
+        )
+        if "quality" in again:
+            fits["quality"].oof[:, grown] = again["quality"].oof[:, grown]
+        if second:
+            say(
+                f"cv {' and '.join(second)} heads"
+                + (
+                    f" ({int(grown.sum())} quality heads on their own samples)"
+                    if grown.any()
+                    else ""
+                )
+                + f": {time.perf_counter() - t_s:.1f}s"
+            )
+        calibrated_on = own & (distinct.in_cv[:, None] if sample is None else sample)
+        report["cv_sample"]["per_model_prompts"] = dict(
+            zip(models, (int(v) for v in calibrated_on.sum(axis=0)), strict=True)
+        )
+        ab, q_scores, calib["quality"] = _calibrate_sigmoid(fits["quality"].oof, targets.quality)
+        if "gain" in again:
+            gain_fit = again["gain"]
             y_gain = np.full((n, k), np.nan)
             for j in np.flatnonzero(refs >= 0):
                 y_gain[:, j] = (1.0 + targets.quality[:, refs[j]] - targets.quality[:, j]) / 2.0
@@ -656,10 +758,7 @@ def train(
                 gain_ab[int(j)] = g_ab[j]
                 q_scores[:, j] = q_scores[:, refs[j]] - (2.0 * g_p[:, j] - 1.0)
             fits["gain"] = gain_fit
-            say(
-                f"cv gain heads: {time.perf_counter() - t_g:.1f}s; kept for "
-                f"{int(gain_keep.sum())} of {int((refs >= 0).sum())} models"
-            )
+            say(f"gain heads kept for {int(gain_keep.sum())} of {int((refs >= 0).sum())} models")
         oof_scores["quality"] = q_scores
     if "classifier" in fits:
         oof_scores["classifier"], calib["classifier"] = _calibrate_softmax(
@@ -676,11 +775,8 @@ def train(
     # Domains: a classifier of the records' task, and per-domain means to shrink toward.
     if "quality" in oof_scores and groups:
         t_d = time.perf_counter()
-        names, dom_prompt = domain_labels([r.task for r in firsts])
-        if len(names) >= 2:
-            domain_fit = fit_domains(
-                X, dom_prompt, names, distinct.folds, opts.random_state, opts.n_jobs
-            )
+        if domain_job is not None:
+            domain_fit = domain_job.result()
             dom_rec = dom_prompt[distinct.inverse]
             p_rec = domain_fit.oof_proba[distinct.inverse]
             fold_means = [
@@ -802,10 +898,9 @@ def train(
         final_heads, targets, distinct, cv_only=False, refs=refs, only={"gain": gain_keep}
     )
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)  # largest first
-    rows_of = _RowSlicer(X)
     done = track(
-        Parallel(n_jobs=opts.n_jobs, max_nbytes=None, return_as="generator")(
-            delayed(_fit_weighted)(rows_of(rows), pos, neg, fits[head].best_c[j], opts.random_state)
+        Parallel(n_jobs=opts.n_jobs, max_nbytes=_SHARE_BYTES, return_as="generator")(
+            delayed(_fit_rows)(X, rows, pos, neg, fits[head].best_c[j], opts.random_state)
             for head, j, rows, pos, neg in (jobs[i] for i in order)
         ),
         "fitting",
@@ -852,6 +947,7 @@ def train(
         )
         report.setdefault("best_c", {})[head] = dict(zip(models, fits[head].best_c, strict=True))
     final_seconds = time.perf_counter() - t2
+    _ROWS.clear()
     verifiers = train_verifiers([*records, *verifier_records], catalog, progress=say)
     report["verifiers"] = {m: v.report for m, v in verifiers.items()}
     say(f"final fit: {final_seconds:.1f}s; total {time.perf_counter() - t0:.1f}s")
