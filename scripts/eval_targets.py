@@ -79,14 +79,17 @@ def main() -> int:
     p.add_argument("--part", choices=("all", "main", "rb-combined", "table"), default="all")
     p.add_argument(
         "--calibrate-per-model",
-        action="store_true",
-        help="train every model with TrainOptions(calibrate_per_model=True)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train every model with TrainOptions(calibrate_per_model=...) (default: the "
+        "trainer's default, on)",
     )
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if a.part in ("all", "main", "rb-combined"):
-        run(out, a.part, TrainOptions(calibrate_per_model=a.calibrate_per_model))
+        flag = a.calibrate_per_model
+        run(out, a.part, TrainOptions() if flag is None else TrainOptions(calibrate_per_model=flag))
     if a.part in ("all", "table"):
         results = json.loads((out / "issue14-main.json").read_text())
         results.update(json.loads((out / "issue14-rb-combined.json").read_text()))
