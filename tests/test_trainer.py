@@ -272,6 +272,61 @@ def test_training_is_deterministic(trained: tuple, sample_records: list, catalog
         assert again.report[key] == first.report[key]
 
 
+def _assert_same_router(a: TrainResult, b: TrainResult) -> None:
+    assert a.router.models == b.router.models
+    assert a.router.default_knob == b.router.default_knob
+    for name, head in a.router.heads.items():
+        other = b.router.heads[name]
+        np.testing.assert_array_equal(head.dense_w, other.dense_w)
+        np.testing.assert_array_equal(head.hashed_w, other.hashed_w)
+        np.testing.assert_array_equal(head.bias, other.bias)
+    for key in ("calibration", "best_c", "cv_loss", "cv_sample"):
+        assert a.report[key] == b.report[key]
+
+
+def test_two_fitting_workers_train_the_same_router_as_one(
+    trained: tuple, sample_records: list, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers slice a memory-mapped matrix themselves and keep their freed memory; none of
+    it may change a weight. Every array goes to them as a memory map here (1 byte threshold),
+    and the cap makes per-model calibration cross-validate some models a second time."""
+    monkeypatch.setattr(trainer_mod, "_SHARE_BYTES", 1)
+    opts = {**SMALL, "cv_max_prompts": 200}
+    one = train(sample_records, catalog, TrainOptions(**opts))
+    messages: list[str] = []
+    two = train(
+        sample_records, catalog, TrainOptions(**{**opts, "n_jobs": 2}), progress=messages.append
+    )
+    assert any("quality heads on their own samples" in m for m in messages)
+    _assert_same_router(one, two)
+
+
+def test_the_row_slicer_reuses_a_slice_only_of_the_same_matrix_and_rows() -> None:
+    from scipy import sparse
+
+    slicer = trainer_mod._RowSlicer()
+    a = sparse.csr_matrix(np.arange(12.0).reshape(4, 3))
+    b = sparse.csr_matrix(-np.arange(12.0).reshape(4, 3))  # same shape and non-zero count
+    rows = np.array([2, 0])
+    first = slicer(a, rows)
+    assert slicer(a, rows.copy()) is first  # same rows: the same slice
+    np.testing.assert_array_equal(slicer(b, rows).toarray(), b[rows].toarray())
+    np.testing.assert_array_equal(slicer(a, np.array([1])).toarray(), a[[1]].toarray())
+    del first
+    slicer.clear()
+    np.testing.assert_array_equal(slicer(a, rows).toarray(), a[rows].toarray())
+
+
+def test_background_work_hands_back_its_value_or_its_error() -> None:
+    assert trainer_mod._InBackground(lambda x, y: x + y, 2, 3).result() == 5
+
+    def fails() -> None:
+        raise DataError("logs", 3, "bad")
+
+    with pytest.raises(DataError, match="bad"):
+        trainer_mod._InBackground(fails).result()
+
+
 # --------------------------------------------------------------------------- knob calibration
 def test_target_budget_is_met_by_a_mix_of_the_two_knobs_around_it(
     sample_records: list, catalog: Catalog
