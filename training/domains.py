@@ -29,9 +29,11 @@ from threadpoolctl import threadpool_limits
 
 __all__ = [
     "DomainFit",
+    "DomainLogits",
     "STRENGTH_GRID",
     "choose_strength",
     "domain_labels",
+    "domain_logits",
     "domain_means",
     "fit_domains",
     "shrink",
@@ -77,6 +79,9 @@ def _sgd(
     X: sparse.csr_matrix, y: np.ndarray, d: int, n_jobs: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """One-vs-rest logistic regression by SGD: (D, F) coefficients and (D,) intercepts."""
+    # tol=None: exactly SGD_EPOCHS epochs, and no ConvergenceWarning, so no warnings filter is
+    # needed. That matters: the trainer runs these fits on a thread, and `catch_warnings` swaps
+    # the process-wide filter list, which two threads entering and leaving it would scramble.
     clf = SGDClassifier(
         loss="log_loss",
         alpha=SGD_ALPHA,
@@ -85,9 +90,7 @@ def _sgd(
         random_state=seed,
         n_jobs=n_jobs,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(X, y)
+    clf.fit(X, y)
     coef = np.zeros((d, X.shape[1]))
     bias = np.full(d, -30.0)
     if len(clf.classes_) == 2:  # sklearn keeps one row for two classes
@@ -98,16 +101,25 @@ def _sgd(
     return coef, bias
 
 
-def fit_domains(
+@dataclass
+class DomainLogits:
+    """The one-vs-rest fits: out-of-fold logits of every prompt, and the fit on all of them."""
+
+    oof: np.ndarray  # (u, D)
+    coef: np.ndarray  # (D, F)
+    bias: np.ndarray  # (D,)
+
+
+def domain_logits(
     X: sparse.csr_matrix,
     labels: np.ndarray,
-    names: list[str],
+    d: int,
     folds: np.ndarray,
     seed: int = 0,
     n_jobs: int = 1,
-) -> DomainFit:
-    """Fit the classifier on prompts with a domain; OOF probabilities for every prompt."""
-    d = len(names)
+) -> DomainLogits:
+    """The SGD fits of `fit_domains` (one per fold, one on every prompt with a domain): the
+    slow part, safe to run on a thread (it touches no process-wide state)."""
     n_folds = int(folds.max()) + 1
     raw = np.zeros((X.shape[0], d))
     for f in range(n_folds):
@@ -115,6 +127,27 @@ def fit_domains(
         test = np.flatnonzero(folds == f)
         coef, bias = _sgd(X[train], labels[train], d, n_jobs, seed)
         raw[test] = X[test] @ coef.T + bias
+    rows = np.flatnonzero(labels >= 0)
+    coef, bias = _sgd(X[rows], labels[rows], d, n_jobs, seed)
+    return DomainLogits(raw, coef, bias)
+
+
+def fit_domains(
+    X: sparse.csr_matrix,
+    labels: np.ndarray,
+    names: list[str],
+    folds: np.ndarray,
+    seed: int = 0,
+    n_jobs: int = 1,
+    logits: DomainLogits | None = None,
+) -> DomainFit:
+    """Fit the classifier on prompts with a domain; OOF probabilities for every prompt.
+
+    `logits`: `domain_logits` of the same arguments, computed beforehand (on a thread)."""
+    d = len(names)
+    if logits is None:
+        logits = domain_logits(X, labels, d, folds, seed, n_jobs)
+    raw = logits.oof
     rows = np.flatnonzero(labels >= 0)
     # Calibration: a multinomial regression on the OOF one-vs-rest logits (D × D weights), on
     # at most DOMAIN_FIT_ROWS prompts per domain, weighted back to the domain's share.
@@ -140,8 +173,7 @@ def fit_domains(
         w[lr.classes_[0]], b[lr.classes_[0]] = -lr.coef_[0] / 2, -lr.intercept_[0] / 2
     oof = _softmax(raw @ w.T + b)
     acc = float(np.mean(oof[rows].argmax(axis=1) == labels[rows])) if rows.size else 0.0
-    coef, bias = _sgd(X[rows], labels[rows], d, n_jobs, seed)
-    return DomainFit(names, w @ coef, w @ bias + b, oof, acc)
+    return DomainFit(names, w @ logits.coef, w @ logits.bias + b, oof, acc)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

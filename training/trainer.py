@@ -60,6 +60,7 @@ from training.domains import (
     DomainFit,
     choose_strength,
     domain_labels,
+    domain_logits,
     domain_means,
     fit_domains,
     shrink,
@@ -666,11 +667,13 @@ def train(
     if "quality" in heads_wanted and not targets.labelled.any():
         heads_wanted.remove("quality")
 
-    # The domain classifier needs only the features and the tasks: it is fitted on one core
-    # while cross-validation keeps the two fitting workers busy.
+    # The domain classifier's SGD fits need only the features and the tasks: they run on one
+    # core while cross-validation keeps the two fitting workers busy.
     names, dom_prompt = domain_labels([r.task for r in firsts])
     domain_job = (
-        _InBackground(fit_domains, X, dom_prompt, names, distinct.folds, opts.random_state, 1)
+        _InBackground(
+            domain_logits, X, dom_prompt, len(names), distinct.folds, opts.random_state, 1
+        )
         if "quality" in heads_wanted and len(names) >= 2
         else None
     )
@@ -776,7 +779,14 @@ def train(
     if "quality" in oof_scores and groups:
         t_d = time.perf_counter()
         if domain_job is not None:
-            domain_fit = domain_job.result()
+            domain_fit = fit_domains(
+                X,
+                dom_prompt,
+                names,
+                distinct.folds,
+                opts.random_state,
+                logits=domain_job.result(),
+            )
             dom_rec = dom_prompt[distinct.inverse]
             p_rec = domain_fit.oof_proba[distinct.inverse]
             fold_means = [
