@@ -10,12 +10,17 @@ Pipeline (each step is a function below, so tests and the CLI can follow it):
 4. cross-validation on the given records only (folds keyed by a hash of the prompt text, so
    repeated prompts never straddle folds), on a hash-chosen sample of at most
    `TrainOptions.cv_max_prompts` distinct prompts, picks the regularisation C per model and per
-   head from `TrainOptions.c_grid`, and yields out-of-fold (OOF) scores for that sample;
-5. calibration on the OOF scores: Platt scaling per model for the quality head, a temperature
-   for the classifier head; both folded into the final weights;
+   head from `TrainOptions.c_grid`, and yields out-of-fold (OOF) scores for that sample; with
+   `calibrate_per_model` (the default), models the sample under-represents are cross-validated
+   again at their C on up to `cv_max_prompts` of their own prompts, with the gain heads
+   (`training/gain.py`) in the same pass;
+5. calibration on the OOF scores: Platt scaling per model for the quality and gain heads, a
+   temperature for the classifier head; all folded into the final weights; gain heads kept
+   where they beat the quality heads, domain strengths (`training/domains.py`);
 6. the OOF cost–quality curves choose the default head (higher AIQ wins) and the default knob
    (the cheapest setting that still matches the best single model, or a user's budget target);
-7. final fits on all distinct prompts at the chosen C.
+7. final fits on all distinct prompts at the chosen C: they run in the fitting workers from the
+   end of step 4 on, while this process does steps 5 and 6.
 
 Why a CV sample: every (head, model) is fitted |c_grid| × cv_folds times in CV and once at the
 end, so CV is where the time goes; capping it makes training cost grow like the final fits
@@ -34,13 +39,14 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import math
 import multiprocessing
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -205,7 +211,7 @@ def _keep_freed_memory() -> None:
     serves any buffer over 32 MB with a fresh mmap and hands it back on free, so each fit
     faulted its pages in anew: 1.9 M page faults and ~16 s of system time in the 100k-record
     training benchmark. From the heap, kept after free, the next fit reuses them (0.4 M
-    faults, 8 s). A worker's memory stays at its peak until joblib retires it (idle for five
+    faults, 11 s). A worker's memory stays at its peak until joblib retires it (idle for five
     minutes); the calling process is never changed. Elsewhere than glibc, nothing happens.
     """
     global _worker_tuned
@@ -220,6 +226,11 @@ def _keep_freed_memory() -> None:
         return
     mallopt(_M_MMAP_MAX, 0)
     mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)
+
+
+def _worker_ready() -> bool:
+    """Nothing: unpickling it imports this module, and what fitting needs, in a worker."""
+    return True
 
 
 def _fit_rows(
@@ -483,7 +494,18 @@ def _cv_one_model(
     return out
 
 
-def _cross_validate(
+@dataclass
+class _CvPlan:
+    """The jobs of one cross-validation (`_cv_plan`) and their calls, largest first."""
+
+    heads: list[str]
+    jobs: list[_Job]
+    order: list[int]
+    calls: list[Any]  # joblib `delayed` calls, in `order`
+    refs: np.ndarray | None
+
+
+def _cv_plan(
     heads: Sequence[str],
     X: sparse.csr_matrix,
     t: Targets,
@@ -493,41 +515,46 @@ def _cross_validate(
     c_by_model: Sequence[float] | None = None,
     sample: np.ndarray | None = None,
     only: dict[str, np.ndarray] | None = None,
-) -> dict[str, _HeadFit]:
-    """Cross-validate every (head, model) on the CV sample of prompts (per model with
-    `sample`; only the models `only` names, with it); X has one row per distinct prompt. OOF
-    logits are spread back to the records of the sample. With `c_by_model`, model j is
-    cross-validated at that one C only (no search)."""
-    n, k = t.quality.shape
+) -> _CvPlan:
+    """The calls that cross-validate every (head, model) on the CV sample of prompts (per
+    model with `sample`; only the models `only` names, with it); X has one row per distinct
+    prompt. With `c_by_model`, model j is cross-validated at that one C only (no search)."""
     jobs = _fit_jobs(heads, t, prompts, cv_only=True, refs=refs, only=only, sample=sample)
     # One job per (head, model), largest first so that the two workers finish together; each
     # worker receives that model's rows once and does every fold and C.
     order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)
-    done = track(
-        Parallel(n_jobs=opts.n_jobs, max_nbytes=_SHARE_BYTES, return_as="generator")(
-            delayed(_cv_one_model)(
-                X,
-                rows,
-                pos,
-                neg,
-                prompts.folds[rows],
-                opts.cv_folds,
-                opts.c_grid if c_by_model is None else (float(c_by_model[_j]),),
-                opts.random_state,
-            )
-            for _h, _j, rows, pos, neg in (jobs[i] for i in order)
-        ),
-        "cross-validation",
-        total=len(jobs),
-        unit="models",
-    )
-    results = dict(zip(order, done, strict=True))
+    calls = [
+        delayed(_cv_one_model)(
+            X,
+            rows,
+            pos,
+            neg,
+            prompts.folds[rows],
+            opts.cv_folds,
+            opts.c_grid if c_by_model is None else (float(c_by_model[j]),),
+            opts.random_state,
+        )
+        for _h, j, rows, pos, neg in (jobs[i] for i in order)
+    ]
+    return _CvPlan(list(heads), jobs, order, calls, refs)
+
+
+def _cv_collect(
+    plan: _CvPlan,
+    done: Sequence[dict[float, np.ndarray]],
+    t: Targets,
+    prompts: _Prompts,
+    opts: TrainOptions,
+) -> dict[str, _HeadFit]:
+    """The fits of a `_cv_plan` from its calls' results (`done`, in the plan's order): C by
+    CV loss, and OOF logits spread back to the records of the sample."""
+    n, k = t.quality.shape
+    results = dict(zip(plan.order, done, strict=True))
     fits: dict[str, _HeadFit] = {}
-    for head in heads:
+    for head in plan.heads:
         fits[head] = _HeadFit(np.full((n, k), np.nan), [], {})
-    for head in heads:
         fits[head].best_c = [opts.c_grid[len(opts.c_grid) // 2]] * k
-    for i, (head, j, rows, pos, neg) in enumerate(jobs):
+    for i, (head, j, rows, pos, neg) in enumerate(plan.jobs):
         fit, by_c = fits[head], results[i]
         losses = {
             c: _weighted_loss(z, pos, neg)
@@ -541,10 +568,32 @@ def _cross_validate(
         # every record of model j whose prompt is in the sample gets its prompt's OOF logit
         z_prompt = np.full(len(prompts.first), np.nan)
         z_prompt[rows] = by_c[c_star]
-        rec_rows, _y = _targets_for(head, t, j, refs)
+        rec_rows, _y = _targets_for(head, t, j, plan.refs)
         fit.oof[rec_rows, j] = z_prompt[prompts.inverse[rec_rows]]
         fit.cv_loss[t.models[j]] = {f"C={c:g}": round(v, 5) for c, v in losses.items()}
     return fits
+
+
+def _parallel(opts: TrainOptions, calls: Sequence[Any]) -> Iterator[Any]:
+    """The calls' results in order, computed by `opts.n_jobs` workers as they are consumed
+    and after: the workers go on while the caller does other work between two results."""
+    return iter(Parallel(n_jobs=opts.n_jobs, max_nbytes=_SHARE_BYTES, return_as="generator")(calls))
+
+
+def _cross_validate(
+    heads: Sequence[str],
+    X: sparse.csr_matrix,
+    t: Targets,
+    prompts: _Prompts,
+    opts: TrainOptions,
+    **plan_args: Any,
+) -> dict[str, _HeadFit]:
+    """`_cv_plan` (same arguments), run, and collected."""
+    plan = _cv_plan(heads, X, t, prompts, opts, **plan_args)
+    done = list(
+        track(_parallel(opts, plan.calls), "cross-validation", total=len(plan.calls), unit="models")
+    )
+    return _cv_collect(plan, done, t, prompts, opts)
 
 
 # --------------------------------------------------------------------------- calibration
@@ -624,6 +673,9 @@ def train(
     n, k = targets.quality.shape
     say(f"{n} records, {k} models; extracting features")
 
+    # The fitting workers start (a Python process each, importing numpy, scipy and sklearn:
+    # ~1.5 s of a core) while this process featurises, instead of when the first fit waits.
+    warm_up = _parallel(opts, [delayed(_worker_ready)() for _ in range(opts.n_jobs)])
     featurizer = PromptFeaturizer(n_hash_features=opts.n_hash_features).fit([])
     distinct = _distinct_prompts(records, opts.cv_folds, opts.cv_max_prompts)
     firsts = [records[i] for i in distinct.first]
@@ -678,6 +730,8 @@ def train(
         else None
     )
     t1 = time.perf_counter()
+    for _ in warm_up:
+        pass
     fits = _cross_validate(heads_wanted, X, targets, distinct, opts)
     say(f"cv {', '.join(heads_wanted)} head(s): {time.perf_counter() - t1:.1f}s")
 
@@ -702,49 +756,72 @@ def train(
     gain_keep = np.zeros(k, dtype=bool)
     prior: DomainPrior | None = None
     domain_fit: DomainFit | None = None
-    if "quality" in fits:
+    # Everything the workers still have to do is known now: the second cross-validation
+    # (below) and the final fits on every record at the chosen C, the gain heads' at their
+    # quality head's C (a search would triple the cost), of every model with a reference: which
+    # gain heads are kept is decided later, and fitting the few that are not costs less than
+    # leaving the workers idle while this process calibrates and chooses. One ordered stream:
+    # the second cross-validation's results come first, the final fits run on behind them.
+    t_s = time.perf_counter()
+    refs = references(targets) if "quality" in fits else np.full(k, -1, dtype=np.int64)
+    own = _measured(targets, distinct)
+    sample: np.ndarray | None = None
+    grown = np.zeros(k, dtype=bool)
+    if "quality" in fits and opts.calibrate_per_model:
         # C is chosen on the shared sample. With calibrate_per_model, calibration, gain heads
         # and the choices below see out-of-fold logits of each model's own sample
         # (`_model_samples`), at that C; without, of the model's part of the shared sample.
-        t_s = time.perf_counter()
-        own = _measured(targets, distinct)
-        sample: np.ndarray | None = None
-        if opts.calibrate_per_model:
-            sample = _model_samples(own, distinct, opts.cv_max_prompts)
-            grown = (sample & ~distinct.in_cv[:, None]).any(axis=0)
-        else:
-            grown = np.zeros(k, dtype=bool)
-        # Gain heads, at the C each model's quality head chose (a search would triple the cost),
-        # cross-validated in one pass with the quality heads that get a sample of their own.
-        refs = references(targets)
-        second = (["quality"] if grown.any() else []) + (["gain"] if (refs >= 0).any() else [])
-        again = (
-            _cross_validate(
-                second,
-                X,
-                targets,
-                distinct,
-                opts,
-                refs=refs,
-                c_by_model=fits["quality"].best_c,
-                sample=sample,
-                only={"quality": grown},
-            )
-            if second
-            else {}
-        )
-        if "quality" in again:
-            fits["quality"].oof[:, grown] = again["quality"].oof[:, grown]
-        if second:
-            say(
-                f"cv {' and '.join(second)} heads"
-                + (
-                    f" ({int(grown.sum())} quality heads on their own samples)"
-                    if grown.any()
-                    else ""
+        sample = _model_samples(own, distinct, opts.cv_max_prompts)
+        grown = (sample & ~distinct.in_cv[:, None]).any(axis=0)
+    second = (["quality"] if grown.any() else []) + (["gain"] if (refs >= 0).any() else [])
+    plan = _cv_plan(
+        second,
+        X,
+        targets,
+        distinct,
+        opts,
+        refs=refs,
+        c_by_model=fits["quality"].best_c if "quality" in fits else None,
+        sample=sample,
+        only={"quality": grown},
+    )
+    final_c = {head: fit.best_c for head, fit in fits.items()}
+    if "gain" in second:
+        final_c["gain"] = fits["quality"].best_c
+    final_jobs = _fit_jobs(list(final_c), targets, distinct, cv_only=False, refs=refs)
+    final_order = sorted(range(len(final_jobs)), key=lambda i: -final_jobs[i][2].size)
+    final_calls = [
+        delayed(_fit_rows)(X, rows, pos, neg, final_c[head][j], opts.random_state)
+        for head, j, rows, pos, neg in (final_jobs[i] for i in final_order)
+    ]
+    stream = _parallel(opts, plan.calls + final_calls)
+    again = (
+        _cv_collect(
+            plan,
+            list(
+                track(
+                    itertools.islice(stream, len(plan.calls)),
+                    "cross-validation",
+                    total=len(plan.calls),
+                    unit="models",
                 )
-                + f": {time.perf_counter() - t_s:.1f}s"
-            )
+            ),
+            targets,
+            distinct,
+            opts,
+        )
+        if second
+        else {}
+    )
+    if "quality" in again:
+        fits["quality"].oof[:, grown] = again["quality"].oof[:, grown]
+    if second:
+        say(
+            f"cv {' and '.join(second)} heads"
+            + (f" ({int(grown.sum())} quality heads on their own samples)" if grown.any() else "")
+            + f": {time.perf_counter() - t_s:.1f}s"
+        )
+    if "quality" in fits:
         calibrated_on = own & (distinct.in_cv[:, None] if sample is None else sample)
         report["cv_sample"]["per_model_prompts"] = dict(
             zip(models, (int(v) for v in calibrated_on.sum(axis=0)), strict=True)
@@ -901,23 +978,14 @@ def train(
             "warning: no knob on the cross-validated curve meets the target; using the cheapest setting"
         )
 
-    # Final fits on everything at the chosen C, with calibration folded into the weights.
+    # Final fits on everything at the chosen C (begun above), calibration folded into the weights.
     t2 = time.perf_counter()
-    final_heads = [h for h in fits]
-    jobs = _fit_jobs(
-        final_heads, targets, distinct, cv_only=False, refs=refs, only={"gain": gain_keep}
-    )
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][2].size)  # largest first
     done = track(
-        Parallel(n_jobs=opts.n_jobs, max_nbytes=_SHARE_BYTES, return_as="generator")(
-            delayed(_fit_rows)(X, rows, pos, neg, fits[head].best_c[j], opts.random_state)
-            for head, j, rows, pos, neg in (jobs[i] for i in order)
-        ),
-        "fitting",
-        total=len(jobs),
-        unit="models",
+        itertools.islice(stream, len(final_calls)), "fitting", total=len(final_calls), unit="models"
     )
-    final = {(jobs[i][0], jobs[i][1]): cb for i, cb in zip(order, done, strict=True)}
+    final = {
+        (final_jobs[i][0], final_jobs[i][1]): cb for i, cb in zip(final_order, done, strict=True)
+    }
     heads: dict[str, LinearHead] = {}
     for head in fits:
         if head == "gain":
