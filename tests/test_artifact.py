@@ -467,15 +467,32 @@ def test_copied_artifact_loads(art: Path, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Artifacts trained with featurizer defaults that have since changed
+# Artifacts trained with featurizer or training defaults that have since changed
+
+
+def _edited(src: Path, dst: Path, name: str, section: str, key: str, value: Any) -> Path:
+    """A copy of artifact `src` at `dst` whose JSON file `name` has `[section][key] = value`."""
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / name).read_text())
+    doc[section][key] = value
+    (dst / name).write_text(json.dumps(doc))
+    return dst
 
 
 def _with_window(src: Path, dst: Path, window: Any) -> Path:
-    shutil.copytree(src, dst)
-    values = json.loads((dst / VALUES).read_text())
-    values["featurizer_params"]["max_scan_chars"] = window
-    (dst / VALUES).write_text(json.dumps(values))
-    return dst
+    return _edited(src, dst, VALUES, "featurizer_params", "max_scan_chars", window)
+
+
+def _with_options(src: Path, dst: Path, options: Any) -> Path:
+    return _edited(src, dst, MANIFEST, "training", "options", options)
+
+
+def _current_options() -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from training.trainer import TrainOptions
+
+    return json.loads(json.dumps(asdict(TrainOptions())))
 
 
 def test_featurizer_changes_names_the_settings_that_are_no_longer_defaults(
@@ -492,41 +509,55 @@ def test_featurizer_changes_names_the_settings_that_are_no_longer_defaults(
         featurizer_changes(old)
 
 
-def test_the_default_model_is_retrained_when_its_featurizer_defaults_changed(
-    tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("current", "stale", "changed"),
+    [
+        pytest.param(
+            lambda art, dst: art,
+            lambda art, dst: _with_window(art, dst, 16384),
+            "{'max_scan_chars': 16384}",
+            id="featurizer",
+        ),
+        pytest.param(
+            lambda art, dst: _with_options(art, dst, _current_options()),
+            lambda art, dst: _with_options(
+                art, dst, {**_current_options(), "calibrate_per_model": False}
+            ),
+            "{'calibrate_per_model': False}",
+            id="training-options",
+        ),
+    ],
+)
+def test_the_default_model_is_retrained_when_its_defaults_changed(
+    tiny_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    current: Any,
+    stale: Any,
+    changed: str,
 ) -> None:
     import training.build as build
 
     trained: list[Path] = []
     monkeypatch.setattr(build, "train_and_save", lambda logs, out, **kw: trained.append(out))
     said: list[str] = []
-    assert build.ensure_default_artifact(tiny_artifact, progress=said.append) == tiny_artifact
+    now = current(tiny_artifact, tmp_path / "now")
+    assert build.ensure_default_artifact(now, progress=said.append) == now
     assert trained == [] and said == []
-    old = _with_window(tiny_artifact, tmp_path / "old", 16384)
+    old = stale(tiny_artifact, tmp_path / "old")
     assert build.ensure_default_artifact(old, progress=said.append) == old
     assert trained == [old]
-    assert "no longer the defaults: {'max_scan_chars': 16384}" in said[0]
-
-
-def _with_options(src: Path, dst: Path, options: Any) -> Path:
-    shutil.copytree(src, dst)
-    m = json.loads((dst / MANIFEST).read_text())
-    m["training"]["options"] = options
-    (dst / MANIFEST).write_text(json.dumps(m))
-    return dst
+    assert f"no longer the defaults: {changed}" in said[0]
 
 
 def test_option_changes_names_the_training_options_that_are_no_longer_defaults(
     tiny_artifact: Path, tmp_path: Path
 ) -> None:
-    from dataclasses import asdict
-
     from training.build import option_changes, stale_defaults
-    from training.trainer import TrainOptions
 
     # A manifest without options (the tiny artifact's) cannot tell: nothing to compare.
     assert option_changes(tiny_artifact) == {}
-    now = {**json.loads(json.dumps(asdict(TrainOptions()))), "n_jobs": 1}
+    now = {**_current_options(), "n_jobs": 1}
     assert option_changes(_with_options(tiny_artifact, tmp_path / "now", now)) == {}
     older = {k: v for k, v in now.items() if k != "calibrate_per_model"}
     old = _with_options(tiny_artifact, tmp_path / "old", older)
@@ -535,24 +566,3 @@ def test_option_changes_names_the_training_options_that_are_no_longer_defaults(
     assert option_changes(off) == {"calibrate_per_model": False}
     both = _with_window(off, tmp_path / "both", 16384)
     assert stale_defaults(both) == {"max_scan_chars": 16384, "calibrate_per_model": False}
-
-
-def test_the_default_model_is_retrained_when_its_training_defaults_changed(
-    tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from dataclasses import asdict
-
-    import training.build as build
-    from training.trainer import TrainOptions
-
-    trained: list[Path] = []
-    monkeypatch.setattr(build, "train_and_save", lambda logs, out, **kw: trained.append(out))
-    said: list[str] = []
-    now = json.loads(json.dumps(asdict(TrainOptions())))
-    current = _with_options(tiny_artifact, tmp_path / "now", now)
-    assert build.ensure_default_artifact(current, progress=said.append) == current
-    assert trained == [] and said == []
-    old = _with_options(tiny_artifact, tmp_path / "old", {**now, "calibrate_per_model": False})
-    assert build.ensure_default_artifact(old, progress=said.append) == old
-    assert trained == [old]
-    assert "no longer the defaults: {'calibrate_per_model': False}" in said[0]

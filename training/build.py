@@ -170,6 +170,9 @@ def featurizer_changes(path: str | Path) -> dict[str, Any]:
     }
 
 
+_MISSING = object()
+
+
 def option_changes(path: str | Path) -> dict[str, Any]:
     """The training options of the artifact at `path` that are no longer the defaults, with
     the artifact's values (``{}`` when none, or when its manifest records no options). An
@@ -191,9 +194,6 @@ def option_changes(path: str | Path) -> dict[str, Any]:
         for k, v in defaults.items()
         if json.loads(json.dumps(v)) != options.get(k, _MISSING)
     }
-
-
-_MISSING = object()
 
 
 def stale_defaults(path: str | Path) -> dict[str, Any]:

@@ -580,19 +580,17 @@ def _parallel(opts: TrainOptions, calls: Sequence[Any]) -> Iterator[Any]:
     return iter(Parallel(n_jobs=opts.n_jobs, max_nbytes=_SHARE_BYTES, return_as="generator")(calls))
 
 
+def _take(stream: Iterator[Any], n: int, label: str) -> list[Any]:
+    """The next `n` results of a `_parallel` stream, with a progress bar named `label`."""
+    return list(track(itertools.islice(stream, n), label, total=n, unit="models"))
+
+
 def _cross_validate(
-    heads: Sequence[str],
-    X: sparse.csr_matrix,
-    t: Targets,
-    prompts: _Prompts,
-    opts: TrainOptions,
-    **plan_args: Any,
+    heads: Sequence[str], X: sparse.csr_matrix, t: Targets, prompts: _Prompts, opts: TrainOptions
 ) -> dict[str, _HeadFit]:
-    """`_cv_plan` (same arguments), run, and collected."""
-    plan = _cv_plan(heads, X, t, prompts, opts, **plan_args)
-    done = list(
-        track(_parallel(opts, plan.calls), "cross-validation", total=len(plan.calls), unit="models")
-    )
+    """Cross-validate every (head, model) on the shared CV sample, searching C (`_cv_plan`)."""
+    plan = _cv_plan(heads, X, t, prompts, opts)
+    done = _take(_parallel(opts, plan.calls), len(plan.calls), "cross-validation")
     return _cv_collect(plan, done, t, prompts, opts)
 
 
@@ -752,7 +750,6 @@ def train(
     oof_scores: dict[str, np.ndarray] = {}
     ab: list[tuple[float, float]] = []
     gain_ab: dict[int, tuple[float, float]] = {}
-    refs = np.full(k, -1, dtype=np.int64)
     gain_keep = np.zeros(k, dtype=bool)
     prior: DomainPrior | None = None
     domain_fit: DomainFit | None = None
@@ -797,18 +794,7 @@ def train(
     stream = _parallel(opts, plan.calls + final_calls)
     again = (
         _cv_collect(
-            plan,
-            list(
-                track(
-                    itertools.islice(stream, len(plan.calls)),
-                    "cross-validation",
-                    total=len(plan.calls),
-                    unit="models",
-                )
-            ),
-            targets,
-            distinct,
-            opts,
+            plan, _take(stream, len(plan.calls), "cross-validation"), targets, distinct, opts
         )
         if second
         else {}
@@ -980,9 +966,7 @@ def train(
 
     # Final fits on everything at the chosen C (begun above), calibration folded into the weights.
     t2 = time.perf_counter()
-    done = track(
-        itertools.islice(stream, len(final_calls)), "fitting", total=len(final_calls), unit="models"
-    )
+    done = _take(stream, len(final_calls), "fitting")
     final = {
         (final_jobs[i][0], final_jobs[i][1]): cb for i, cb in zip(final_order, done, strict=True)
     }
