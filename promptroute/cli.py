@@ -74,6 +74,10 @@ def cmd_train(a: argparse.Namespace) -> int:
             "--calibrate-per-model: applies to batch training; --streaming fits by SGD "
             "without a cross-validation sample"
         )
+    if a.streaming and a.domain_groups is not None:
+        raise ValueError(
+            "--domain-groups: applies to batch training; --streaming learns no domains"
+        )
     if a.streaming:
         manifest = _train_streaming(a)
         m = manifest["metrics"]
@@ -104,6 +108,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         knob=a.knob,
         n_jobs=a.jobs,
         **({} if a.calibrate_per_model is None else {"calibrate_per_model": a.calibrate_per_model}),
+        **({} if a.domain_groups is None else {"domain_groups": a.domain_groups}),
     )
     from training.build import train_and_save
 
@@ -641,6 +646,14 @@ def build_parser() -> argparse.ArgumentParser:
         "of the shared one (the default): better routing for a source the logs hold little "
         "of next to others; --no-calibrate-per-model saves the extra cross-validation when "
         "logs pool several sources",
+    )
+    t.add_argument(
+        "--domain-groups",
+        type=int,
+        metavar="N",
+        help="group the finer domains inside a task (a log's 'domain', or 'meta.subject', "
+        "such as MMLU's subjects) into at most N by their models' mean quality; each is a "
+        "domain the router learns to recognise (default 8; 0 ignores finer domains)",
     )
     t.add_argument(
         "--streaming",

@@ -98,6 +98,7 @@ def test_train_prints_a_summary_and_writes_the_artifact(trained: tuple, logs: Pa
     assert training["options"]["c_grid"] == [1.0]
     assert training["options"]["cv_folds"] == 2
     assert training["options"]["calibrate_per_model"] is True  # the default
+    assert training["options"]["domain_groups"] == 8
     assert "options" not in manifest["metrics"]
     assert "loaded 80 records from 1 file(s); using 80 (all side)" in err
     assert "80 records, 12 models; extracting features" in err  # progress
@@ -456,12 +457,31 @@ def test_per_model_calibration_can_be_turned_off(logs: Path, tmp_path: Path) -> 
     assert manifest["training"]["options"]["calibrate_per_model"] is False
 
 
-def test_per_model_calibration_is_refused_with_streaming(logs: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", [["--calibrate-per-model"], ["--domain-groups", "4"]])
+def test_batch_only_options_are_refused_with_streaming(
+    logs: Path, tmp_path: Path, flag: list[str]
+) -> None:
     out = tmp_path / "never"
-    argv = ["train", "--streaming", "--calibrate-per-model", "--logs", str(logs), "--out", str(out)]
+    argv = ["train", "--streaming", *flag, "--logs", str(logs), "--out", str(out)]
     code, _stdout, err = _run(argv)
-    assert code == 2 and "--calibrate-per-model: applies to batch training" in err
+    assert code == 2 and f"{flag[0]}: applies to batch training" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_domain_groups_reach_the_manifest_and_a_bad_value_is_named(
+    logs: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "no-finer"
+    argv = ["train", "--domain-groups", "0", "--logs", str(logs), "--out", str(out)]
+    code, _stdout, err = _run([*argv, *TRAIN_ARGS])
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["options"]["domain_groups"] == 0
+    code, _stdout, err = _run(
+        ["train", "--domain-groups", "-2", "--logs", str(logs), "--out", str(tmp_path / "x")]
+    )
+    assert code == 2 and "domain_groups: must be between 0 and 1000" in err
+    assert "Traceback" not in err
 
 
 def test_train_streaming_writes_a_loadable_artifact_that_routes(logs: Path, tmp_path: Path) -> None:

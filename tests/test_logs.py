@@ -88,6 +88,26 @@ def test_multi_outcome_form(tmp_path: Path) -> None:
     assert (report.lines_read, report.skipped) == (1, [])
 
 
+@pytest.mark.parametrize(
+    ("extra", "domain"),
+    [
+        pytest.param({}, None, id="none"),
+        pytest.param({"domain": "anatomy"}, "anatomy", id="domain"),
+        pytest.param({"meta": {"subject": "law"}}, "law", id="meta-subject"),
+        pytest.param({"domain": "anatomy", "meta": {"subject": "law"}}, "anatomy", id="both"),
+        pytest.param({"domain": "", "meta": {"subject": "law"}}, None, id="empty-domain"),
+        pytest.param({"meta": {"subject": 3}}, None, id="meta-subject-not-a-string"),
+        pytest.param({"meta": ["subject"]}, None, id="meta-not-an-object"),
+    ],
+)
+def test_finer_domain_comes_from_domain_or_meta_subject(
+    tmp_path: Path, extra: dict, domain: str | None
+) -> None:
+    line = {"prompt": "p", "task": "mmlu", "model": "m", "success": True, **extra}
+    (record,) = load_records(_write(tmp_path / "a.jsonl", [line])).records
+    assert (record.task, record.domain) == ("mmlu", domain)
+
+
 def test_single_call_form(tmp_path: Path) -> None:
     line = {
         "id": 7,
@@ -588,6 +608,11 @@ BAD_LINES = [
         id="task-type",
     ),
     pytest.param({"prompt": "p", "label": "m", "id": [1]}, "id: must be a string", id="id"),
+    pytest.param(
+        {"prompt": "p", "label": "m", "domain": ["law"]},
+        "domain: must be a string",
+        id="domain",
+    ),
 ]
 
 
@@ -730,6 +755,10 @@ def test_bundled_files_load(name: str, count: int, models: int, tasks: set[str] 
     assert all(r.id and r.id.startswith(f"{name}/") for r in report.records)
     if tasks is not None:
         assert {r.task for r in report.records} == tasks
+    # RouteLLM's MMLU rows name their subject in meta.subject: the finer domain
+    subjects = {r.domain for r in report.records if r.domain is not None}
+    assert len(subjects) == (57 if name == "routellm" else 0)
+    assert all(r.task == "mmlu" for r in report.records if r.domain is not None)
     costs = [o.cost_usd for r in report.records for o in r.outcomes.values()]
     assert all(c is not None and math.isfinite(c) and c >= 0 for c in costs)
 

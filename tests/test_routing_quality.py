@@ -13,7 +13,13 @@ from features.extractor import FEATURE_NAMES, PromptFeaturizer
 from features.signals import DENSE_FEATURE_NAMES
 from features.text import normalize
 from models.router import DomainPrior, KnobMix, LinearHead, Router, mixture_draw
-from training.domains import choose_strength, domain_labels, domain_means, shrink
+from training.domains import (
+    choose_strength,
+    domain_labels,
+    domain_means,
+    group_finer_domains,
+    shrink,
+)
 from training.gain import choose_gain, references
 from training.labels import Targets
 from training.policy import choose_policy, retarget
@@ -105,10 +111,71 @@ def test_shrunk_scores_stay_between_the_prediction_and_the_means(s, p0, a) -> No
 
 def test_domain_labels_keep_only_tasks_with_enough_prompts() -> None:
     tasks = ["a"] * 20 + ["b"] * 19 + [None] + ["c"] * 25
-    names, idx = domain_labels(tasks)
-    assert names == ["a", "c"]
+    names, idx, group, group_names = domain_labels(tasks)
+    assert names == ["a", "c"] and group_names == ["a", "c"] and group.tolist() == [0, 1]
     assert idx[:20].tolist() == [0] * 20 and set(idx[20:40].tolist()) == {-1}
     assert idx[40:].tolist() == [1] * 25
+
+
+def test_finer_domains_split_their_task_where_they_have_enough_prompts() -> None:
+    # mmlu: 25 anatomy prompts (a domain), 5 law prompts (too few: they fall back to mmlu,
+    # which has 30 prompts in all); gsm8k has no finer domain; "x" alone names 20 prompts.
+    tasks = ["mmlu"] * 30 + ["gsm8k"] * 20 + [None] * 20
+    finer = ["anatomy"] * 25 + ["law"] * 5 + [None] * 20 + ["x"] * 20
+    d = domain_labels(tasks, finer)
+    assert d.names == ["gsm8k", "mmlu", "mmlu/anatomy", "x"]
+    assert d.index.tolist() == [2] * 25 + [1] * 5 + [0] * 20 + [3] * 20
+    assert d.tasks == ["gsm8k", "mmlu", "x"]
+    assert [d.tasks[g] for g in d.group] == ["gsm8k", "mmlu", "mmlu", "x"]
+
+
+def _subject_records(
+    means: dict[str, tuple[float, float]], n: int = 30
+) -> tuple[list, list, np.ndarray, np.ndarray]:
+    """n records per subject of task "mmlu", two models with these mean qualities (exactly:
+    the first n·q records of each column are right), plus 10 of a task without subjects."""
+    tasks, subjects, rows = [], [], []
+    for subject, (qa, qb) in means.items():
+        for i in range(n):
+            tasks.append("mmlu")
+            subjects.append(subject)
+            rows.append([float(i < qa * n), float(i < qb * n)])
+    tasks += ["gsm8k"] * 10
+    subjects += [None] * 10
+    rows += [[1.0, 0.0]] * 10
+    q = np.array(rows)
+    return tasks, subjects, q, np.ones_like(q, dtype=bool)
+
+
+def test_finer_domains_are_grouped_by_which_models_do_well() -> None:
+    # b beats a on law and ethics, a beats b on algebra and physics; two groups split them so
+    tasks, subjects, q, labelled = _subject_records(
+        {"law": (0.2, 0.9), "ethics": (0.3, 0.8), "algebra": (0.9, 0.4), "physics": (0.8, 0.3)}
+    )
+    finer, members = group_finer_domains(tasks, subjects, q, labelled, max_groups=2)
+    assert sorted(members.values()) == [["algebra", "physics"], ["ethics", "law"]]
+    # named by the largest member (ties: the last name), with how many others it holds
+    assert set(members) == {"mmlu/physics+1", "mmlu/law+1"}
+    assert finer[0] == "law+1" and finer[-11] == "physics+1" and finer[-1] is None
+    d = domain_labels(tasks, finer)  # gsm8k's 10 prompts are too few for a domain
+    assert d.names == ["mmlu/law+1", "mmlu/physics+1"] and d.tasks == ["mmlu"]
+
+
+def test_finer_domains_stay_apart_when_the_groups_allow_it_and_vanish_at_zero() -> None:
+    tasks, subjects, q, labelled = _subject_records({"law": (0.2, 0.9), "ethics": (0.3, 0.8)})
+    finer, members = group_finer_domains(tasks, subjects, q, labelled, max_groups=8)
+    assert finer == subjects and members == {"mmlu/ethics": ["ethics"], "mmlu/law": ["law"]}
+    finer, members = group_finer_domains(tasks, subjects, q, labelled, max_groups=0)
+    assert finer == [None] * len(tasks) and members == {}
+
+
+def test_finer_domains_with_equal_means_make_fewer_groups_without_a_warning() -> None:
+    # four subjects, two distinct mean vectors: k-means is asked for two groups, not three
+    tasks, subjects, q, labelled = _subject_records(
+        {"law": (0.5, 0.5), "ethics": (0.5, 0.5), "algebra": (0.9, 0.1), "physics": (0.9, 0.1)}
+    )
+    finer, members = group_finer_domains(tasks, subjects, q, labelled, max_groups=3)
+    assert sorted(members.values()) == [["algebra", "physics"], ["ethics", "law"]]
 
 
 def test_domain_means_need_enough_measured_records() -> None:
@@ -145,6 +212,39 @@ def test_choose_strength_picks_the_strength_that_routes_best_per_domain() -> Non
     assert strength.tolist() == [[0.5, 0.5], [0.5, 0.5]]
     assert table[(0, 0)][0.5] == table[(0, 0)][1.0] == 1.0
     assert table[(0, 0)][0.0] < table[(0, 0)][0.4] < 1.0
+
+
+def test_choose_strength_chooses_once_per_task_for_all_its_domains() -> None:
+    # Domains 0 and 1 are two subjects of one task: their records are scored as one cell, and
+    # the strength it picks goes to both.
+    rng = np.random.default_rng(1)
+    n = 60
+    dom = np.repeat([0, 1], n // 2)
+    quality = np.where(dom[:, None] == 0, [0.0, 1.0], [1.0, 0.0])
+    score = rng.uniform(size=(n, 2))
+    p = np.eye(2)[dom]
+    fold = np.arange(n) % 2
+    means = np.array([[0.0, 1.0], [1.0, 0.0]])
+    fold_means = [(means, np.ones((2, 2), dtype=bool))] * 2
+    seen: list[int] = []
+
+    def subset_aiq(s: np.ndarray, rows: np.ndarray) -> float:
+        seen.append(rows.size)
+        return float(np.mean(quality[rows, np.argmax(s[rows], axis=1)]))
+
+    strength, table = choose_strength(
+        score,
+        p,
+        fold_means,
+        fold,
+        dom,
+        [np.arange(n)],
+        subset_aiq,
+        (0.0, 0.5, 1.0),
+        group=np.array([0, 0]),
+    )
+    assert set(seen) == {n} and list(table) == [(0, 0)]
+    assert strength.tolist() == [[0.5, 0.5], [0.5, 0.5]]
 
 
 # --------------------------------------------------------------------------- gain block

@@ -123,6 +123,8 @@ def routellm_records(sample_records: list) -> list:
         pytest.param({"n_hash_features": 2**7}, "n_hash_features: must be between", id="hash-lo"),
         pytest.param({"n_hash_features": 2**23}, "n_hash_features: must be between", id="hash-hi"),
         pytest.param({"cv_max_prompts": 99}, "cv_max_prompts: must be at least 100", id="cv-cap"),
+        pytest.param({"domain_groups": -1}, "domain_groups: must be between", id="groups-neg"),
+        pytest.param({"domain_groups": 2.5}, "domain_groups: must be a whole number", id="groups"),
     ],
 )
 def test_options_validation_names_the_option(kwargs: dict, message: str) -> None:
@@ -245,13 +247,17 @@ def test_router_arrays(trained: tuple, catalog: Catalog) -> None:
         if n_extra:
             assert head.extra is not None and head.extra[1].shape == (2**12, n_extra)
     quality = router.heads["quality"]
+    # the tasks, and the one group of MMLU subjects (meta.subject) with 20 sampled prompts;
+    # the other groups' prompts are too few and count as plain "mmlu"
     assert quality.domain is not None and quality.domain.names == [
         "arc-challenge",
         "gsm8k",
         "mbpp",
         "mmlu",
+        "mmlu/professional_law",
         "winogrande",
     ]
+    assert trained[0].report["domains"]["groups"] == {"mmlu/professional_law": ["professional_law"]}
 
 
 def test_training_is_deterministic(trained: tuple, sample_records: list, catalog: Catalog) -> None:

@@ -31,8 +31,12 @@ Three line forms are accepted; each needs exactly one of ``prompt`` (a string) o
     outcome whose decision is in none of the files is rejected at the outcome's line.
     `iter_records` streams one file and cannot join across files: it rejects them.
 
-A JSON null counts as absent. Other keys (``meta``, ``source``, timestamps, ...) are ignored and
-never reach features. Blank lines are skipped. Every other problem is a `DataError` naming the
+Every form may carry ``domain``: a finer topic inside ``task`` (an MMLU subject, say), a
+training-time target of the domain classifier (`training/domains.py`), never a feature. Without
+it, ``meta.subject`` stands in (MMLU exports and the bundled RouteLLM data name the subject so).
+
+A JSON null counts as absent. Other keys (``meta`` apart from that, ``source``, timestamps, ...)
+are ignored and never reach features. Blank lines are skipped. Every other problem is a `DataError` naming the
 file, the line and the reason; with ``skip_invalid`` the line is skipped instead and the skip is
 reported, never dropped silently. Rows from the service's decision log in privacy mode (only
 ``prompt_sha256``) or without feedback (``"success": null``) are rejected the same way.
@@ -153,6 +157,16 @@ def _optional_string(obj: dict[str, Any], key: str) -> str | None:
     raise _Invalid(f"{key}: must be a string, got {_json_type(value)}")
 
 
+def _domain(obj: dict[str, Any]) -> str | None:
+    domain = _optional_string(obj, "domain")
+    if domain is not None:
+        return domain or None
+    # Benchmark exports (MMLU's, the bundled RouteLLM data) name the topic in meta.subject.
+    meta = obj.get("meta")
+    subject = meta.get("subject") if isinstance(meta, dict) else None
+    return subject if isinstance(subject, str) and subject else None
+
+
 def _record_id(obj: dict[str, Any]) -> str | None:
     value = obj.get("id")
     # Production logs often number their rows; an integer id is as good as a string one.
@@ -254,6 +268,7 @@ def _parse(obj: Any, source: str) -> tuple[str, Record]:
         task=_optional_string(obj, "task"),
         task_type=_optional_string(obj, "task_type"),
         source=source,
+        domain=_domain(obj),
     )
     if form == "outcomes":
         record.outcomes = _outcomes(obj["outcomes"])

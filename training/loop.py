@@ -95,6 +95,7 @@ def routable_records(
                     task=r.task,
                     task_type=r.task_type,
                     source=r.source,
+                    domain=r.domain,
                 )
             )
     return out, counts, held

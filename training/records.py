@@ -35,7 +35,9 @@ class Outcome:
 class Record:
     """One prompt with the outcomes of one or more models, or a direct `label`.
 
-    `task` and `meta` are kept for grouping reports only; they are never features.
+    `task` groups reports; `task` and `domain` (a finer topic inside the task, such as an MMLU
+    subject) are the domain classifier's training targets (`training/domains.py`); none of them
+    is ever a feature.
     `source` is "file:line" of the (first) line the record came from, for messages.
     """
 
@@ -46,6 +48,7 @@ class Record:
     task: str | None = None
     task_type: str | None = None
     source: str = ""
+    domain: str | None = None
 
     @property
     def labelled_models(self) -> list[str]:
