@@ -98,7 +98,7 @@ def test_train_prints_a_summary_and_writes_the_artifact(trained: tuple, logs: Pa
     assert training["options"]["c_grid"] == [1.0]
     assert training["options"]["cv_folds"] == 2
     assert training["options"]["calibrate_per_model"] is True  # the default
-    assert training["options"]["domain_groups"] == 8
+    assert training["options"]["domain_groups"] == 16
     assert "options" not in manifest["metrics"]
     assert "loaded 80 records from 1 file(s); using 80 (all side)" in err
     assert "80 records, 12 models; extracting features" in err  # progress
