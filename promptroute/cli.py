@@ -653,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="group the finer domains inside a task (a log's 'domain', or 'meta.subject', "
         "such as MMLU's subjects) into at most N by their models' mean quality; each is a "
-        "domain the router learns to recognise (default 8; 0 ignores finer domains)",
+        "domain the router learns to recognise (default 16; 0 ignores finer domains)",
     )
     t.add_argument(
         "--streaming",

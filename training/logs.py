@@ -36,9 +36,9 @@ training-time target of the domain classifier (`training/domains.py`), never a f
 it, ``meta.subject`` stands in (MMLU exports and the bundled RouteLLM data name the subject so).
 
 A JSON null counts as absent. Other keys (``meta`` apart from that, ``source``, timestamps, ...)
-are ignored and never reach features. Blank lines are skipped. Every other problem is a `DataError` naming the
-file, the line and the reason; with ``skip_invalid`` the line is skipped instead and the skip is
-reported, never dropped silently. Rows from the service's decision log in privacy mode (only
+are ignored and never reach features. Blank lines are skipped. Every other problem is a
+`DataError` naming the file, the line and the reason; with ``skip_invalid`` the line is skipped
+instead and the skip is reported, never dropped silently. Rows from the service's decision log in privacy mode (only
 ``prompt_sha256``) or without feedback (``"success": null``) are rejected the same way.
 """
 
