@@ -189,19 +189,23 @@ def test_domain_means_need_enough_measured_records() -> None:
     assert measured.tolist() == [[True, False]] and means[0, 1] == 0.0
 
 
+def _two_domains(n: int, seed: int) -> tuple:
+    """n records, half in domain 0 (model 1 always right) and half in domain 1 (model 0 right),
+    with noise predictions, sure domain probabilities, two folds and the true means."""
+    dom = np.repeat([0, 1], n // 2)
+    quality = np.where(dom[:, None] == 0, [0.0, 1.0], [1.0, 0.0])
+    score = np.random.default_rng(seed).uniform(size=(n, 2))
+    means = np.array([[0.0, 1.0], [1.0, 0.0]])
+    fold_means = [(means, np.ones((2, 2), dtype=bool))] * 2
+    return dom, quality, score, np.eye(2)[dom], np.arange(n) % 2, fold_means
+
+
 def test_choose_strength_picks_the_strength_that_routes_best_per_domain() -> None:
     # Two domains, one model set of 2 models. Predictions are noise in [0, 1]; the domain means
     # say model 1 wins in domain 0 and model 0 in domain 1. From strength 0.5 on the means
     # always decide; ties go to the weaker strength.
-    rng = np.random.default_rng(0)
     n = 200
-    dom = np.repeat([0, 1], n // 2)
-    quality = np.where(dom[:, None] == 0, [0.0, 1.0], [1.0, 0.0])
-    score = rng.uniform(size=(n, 2))
-    p = np.eye(2)[dom]
-    fold = np.arange(n) % 2
-    means = np.array([[0.0, 1.0], [1.0, 0.0]])
-    fold_means = [(means, np.ones((2, 2), dtype=bool))] * 2
+    dom, quality, score, p, fold, fold_means = _two_domains(n, seed=0)
     groups = [np.arange(n)]
 
     def subset_aiq(s: np.ndarray, rows: np.ndarray) -> float:
@@ -217,15 +221,8 @@ def test_choose_strength_picks_the_strength_that_routes_best_per_domain() -> Non
 def test_choose_strength_chooses_once_per_task_for_all_its_domains() -> None:
     # Domains 0 and 1 are two subjects of one task: their records are scored as one cell, and
     # the strength it picks goes to both.
-    rng = np.random.default_rng(1)
     n = 60
-    dom = np.repeat([0, 1], n // 2)
-    quality = np.where(dom[:, None] == 0, [0.0, 1.0], [1.0, 0.0])
-    score = rng.uniform(size=(n, 2))
-    p = np.eye(2)[dom]
-    fold = np.arange(n) % 2
-    means = np.array([[0.0, 1.0], [1.0, 0.0]])
-    fold_means = [(means, np.ones((2, 2), dtype=bool))] * 2
+    dom, quality, score, p, fold, fold_means = _two_domains(n, seed=1)
     seen: list[int] = []
 
     def subset_aiq(s: np.ndarray, rows: np.ndarray) -> float:
