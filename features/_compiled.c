@@ -373,6 +373,7 @@ typedef struct {
     int64_t n_dense;
     const double *log_table; /* log_table[k] == np.log(k) for 1 <= k < log_size */
     Py_ssize_t log_size;
+    const double *colw; /* a weight per hashed column (n of them), or NULL for none */
 } Spec;
 
 static Scratch codes_scratch;
@@ -546,9 +547,9 @@ sum_of_squares(const double *x, Py_ssize_t n)
 }
 
 /* The row as (cols, values, raw): int64 and float64 bytearrays. Values are the sublinear tf
- * sign(v) * (1 + ln|v|) of the non-zero counts, L2-normalised, unless some |v| is past the log
- * table: then `raw` is True and values are the signed counts themselves, for the caller to
- * finish. */
+ * sign(v) * (1 + ln|v|) of the non-zero counts, times their column's weight when the spec has
+ * weights, L2-normalised, unless some |v| is past the log table: then `raw` is True and values
+ * are the signed counts themselves, for the caller to finish. */
 static PyObject *
 build_row(const Spec *s, const ColumnMap *m)
 {
@@ -580,6 +581,9 @@ build_row(const Spec *s, const ColumnMap *m)
         }
         else {
             x[out] = copysign(1.0 + s->log_table[v < 0 ? -v : v], (double)v);
+            if (s->colw != NULL) {
+                x[out] *= s->colw[m->cols[u]];
+            }
         }
         out++;
     }
@@ -644,15 +648,34 @@ parse_spec(PyObject *const *args, Spec *s)
     s->n_dense = n_dense;
     s->log_table = (const double *)PyBytes_AS_STRING(args[7]);
     s->log_size = PyBytes_GET_SIZE(args[7]) / (Py_ssize_t)sizeof(double);
+    s->colw = NULL;
+    return 0;
+}
+
+/* The optional column weights after the spec: None, or bytes of n float64s (the caller keeps
+ * them alive for the call). */
+static int
+parse_colw(PyObject *obj, Spec *s)
+{
+    if (obj == Py_None) {
+        return 0;
+    }
+    if (!PyBytes_Check(obj) || PyBytes_GET_SIZE(obj) != (Py_ssize_t)(s->n * sizeof(double))) {
+        PyErr_SetString(PyExc_TypeError, "column_weights must be None or bytes of n float64s");
+        return -1;
+    }
+    s->colw = (const double *)PyBytes_AS_STRING(obj);
     return 0;
 }
 
 PyDoc_STRVAR(hashed_row_doc,
-"hashed_row(words, n, kmax, lo, hi, task_code, n_dense, log_table) -> (cols, values, raw)\n\n"
+"hashed_row(words, n, kmax, lo, hi, task_code, n_dense, log_table[, column_weights])\n"
+"    -> (cols, values, raw)\n\n"
 "The hashed block of a feature row, exactly as features.extractor._hashed_python computes\n"
 "it: `cols` (int64, offset by n_dense) and `values` (float64, L2-normalised) as bytearrays\n"
 "in the reference's order. `log_table` holds np.log(k) for k = 0..K-1 as float64 bytes; when\n"
-"some count reaches K, `raw` is True and values are the signed counts, not normalised.");
+"some count reaches K, `raw` is True and values are the signed counts, not normalised.\n"
+"`column_weights`, None or n float64s as bytes, multiply the values before the norm.");
 
 static PyObject *hashed_words(Spec *s, PyObject *words);
 
@@ -660,12 +683,12 @@ static PyObject *
 hashed_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 8) {
-        PyErr_Format(PyExc_TypeError, "hashed_row takes 8 arguments, got %zd", nargs);
+    if (nargs != 8 && nargs != 9) {
+        PyErr_Format(PyExc_TypeError, "hashed_row takes 8 or 9 arguments, got %zd", nargs);
         return NULL;
     }
     Spec s;
-    if (parse_spec(args, &s) < 0) {
+    if (parse_spec(args, &s) < 0 || (nargs == 9 && parse_colw(args[8], &s) < 0)) {
         return NULL;
     }
     return hashed_words(&s, args[0]);
@@ -2654,7 +2677,8 @@ done:
 
 PyDoc_STRVAR(feature_row_doc,
 "feature_row(text, last_user_chars, turns, images, has_system, max_scan_chars, spec,\n"
-"            n, kmax, lo, hi, task_code, n_dense, log_table) -> (dense, cols, values, raw)\n\n"
+"            n, kmax, lo, hi, task_code, n_dense, log_table[, column_weights])\n"
+"    -> (dense, cols, values, raw)\n\n"
 "dense_signals' values zero-padded to n_dense float64s, then hashed_row of its words, in one\n"
 "call: the hot path's whole feature row (features.extractor.PromptFeaturizer.transform_one).");
 
@@ -2662,12 +2686,13 @@ static PyObject *
 feature_row(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    if (nargs != 14) {
-        PyErr_Format(PyExc_TypeError, "feature_row takes 14 arguments, got %zd", nargs);
+    if (nargs != 14 && nargs != 15) {
+        PyErr_Format(PyExc_TypeError, "feature_row takes 14 or 15 arguments, got %zd", nargs);
         return NULL;
     }
     Spec s;
-    if (parse_spec(args + 6, &s) < 0) { /* n … log_table are arguments 7 to 13 */
+    if (parse_spec(args + 6, &s) < 0 /* n … log_table are arguments 7 to 13 */
+        || (nargs == 15 && parse_colw(args[14], &s) < 0)) {
         return NULL;
     }
     RowWords w = {NULL, {NULL, NULL, NULL, 0, 0}, NULL};

@@ -127,6 +127,14 @@ Hashed n-grams (``hash:0`` … ``hash:N-1``)
 
     Values: per column the signed count ``v``; sublinear tf ``sign(v) * (1 + ln|v|)``; columns
     that cancel to 0 are dropped; then the hashed block is L2-normalised.
+
+Column weights (learned at training time, optional)
+    A trained router may carry one positive weight per hashed column (`column_weights_`, set
+    with `set_column_weights`; `idf_weights` makes them from the training prompts' document
+    frequencies). The values above are then multiplied by their column's weight and the hashed
+    block is L2-normalised again. Rare n-grams (an MMLU subject's vocabulary) then count for
+    more than the character n-grams every prompt shares, which otherwise dominate the norm.
+    A featurizer without weights computes exactly the rows described above.
 """
 
 from __future__ import annotations
@@ -138,7 +146,7 @@ from array import array
 from collections.abc import Iterable
 from numbers import Integral
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -155,7 +163,13 @@ try:  # the compiled twin of `_hashed_python`; optional, see `_hashed_compiled`
 except ImportError:  # not built (no compiler at install time): the Python path is exact too
     _compiled = None
 
-__all__ = ["CONTEXT_FEATURE_NAMES", "FEATURE_NAMES", "FEATURE_VERSION", "PromptFeaturizer"]
+__all__ = [
+    "CONTEXT_FEATURE_NAMES",
+    "FEATURE_NAMES",
+    "FEATURE_VERSION",
+    "PromptFeaturizer",
+    "idf_weights",
+]
 
 FEATURE_VERSION = "3"
 
@@ -409,12 +423,15 @@ def _merge(cols: np.ndarray, signs: np.ndarray, n: int) -> tuple[np.ndarray, np.
     return cols.take(keep), sums.take(keep)
 
 
-def _normalised_sublinear(counts: np.ndarray) -> np.ndarray:
-    """``sign(v) * (1 + ln|v|)`` of non-zero signed counts, L2-normalised."""
+def _normalised_sublinear(counts: np.ndarray, column_weights: np.ndarray | None) -> np.ndarray:
+    """``sign(v) * (1 + ln|v|)`` of non-zero signed counts, times `column_weights` (the
+    weights of their columns) when given, L2-normalised."""
     weights = np.abs(counts)
     np.log(weights, out=weights)
     weights += 1.0
     np.copysign(weights, counts, out=weights)
+    if column_weights is not None:
+        weights *= column_weights
     return _normalise(weights)
 
 
@@ -430,8 +447,22 @@ def _empty_hashed() -> tuple[np.ndarray, np.ndarray]:
     return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
 
 
+class _Weights(NamedTuple):
+    """Column weights in the two forms the two paths read: an array (Python), bytes (C)."""
+
+    array: np.ndarray
+    raw: bytes
+
+
 def _hashed_python(
-    words: list[str], n: int, kmax: int, lo: int, hi: int, task_code: int | None, n_dense: int
+    words: list[str],
+    n: int,
+    kmax: int,
+    lo: int,
+    hi: int,
+    task_code: int | None,
+    n_dense: int,
+    weights: _Weights | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The hashed block of a row, as (columns offset by `n_dense`, values): the reference.
 
@@ -449,55 +480,82 @@ def _hashed_python(
         cols, counts = cols[kept], counts[kept]
         if counts.size == 0:
             return _empty_hashed()
+    w = None if weights is None else weights.array.take(cols)
     cols += n_dense
-    return cols, _normalised_sublinear(counts)
+    return cols, _normalised_sublinear(counts, w)
 
 
 def _hashed_compiled(
-    words: list[str], n: int, kmax: int, lo: int, hi: int, task_code: int | None, n_dense: int
+    words: list[str],
+    n: int,
+    kmax: int,
+    lo: int,
+    hi: int,
+    task_code: int | None,
+    n_dense: int,
+    weights: _Weights | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """`_hashed_python`, value for value, with the hashing and merging in C (features/_compiled.c)."""
+    raw_w = None if weights is None else weights.raw
     return _hashed_arrays(
-        *_compiled.hashed_row(words, n, kmax, lo, hi, task_code, n_dense, _LOG_TABLE)
+        *_compiled.hashed_row(words, n, kmax, lo, hi, task_code, n_dense, _LOG_TABLE, raw_w),
+        n_dense,
+        weights,
     )
 
 
-def _hashed_arrays(cols: bytearray, values: bytearray, raw: bool) -> tuple[np.ndarray, np.ndarray]:
+def _hashed_arrays(
+    cols: bytearray, values: bytearray, raw: bool, n_dense: int, weights: _Weights | None
+) -> tuple[np.ndarray, np.ndarray]:
     """The compiled row's (cols, values, raw) as `_hashed_python`'s arrays."""
     if not cols:
         return _empty_hashed()
     # bytearrays: the arrays are writable and own their memory, like the Python path's.
+    c = np.frombuffer(cols, dtype=np.int64)
     if raw:  # a count past the log table: values are the counts, finished here
-        return np.frombuffer(cols, dtype=np.int64), _normalised_sublinear(
-            np.frombuffer(values, dtype=np.float64)
-        )
-    return np.frombuffer(cols, dtype=np.int64), np.frombuffer(values, dtype=np.float64)
+        w = None if weights is None else weights.array.take(c - n_dense)
+        return c, _normalised_sublinear(np.frombuffer(values, dtype=np.float64), w)
+    return c, np.frombuffer(values, dtype=np.float64)
 
 
 _hashed = _hashed_python if _compiled is None else _hashed_compiled
 
 
 def _single_row_python(
-    prompt: Prompt, scan: int, spec: tuple[int, int, int, int], task_code: int | None, n_dense: int
+    prompt: Prompt,
+    scan: int,
+    spec: tuple[int, int, int, int],
+    task_code: int | None,
+    n_dense: int,
+    weights: _Weights | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The feature row of a prompt without context: its ctx.* block stays 0."""
     values, words = dense_signals(prompt, scan)
     dense = np.zeros(n_dense, dtype=np.float64)
     dense[: len(values)] = values
-    return (dense, *_hashed(words, *spec, task_code, n_dense))
+    return (dense, *_hashed(words, *spec, task_code, n_dense, weights))
 
 
 def _single_row_compiled(
-    prompt: Prompt, scan: int, spec: tuple[int, int, int, int], task_code: int | None, n_dense: int
+    prompt: Prompt,
+    scan: int,
+    spec: tuple[int, int, int, int],
+    task_code: int | None,
+    n_dense: int,
+    weights: _Weights | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`_single_row_python` in one call to features/_compiled.c (the request path's row)."""
     text = prompt.text
     dense, cols, values, raw = _compiled.feature_row(
         text, len(text), prompt.turns, prompt.images, prompt.has_system, scan,
         SIGNAL_SPEC, *spec, task_code, n_dense, _LOG_TABLE,
+        None if weights is None else weights.raw,
     )  # fmt: skip
     if raw or not cols:
-        return (np.frombuffer(dense, dtype=np.float64), *_hashed_arrays(cols, values, raw))
+        return (
+            np.frombuffer(dense, dtype=np.float64),
+            *_hashed_arrays(cols, values, raw, n_dense, weights),
+        )
     return (
         np.frombuffer(dense, dtype=np.float64),
         np.frombuffer(cols, dtype=np.int64),
@@ -508,11 +566,24 @@ def _single_row_compiled(
 _single_row = _single_row_python if _compiled is None else _single_row_compiled
 
 
+def idf_weights(doc_freq: np.ndarray, n_docs: int, power: float) -> np.ndarray:
+    """Column weights ``(ln((1 + n_docs) / (1 + df)) + 1) ** power`` (scikit-learn's smoothed
+    idf, raised to `power`) from each hashed column's document frequency `doc_freq` over
+    `n_docs` prompts. ``power = 0`` gives all ones."""
+    df = np.asarray(doc_freq, dtype=np.float64)
+    if df.ndim != 1 or n_docs < 0 or (df < 0).any() or (df > n_docs).any():
+        raise ValueError("doc_freq: one count per column, each between 0 and n_docs")
+    if not (power >= 0 and math.isfinite(power)):
+        raise ValueError(f"power: must be a finite number >= 0, got {power!r}")
+    return (np.log((1.0 + n_docs) / (1.0 + df)) + 1.0) ** power
+
+
 class PromptFeaturizer(TransformerMixin, BaseEstimator):
     """Dense named signals plus hashed word and character n-grams of a prompt.
 
-    Stateless apart from validating its parameters: `fit` learns nothing from the data. The
-    features are documented in this module's docstring.
+    `fit` learns nothing from the data: it validates the parameters. Training may then set
+    per-column weights of the hashed block (`set_column_weights`). The features are documented
+    in this module's docstring.
 
     Parameters
     ----------
@@ -536,6 +607,8 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
         Their names, e.g. ``len.chars_log``, ``re.code_fence``, ``kw.reasoning``.
     feature_version_ : str
         `FEATURE_VERSION` at fit time; transforming with different code raises.
+    column_weights_ : ndarray of float64 or None
+        One positive weight per hashed column, or None (`fit` resets it).
 
     Examples
     --------
@@ -576,7 +649,49 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
         self.n_dense_ = len(FEATURE_NAMES)
         self.dense_feature_names_ = np.asarray(FEATURE_NAMES, dtype=object)
         self.feature_version_ = FEATURE_VERSION
+        self.column_weights_: np.ndarray | None = None
+        self._weights: _Weights | None = None
         return self
+
+    def set_column_weights(self, weights: np.ndarray | None) -> PromptFeaturizer:
+        """Weight the hashed columns (see "Column weights" in the module docstring); None
+        removes the weights. Raises ValueError unless there is one finite positive weight per
+        hashed column."""
+        check_is_fitted(self)
+        if weights is not None:
+            w = np.array(weights, dtype=np.float64)
+            if w.shape != (self._spec[0],):
+                raise ValueError(
+                    f"column_weights: expected {self._spec[0]} weights (one per hashed column), "
+                    f"got shape {w.shape}"
+                )
+            if not (np.isfinite(w).all() and (w > 0).all()):
+                raise ValueError("column_weights: every weight must be finite and > 0")
+            w.flags.writeable = False
+            weights = w
+        self.column_weights_ = weights
+        # Applied inside the row's computation, before its one L2 norm (in C on the hot path).
+        self._weights = None if weights is None else _Weights(weights, weights.tobytes())
+        return self
+
+    def reweight(self, X: sp.csr_matrix) -> sp.csr_matrix:
+        """The rows `X` (from `transform` of this featurizer without column weights) as
+        `transform` computes them with the current weights: a batch version of the hot path's
+        reweighting, equal to it up to the rounding of the norms."""
+        check_is_fitted(self)
+        w = self.column_weights_
+        X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+        if w is None:
+            return X
+        n_dense = self.n_dense_
+        hashed = X.indices >= n_dense
+        X.data[hashed] *= w[X.indices[hashed] - n_dense]
+        squares = np.where(hashed, X.data * X.data, 0.0)
+        row = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+        norms = np.sqrt(np.bincount(row, weights=squares, minlength=X.shape[0]))
+        scale = np.divide(1.0, norms, out=np.ones_like(norms), where=norms > 0)
+        X.data[hashed] *= scale[row[hashed]]
+        return X
 
     def transform(self, X: Any, task_types: Iterable[str | None] | None = None) -> sp.csr_matrix:
         """Feature rows of `X` (Prompts or strings) as a CSR matrix, dense block first.
@@ -638,11 +753,12 @@ class PromptFeaturizer(TransformerMixin, BaseEstimator):
         if not isinstance(prompt, Prompt):
             prompt = _as_prompt(prompt, 0)
         task_code = None if task_type is None else _task_type_code(task_type, n)
+        weights = self._weights
         if prompt.turns <= 1 and not prompt.has_system and prompt.text == prompt.last_user:
-            return _single_row(prompt, scan, (n, kmax, lo, hi), task_code, self.n_dense_)
+            return _single_row(prompt, scan, (n, kmax, lo, hi), task_code, self.n_dense_, weights)
         dense, words = _conversation_signals(prompt, scan, self.n_dense_)
-        cols, weights = _hashed(words, n, kmax, lo, hi, task_code, self.n_dense_)
-        return dense, cols, weights
+        cols, values = _hashed(words, n, kmax, lo, hi, task_code, self.n_dense_, weights)
+        return dense, cols, values
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         """Dense feature names, then ``hash:0`` … ``hash:{n_hash_features - 1}``."""

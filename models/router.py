@@ -455,6 +455,8 @@ class Router:
         return {
             "models": list(self.models),
             "featurizer_params": self.featurizer.get_params(),
+            # None when trained without them (idf_power 0, streaming, older artifacts)
+            "column_weights": self.featurizer.column_weights_,
             "heads": {name: head.to_payload() for name, head in self.heads.items()},
             "input_price": self.input_price,
             "output_price": self.output_price,
@@ -476,7 +478,9 @@ class Router:
         mix = data.get("knob_mix")
         return cls(
             models=tuple(str(m) for m in data["models"]),
-            featurizer=PromptFeaturizer(**params).fit([]),
+            featurizer=PromptFeaturizer(**params)
+            .fit([])
+            .set_column_weights(data.get("column_weights")),
             heads={k: LinearHead.from_payload(v) for k, v in data["heads"].items()},
             input_price=np.asarray(data["input_price"], dtype=np.float64),
             output_price=np.asarray(data["output_price"], dtype=np.float64),

@@ -78,6 +78,11 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise ValueError(
             "--domain-groups: applies to batch training; --streaming learns no domains"
         )
+    if a.streaming and a.idf_power is not None:
+        raise ValueError(
+            "--idf-power: applies to batch training; --streaming weights no n-grams (it "
+            "never sees all prompts before fitting)"
+        )
     if a.streaming:
         manifest = _train_streaming(a)
         m = manifest["metrics"]
@@ -109,6 +114,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         n_jobs=a.jobs,
         **({} if a.calibrate_per_model is None else {"calibrate_per_model": a.calibrate_per_model}),
         **({} if a.domain_groups is None else {"domain_groups": a.domain_groups}),
+        **({} if a.idf_power is None else {"idf_power": a.idf_power}),
     )
     from training.build import train_and_save
 
@@ -654,6 +660,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="group the finer domains inside a task (a log's 'domain', or 'meta.subject', "
         "such as MMLU's subjects) into at most N by their models' mean quality; each is a "
         "domain the router learns to recognise (default 16; 0 ignores finer domains)",
+    )
+    t.add_argument(
+        "--idf-power",
+        type=float,
+        metavar="P",
+        help="weight the hashed n-grams by idf ** P, idf from the training prompts, so rare "
+        "words (a subject's vocabulary) count for more than those every prompt shares "
+        "(default 1; 0 leaves them unweighted)",
     )
     t.add_argument(
         "--streaming",

@@ -101,6 +101,20 @@ def _code_with_matching_hash_but_old_features(art: Path) -> None:
     _vouch(art, feature_version="0")
 
 
+def _negative_column_weights(art: Path) -> None:
+    # A forged payload that parses: the n-gram weights a crafted artifact could use to turn
+    # every row's norm into a division by zero or a sign flip. They are checked on load.
+    from models.payload import decode, encode
+
+    tree = decode((art / "router.json").read_bytes(), (art / ARRAYS).read_bytes())
+    assert tree["column_weights"] is not None  # trained with the default idf weights
+    tree["column_weights"] = -tree["column_weights"]
+    values, arrays = encode(tree)
+    (art / "router.json").write_bytes(values)
+    (art / ARRAYS).write_bytes(arrays)
+    _vouch(art)
+
+
 def _old_format_pickle(art: Path) -> None:
     # A format-1 artifact as issue 11 built it: router.joblib runs a command when unpickled,
     # and the manifest's sha256 is recomputed to match.
@@ -127,6 +141,11 @@ DAMAGE = [
     pytest.param(_manifest_gone, "missing manifest", id="manifest-missing"),
     pytest.param(_code_in_payload, "refusing to load it", id="code-in-payload"),
     pytest.param(_code_with_matching_hash, "arrays: not an npz archive", id="code-vouched-for"),
+    pytest.param(
+        _negative_column_weights,
+        "column_weights: every weight must be finite and > 0",
+        id="negative-column-weights",
+    ),
     pytest.param(
         _old_format_pickle,
         "this artifact uses the old format 1 (a pickled router.joblib, which promptroute no "

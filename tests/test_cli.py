@@ -99,6 +99,7 @@ def test_train_prints_a_summary_and_writes_the_artifact(trained: tuple, logs: Pa
     assert training["options"]["cv_folds"] == 2
     assert training["options"]["calibrate_per_model"] is True  # the default
     assert training["options"]["domain_groups"] == 16
+    assert training["options"]["idf_power"] == 1.0
     assert "options" not in manifest["metrics"]
     assert "loaded 80 records from 1 file(s); using 80 (all side)" in err
     assert "80 records, 12 models; extracting features" in err  # progress
@@ -457,7 +458,9 @@ def test_per_model_calibration_can_be_turned_off(logs: Path, tmp_path: Path) -> 
     assert manifest["training"]["options"]["calibrate_per_model"] is False
 
 
-@pytest.mark.parametrize("flag", [["--calibrate-per-model"], ["--domain-groups", "4"]])
+@pytest.mark.parametrize(
+    "flag", [["--calibrate-per-model"], ["--domain-groups", "4"], ["--idf-power", "1"]]
+)
 def test_batch_only_options_are_refused_with_streaming(
     logs: Path, tmp_path: Path, flag: list[str]
 ) -> None:
@@ -481,6 +484,25 @@ def test_domain_groups_reach_the_manifest_and_a_bad_value_is_named(
         ["train", "--domain-groups", "-2", "--logs", str(logs), "--out", str(tmp_path / "x")]
     )
     assert code == 2 and "domain_groups: must be between 0 and 1000" in err
+    assert "Traceback" not in err
+
+
+def test_idf_power_reaches_the_manifest_and_the_artifact_and_a_bad_value_is_named(
+    logs: Path, tmp_path: Path
+) -> None:
+    from models.artifact import load_router
+
+    out = tmp_path / "unweighted"
+    argv = ["train", "--idf-power", "0", "--logs", str(logs), "--out", str(out)]
+    code, _stdout, err = _run([*argv, *TRAIN_ARGS])
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["training"]["options"]["idf_power"] == 0.0
+    assert load_router(out)[0].featurizer.column_weights_ is None
+    code, _stdout, err = _run(
+        ["train", "--idf-power", "9", "--logs", str(logs), "--out", str(tmp_path / "x")]
+    )
+    assert code == 2 and "idf_power: must be between 0 and 4" in err
     assert "Traceback" not in err
 
 

@@ -120,6 +120,7 @@ def test_package_exports_exactly_the_documented_api():
         "FEATURE_NAMES",
         "FEATURE_VERSION",
         "PromptFeaturizer",
+        "idf_weights",
     ]
 
 

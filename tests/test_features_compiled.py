@@ -18,7 +18,7 @@ import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from features import Prompt, PromptFeaturizer, extractor, signals
+from features import Prompt, PromptFeaturizer, extractor, from_messages, signals
 from features.signals import DENSE_FEATURE_NAMES
 
 # Set on a machine that cannot compile C, to run the suite on the Python path alone.
@@ -131,7 +131,42 @@ def test_transform_one_is_the_same_row_on_either_path(text, task_type):
     assert_identical((ref_cols, ref_values), (cols, values))
 
 
-def row_with(hashed, f: PromptFeaturizer, text: str, task_type: str | None):
+@compiled
+@settings(max_examples=100, deadline=None)
+@given(
+    text=st.text(ANY_CHAR, max_size=300),
+    seed=st.integers(0, 2**32 - 1),
+    conversation=st.booleans(),
+)
+@example(text="a " * (extractor._LOG_TABLE_SIZE + 5), seed=1, conversation=False)  # raw path
+def test_weighted_rows_are_the_same_on_either_path(text, seed, conversation):
+    # Column weights are applied inside the row, before its one norm: in C on the hot path.
+    f = PromptFeaturizer(n_hash_features=1000).fit([])
+    f.set_column_weights(np.random.default_rng(seed).uniform(0.25, 9.0, 1000))
+    prompt = (
+        from_messages(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]
+        )
+        if conversation and text.strip()
+        else text
+    )
+    ref = row_with(extractor._hashed_python, f, prompt, None)
+    got = row_with(extractor._hashed_compiled, f, prompt, None)
+    assert got[0].tobytes() == ref[0].tobytes()
+    assert_identical((ref[1], ref[2]), (got[1], got[2]))
+
+
+def test_the_compiled_row_refuses_weights_of_the_wrong_size():
+    if extractor._compiled is None:
+        pytest.skip("features._compiled not built")
+    for weights in (b"", np.ones(7).tobytes(), "nine"):
+        with pytest.raises(TypeError, match="column_weights must be None or bytes of n"):
+            extractor._compiled.hashed_row(
+                ["a"], 8, 2, 3, 4, None, 0, extractor._LOG_TABLE, weights
+            )
+
+
+def row_with(hashed, f: PromptFeaturizer, text, task_type: str | None):
     # Not monkeypatch: a function-scoped fixture would be shared by hypothesis's examples.
     # A single prompt's compiled row is one call (`_single_row_compiled`); the Python row
     # assembles dense signals and `_hashed`.

@@ -124,6 +124,9 @@ def routellm_records(sample_records: list) -> list:
         pytest.param({"n_hash_features": 2**23}, "n_hash_features: must be between", id="hash-hi"),
         pytest.param({"cv_max_prompts": 99}, "cv_max_prompts: must be at least 100", id="cv-cap"),
         pytest.param({"domain_groups": -1}, "domain_groups: must be between", id="groups-neg"),
+        pytest.param({"idf_power": -0.5}, "idf_power: must be between 0 and 4", id="idf-neg"),
+        pytest.param({"idf_power": float("nan")}, "idf_power: must be between", id="idf-nan"),
+        pytest.param({"idf_power": "2"}, "idf_power: must be a number", id="idf-str"),
         pytest.param({"domain_groups": 2.5}, "domain_groups: must be a whole number", id="groups"),
     ],
 )
