@@ -5,7 +5,9 @@ Pipeline (each step is a function below, so tests and the CLI can follow it):
 1. the model list is every model with a labelled outcome (or direct label); all must be in
    the catalog, which supplies prices for labels and cost estimates;
 2. distinct prompts → `PromptFeaturizer` (one sparse matrix, one row per distinct prompt and
-   task type; a prompt logged several times is one example whose target is its mean outcome);
+   task type; a prompt logged several times is one example whose target is its mean outcome),
+   its hashed n-grams then weighted by their idf over those prompts (`TrainOptions.idf_power`;
+   the weights become the featurizer's, so requests are featurised the same way);
 3. targets: quality and cost per (prompt, model), best model per prompt (`training/labels.py`);
 4. cross-validation on the given records only (folds keyed by a hash of the prompt text, so
    repeated prompts never straddle folds), on a hash-chosen sample of at most
