@@ -667,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="weight the hashed n-grams by idf ** P, idf from the training prompts, so rare "
         "words (a subject's vocabulary) count for more than those every prompt shares "
-        "(default 1; 0 leaves them unweighted)",
+        "(default 0: unweighted; 1 routes slightly better and costs ~5 µs per decision)",
     )
     t.add_argument(
         "--streaming",

@@ -38,7 +38,10 @@ def tiny_artifact(tmp_path_factory, sample_records, catalog) -> Path:
     from models.artifact import save_router
     from training.trainer import TrainOptions, train
 
-    opts = TrainOptions(c_grid=(0.3, 1.0), cv_folds=2, n_hash_features=2**12, n_jobs=1)
+    # With idf weights (off by default): every serving test then runs the weighted feature row.
+    opts = TrainOptions(
+        c_grid=(0.3, 1.0), cv_folds=2, n_hash_features=2**12, n_jobs=1, idf_power=1.0
+    )
     result = train(sample_records, catalog, opts)
     path = tmp_path_factory.mktemp("artifacts") / "tiny"
     save_router(

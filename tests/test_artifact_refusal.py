@@ -107,7 +107,7 @@ def _negative_column_weights(art: Path) -> None:
     from models.payload import decode, encode
 
     tree = decode((art / "router.json").read_bytes(), (art / ARRAYS).read_bytes())
-    assert tree["column_weights"] is not None  # trained with the default idf weights
+    assert tree["column_weights"] is not None  # tiny_artifact is trained with idf weights
     tree["column_weights"] = -tree["column_weights"]
     values, arrays = encode(tree)
     (art / "router.json").write_bytes(values)

@@ -99,7 +99,7 @@ def test_train_prints_a_summary_and_writes_the_artifact(trained: tuple, logs: Pa
     assert training["options"]["cv_folds"] == 2
     assert training["options"]["calibrate_per_model"] is True  # the default
     assert training["options"]["domain_groups"] == 16
-    assert training["options"]["idf_power"] == 1.0
+    assert training["options"]["idf_power"] == 0.0
     assert "options" not in manifest["metrics"]
     assert "loaded 80 records from 1 file(s); using 80 (all side)" in err
     assert "80 records, 12 models; extracting features" in err  # progress
@@ -492,13 +492,14 @@ def test_idf_power_reaches_the_manifest_and_the_artifact_and_a_bad_value_is_name
 ) -> None:
     from models.artifact import load_router
 
-    out = tmp_path / "unweighted"
-    argv = ["train", "--idf-power", "0", "--logs", str(logs), "--out", str(out)]
+    out = tmp_path / "weighted"
+    argv = ["train", "--idf-power", "1", "--logs", str(logs), "--out", str(out)]
     code, _stdout, err = _run([*argv, *TRAIN_ARGS])
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["training"]["options"]["idf_power"] == 0.0
-    assert load_router(out)[0].featurizer.column_weights_ is None
+    assert manifest["training"]["options"]["idf_power"] == 1.0
+    weights = load_router(out)[0].featurizer.column_weights_
+    assert weights is not None and weights.min() >= 1.0
     code, _stdout, err = _run(
         ["train", "--idf-power", "9", "--logs", str(logs), "--out", str(tmp_path / "x")]
     )

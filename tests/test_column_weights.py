@@ -111,7 +111,7 @@ def test_the_hot_path_equals_the_batch_reweighting_training_uses(
     np.testing.assert_array_equal(batch[:, : f.n_dense_].toarray(), raw[:, : f.n_dense_].toarray())
 
 
-def test_a_router_trained_with_the_defaults_keeps_its_weights_through_the_artifact(
+def test_a_router_trained_with_idf_weights_keeps_them_through_the_artifact(
     tiny_artifact,
 ) -> None:
     from models.artifact import load_router
@@ -119,5 +119,6 @@ def test_a_router_trained_with_the_defaults_keeps_its_weights_through_the_artifa
     router, _manifest = load_router(tiny_artifact)
     w = router.featurizer.column_weights_
     assert w is not None and w.shape == (router.featurizer.n_hash_features,)
-    # The smoothed idf: 1 for a column in every prompt, larger for rarer ones.
+    # tiny_artifact is trained at power 1: the smoothed idf, 1 for a column in every prompt,
+    # larger for rarer ones.
     assert w.min() >= 1.0 and w.max() > 2.0

@@ -6,8 +6,8 @@ Pipeline (each step is a function below, so tests and the CLI can follow it):
    the catalog, which supplies prices for labels and cost estimates;
 2. distinct prompts → `PromptFeaturizer` (one sparse matrix, one row per distinct prompt and
    task type; a prompt logged several times is one example whose target is its mean outcome),
-   its hashed n-grams then weighted by their idf over those prompts (`TrainOptions.idf_power`;
-   the weights become the featurizer's, so requests are featurised the same way);
+   with `TrainOptions.idf_power` > 0 its hashed n-grams then weighted by their idf over those
+   prompts (the weights become the featurizer's, so requests are featurised the same way);
 3. targets: quality and cost per (prompt, model), best model per prompt (`training/labels.py`);
 4. cross-validation on the given records only (folds keyed by a hash of the prompt text, so
    repeated prompts never straddle folds), on a hash-chosen sample of at most
@@ -115,10 +115,12 @@ class TrainOptions:
     # models' mean quality (`training/domains.py`); 0 ignores them.
     domain_groups: int = DOMAIN_GROUPS
     # The hashed n-grams are weighted by idf ** idf_power, idf from the training prompts
-    # (`features.extractor.idf_weights`); 0 leaves them unweighted. Chosen by cross-validation
-    # on the train sides, for the pooled model (README, "Offline evaluation"): the mean AIQ
-    # gain over the three sources is +0.0013 at 1, +0.0004 at 2.
-    idf_power: float = 1.0
+    # (`features.extractor.idf_weights`); 0 leaves them unweighted. Off by default: applying
+    # the weights costs ~5 µs per decision (random reads of one weight per n-gram column), which
+    # breaks the decision-time target (≤ 2.5× the seed's ContentRouter); their gain is small
+    # (README, "Offline evaluation": cross-validation on the train sides preferred power 1 for
+    # the pooled model, mean AIQ +0.0013 over the three sources).
+    idf_power: float = 0.0
 
     def __post_init__(self) -> None:
         self.c_grid = tuple(float(c) for c in self.c_grid)
