@@ -138,7 +138,7 @@ def test_transform_one_is_the_same_row_on_either_path(text, task_type):
     seed=st.integers(0, 2**32 - 1),
     conversation=st.booleans(),
 )
-@example(text="a " * (extractor._LOG_TABLE_SIZE + 5), seed=1, conversation=False)  # raw path
+@example(text="a " * (extractor._LOG_TABLE_SIZE + 5), seed=1, conversation=False)  # long input
 def test_weighted_rows_are_the_same_on_either_path(text, seed, conversation):
     # Column weights are applied inside the row, before its one norm: in C on the hot path.
     f = PromptFeaturizer(n_hash_features=1000).fit([])
@@ -154,6 +154,22 @@ def test_weighted_rows_are_the_same_on_either_path(text, seed, conversation):
     got = row_with(extractor._hashed_compiled, f, prompt, None)
     assert got[0].tobytes() == ref[0].tobytes()
     assert_identical((ref[1], ref[2]), (got[1], got[2]))
+
+
+@compiled
+def test_weighted_rows_past_the_log_table_are_the_same_on_either_path():
+    # A count past the log table comes back raw from C and is finished in Python
+    # (`_hashed_arrays`), weights included. The feature row's scan window never gets there, so
+    # this calls the hashed block directly.
+    n = 97
+    w = np.random.default_rng(3).uniform(0.25, 9.0, n)
+    weights = extractor._Weights(w, w.tobytes())
+    words = ["a"] * (extractor._LOG_TABLE_SIZE + 5) + ["b", "c"]
+    ref = extractor._hashed_python(words, n, 2, 3, 4, None, N_DENSE, weights)
+    got = extractor._hashed_compiled(words, n, 2, 3, 4, None, N_DENSE, weights)
+    assert_identical(ref, got)
+    unweighted = extractor._hashed_python(words, n, 2, 3, 4, None, N_DENSE)
+    assert not np.array_equal(ref[1], unweighted[1])
 
 
 def test_the_compiled_row_refuses_weights_of_the_wrong_size():
