@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from models.catalog import Catalog
 from models.errors import DataError
 from models.router import Router
 from training.curves import KNOB_GRID
-from training.records import Outcome, Record
+from training.records import Outcome, Record, in_canonical_order
 from training.split import is_test
 from training.trainer import TrainOptions, TrainResult, fold_ids, train
 
@@ -569,3 +570,30 @@ def test_training_reports_the_prompts_each_model_is_calibrated_on(
 def test_per_model_calibration_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match="calibrate_per_model: must be true or false"):
         TrainOptions(calibrate_per_model="yes")
+
+
+def test_the_order_the_records_come_in_does_not_change_the_router(
+    trained: tuple, sample_records: list, catalog: Catalog
+) -> None:
+    """Logs read in another order (`--logs b a`, replicas' logs concatenated) train the same
+    router, bit for bit: the trainer sorts the records by what they say first."""
+    shuffled = list(sample_records)
+    random.Random(7).shuffle(shuffled)
+    again = train(shuffled, catalog, TrainOptions(**SMALL))
+    _assert_same_router(trained[0], again)
+    assert again.report["cv_routing"] == trained[0].report["cv_routing"]
+
+
+def test_canonical_order_sorts_by_content_and_errors_still_name_the_first_bad_line(
+    catalog: Catalog,
+) -> None:
+    two = {"gpt-4-1106-preview": 1.0, "claude-v1": 0.0}
+    recs = [_rec(f"prompt {i}", source=f"logs.jsonl:{i + 1}", **two) for i in range(20)]
+    once = in_canonical_order(recs)
+    assert sorted(map(id, once)) == sorted(map(id, recs)) and once != recs
+    assert in_canonical_order(once[::-1]) == once
+    bad = [*recs[:5], _rec("other", source="logs.jsonl:6", **{**two, "my-llm": 1.0}), *recs[5:]]
+    bad.append(_rec("again", source="logs.jsonl:22", **{**two, "my-llm": 1.0}))
+    with pytest.raises(DataError) as info:
+        train(bad, catalog, TrainOptions(**SMALL))
+    assert info.value.path == "logs.jsonl:6"

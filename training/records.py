@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from features.text import Prompt
 
-__all__ = ["Outcome", "Record"]
+__all__ = ["Outcome", "Record", "in_canonical_order"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +55,26 @@ class Record:
     @property
     def labelled_models(self) -> list[str]:
         return [m for m, o in self.outcomes.items() if o.quality is not None]
+
+
+def in_canonical_order(records: Sequence[Record]) -> list[Record]:
+    """The records sorted by what they say, not by where they were read: by a hash of the
+    prompt, then its task type, task, domain, id and label.
+
+    Training depends on the order of its rows (liblinear and SGD visit them in a seeded
+    order), so sorting first makes the same records train the same router whichever order the
+    logs were read in (`--logs a b` or `--logs b a`, replicas' logs concatenated). Records
+    alike in all of these keep the order given; that can change only the order of a
+    floating-point sum of their outcomes.
+    """
+
+    digests: dict[str, bytes] = {}  # logs repeat prompts: hash each text once
+
+    def key(r: Record) -> tuple[bytes, str, str, str, str, str]:
+        text = r.prompt.text
+        digest = digests.get(text)
+        if digest is None:
+            digest = digests[text] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+        return (digest, r.task_type or "", r.task or "", r.domain or "", r.id or "", r.label or "")
+
+    return sorted(records, key=key)

@@ -3,7 +3,9 @@
 Pipeline (each step is a function below, so tests and the CLI can follow it):
 
 1. the model list is every model with a labelled outcome (or direct label); all must be in
-   the catalog, which supplies prices for labels and cost estimates;
+   the catalog, which supplies prices for labels and cost estimates; the records are then put
+   in a canonical order (`in_canonical_order`), so the order the logs were read in does not
+   change the router;
 2. distinct prompts → `PromptFeaturizer` (one sparse matrix, one row per distinct prompt and
    task type; a prompt logged several times is one example whose target is its mean outcome),
    with `TrainOptions.idf_power` > 0 its hashed n-grams then weighted by their idf over those
@@ -79,7 +81,7 @@ from training.gain import choose_gain, model_groups, references
 from training.labels import Targets, build_targets
 from training.policy import choose_policy
 from training.progress import featurise, track
-from training.records import Record
+from training.records import Record, in_canonical_order
 
 __all__ = ["TrainOptions", "TrainResult", "fold_ids", "train"]
 
@@ -695,7 +697,8 @@ def train(
     records = [r for r in records if r.labelled_models or r.label is not None]
     if not records:
         raise DataError("logs", None, "no record has a labelled outcome or a label")
-    models = _model_list(records, catalog)
+    models = _model_list(records, catalog)  # before sorting: it names the first bad line
+    records = in_canonical_order(records)
     targets = build_targets(records, models, catalog, tolerance=opts.tolerance)
     n, k = targets.quality.shape
     say(f"{n} records, {k} models; extracting features")
