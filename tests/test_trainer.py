@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,12 @@ from models.catalog import Catalog
 from models.errors import DataError
 from models.router import Router
 from training.curves import KNOB_GRID
+from training.logs import load_records
 from training.records import Outcome, Record, in_canonical_order
 from training.split import is_test
 from training.trainer import TrainOptions, TrainResult, fold_ids, train
 
+DATA = Path(__file__).resolve().parent.parent / "data"
 SMALL = dict(c_grid=(0.3, 1.0), cv_folds=2, n_hash_features=2**12, n_jobs=1)
 
 REPORT_KEYS = {
@@ -573,15 +576,24 @@ def test_per_model_calibration_must_be_a_bool() -> None:
 
 
 def test_the_order_the_records_come_in_does_not_change_the_router(
-    trained: tuple, sample_records: list, catalog: Catalog
+    sample_records: list, catalog: Catalog
 ) -> None:
     """Logs read in another order (`--logs b a`, replicas' logs concatenated) train the same
-    router, bit for bit: the trainer sorts the records by what they say first."""
+    router and the same answer verifiers, bit for bit: the trainer sorts the records by what
+    they say first."""
+    answers = load_records([DATA / "gsm8k_responses.jsonl.gz"]).records[:400]
+    one = train(sample_records, catalog, TrainOptions(**SMALL), verifier_records=answers)
     shuffled = list(sample_records)
     random.Random(7).shuffle(shuffled)
-    again = train(shuffled, catalog, TrainOptions(**SMALL))
-    _assert_same_router(trained[0], again)
-    assert again.report["cv_routing"] == trained[0].report["cv_routing"]
+    two = train(shuffled, catalog, TrainOptions(**SMALL), verifier_records=answers[::-1])
+    _assert_same_router(one, two)
+    assert two.report["cv_routing"] == one.report["cv_routing"]
+    assert set(one.router.verifiers) == set(two.router.verifiers) and one.router.verifiers
+    for m, v in one.router.verifiers.items():
+        w = two.router.verifiers[m]
+        np.testing.assert_array_equal(v.hashed_w, w.hashed_w)
+        np.testing.assert_array_equal(v.dense_w, w.dense_w)
+        assert (v.bias, v.threshold) == (w.bias, w.threshold)
 
 
 def test_canonical_order_sorts_by_content_and_errors_still_name_the_first_bad_line(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from features.text import Prompt
 
@@ -59,7 +60,8 @@ class Record:
 
 def in_canonical_order(records: Sequence[Record]) -> list[Record]:
     """The records sorted by what they say, not by where they were read: by a hash of the
-    prompt, then its task type, task, domain, id and label.
+    prompt's text, then the rest of the prompt (turns, images, system prompt, last user turn),
+    its task type, task, domain, id and label.
 
     Training depends on the order of its rows (liblinear and SGD visit them in a seeded
     order), so sorting first makes the same records train the same router whichever order the
@@ -70,11 +72,24 @@ def in_canonical_order(records: Sequence[Record]) -> list[Record]:
 
     digests: dict[str, bytes] = {}  # logs repeat prompts: hash each text once
 
-    def key(r: Record) -> tuple[bytes, str, str, str, str, str]:
-        text = r.prompt.text
-        digest = digests.get(text)
+    def key(r: Record) -> tuple[Any, ...]:
+        p = r.prompt
+        digest = digests.get(p.text)
         if digest is None:
-            digest = digests[text] = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-        return (digest, r.task_type or "", r.task or "", r.domain or "", r.id or "", r.label or "")
+            digest = hashlib.sha256(p.text.encode("utf-8", "surrogatepass")).digest()
+            digests[p.text] = digest
+        # the later fields are compared only between records whose earlier ones tie
+        return (
+            digest,
+            p.turns,
+            p.images,
+            p.has_system,
+            p.last_user,
+            r.task_type or "",
+            r.task or "",
+            r.domain or "",
+            r.id or "",
+            r.label or "",
+        )
 
     return sorted(records, key=key)

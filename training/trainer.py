@@ -1066,7 +1066,9 @@ def train(
         report.setdefault("best_c", {})[head] = dict(zip(models, fits[head].best_c, strict=True))
     final_seconds = time.perf_counter() - t2
     _ROWS.clear()
-    verifiers = train_verifiers([*records, *verifier_records], catalog, progress=say)
+    verifiers = train_verifiers(
+        [*records, *in_canonical_order(verifier_records)], catalog, progress=say
+    )
     report["verifiers"] = {m: v.report for m, v in verifiers.items()}
     say(f"final fit: {final_seconds:.1f}s; total {time.perf_counter() - t0:.1f}s")
     report["cv_loss"] = {h: f.cv_loss for h, f in fits.items()}
