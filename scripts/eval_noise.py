@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """How much of issue 14's unmet rows is sampling noise, and what RouterBench's row would need.
 
-    nice -n 5 python scripts/eval_noise.py --part test     # ~4 min
-    nice -n 5 python scripts/eval_noise.py --part rb       # ~7 min (two 5-fold runs)
+    nice -n 5 python scripts/eval_noise.py --part test     # ~3 min
+    nice -n 5 python scripts/eval_noise.py --part rb       # ~9 min (two 5-fold runs)
 
 Measurement only: nothing here chooses anything, and nothing in the product reads it.
 
