@@ -76,7 +76,7 @@ def in_canonical_order(records: Sequence[Record]) -> list[Record]:
         p = r.prompt
         digest = digests.get(p.text)
         if digest is None:
-            digest = hashlib.sha256(p.text.encode("utf-8", "surrogatepass")).digest()
+            digest = hashlib.sha256(p.text.encode("utf-8")).digest()
             digests[p.text] = digest
         # the later fields are compared only between records whose earlier ones tie
         return (
